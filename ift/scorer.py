@@ -1,0 +1,182 @@
+"""Multiple-choice scoring: the log-probability of each candidate continuation given its context.
+
+Score semantics (as in lm-evaluation-harness): `sum_logprobs` is the summed log-probability of the
+continuation's tokens (the paper's `lm_log_p`, used to pick answers); `mean_logprobs` divides it by the
+number of continuation tokens (the paper's `norm_lm_log_p`).
+
+Work is done once: every distinct query (demonstrations-or-nothing + context) is run once, in batches of
+similar length, and its cache is shared by all its candidates; only continuation tokens after the first
+are run again. Queries are right-padded and every pass gets explicit positions and a 2-D mask over
+[prefix ‖ query ‖ continuation], so padding changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ift.cache import cache_tensors, check_fits, make_cache
+from ift.example import Example
+
+
+@dataclass
+class ExampleScore:
+    sum_logprobs: list[float]
+    mean_logprobs: list[float]
+    n_tokens: list[int]
+    gold: int
+
+    @property
+    def pred(self) -> int:
+        return max(range(len(self.sum_logprobs)), key=self.sum_logprobs.__getitem__)
+
+    @property
+    def pred_norm(self) -> int:
+        return max(range(len(self.mean_logprobs)), key=self.mean_logprobs.__getitem__)
+
+    @property
+    def correct(self) -> bool:
+        return self.pred == self.gold
+
+    @property
+    def correct_norm(self) -> bool:
+        return self.pred_norm == self.gold
+
+
+def accuracy(scores: Sequence[ExampleScore]) -> tuple[float, float]:
+    """(acc, acc_norm) over labelled examples."""
+    labelled = [s for s in scores if s.gold >= 0]
+    if not labelled:
+        raise ValueError("no labelled examples to compute accuracy on")
+    n = len(labelled)
+    return sum(s.correct for s in labelled) / n, sum(s.correct_norm for s in labelled) / n
+
+
+def _continuation_ids(tok, context: str, continuation: str, ctx_ids: list[int]) -> list[int]:
+    """Tokens of the continuation as the model would read them after the context."""
+    full = tok(context + continuation, add_special_tokens=False).input_ids
+    if full[: len(ctx_ids)] == ctx_ids:
+        return full[len(ctx_ids):]
+    return tok(continuation, add_special_tokens=False).input_ids
+
+
+@dataclass
+class _Plan:
+    rows: list[tuple[int, ...]]  # distinct query token sequences
+    cands: list[list[tuple[int, list[int]]]]  # per example: (row, continuation ids) per candidate
+
+
+def _plan(tok, examples: Sequence[Example], base_ids: list[int]) -> _Plan:
+    rows: dict[tuple[int, ...], int] = {}
+    cands = []
+    ctx_cache: dict[str, list[int]] = {}
+    for ex in examples:
+        per = []
+        for j, (ctx, cont) in enumerate(zip(ex.contexts, ex.continuations)):
+            if ctx not in ctx_cache:
+                ctx_cache[ctx] = tok(ctx, add_special_tokens=False).input_ids
+            ctx_ids = ctx_cache[ctx]
+            cont_ids = _continuation_ids(tok, ctx, cont, ctx_ids)
+            if not cont_ids:
+                raise ValueError(f"example {ex.index}: candidate {j} ({cont!r}) tokenises to no tokens")
+            query = tuple(base_ids + ctx_ids)
+            if not query:
+                raise ValueError(f"example {ex.index}: empty context and no prefix: nothing to condition on")
+            per.append((rows.setdefault(query, len(rows)), cont_ids))
+        cands.append(per)
+    return _Plan(list(rows), cands)
+
+
+@torch.no_grad()
+def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations: str | None = None,
+                   batch_size: int = 32, progress: bool = False, stats: dict | None = None) -> list[ExampleScore]:
+    """Score every candidate of every example.
+
+    prefix: a `TunedPrefix` (inference without demonstrations in the input);
+    demonstrations: a string read before every query (the vanilla ICL baseline);
+    neither: zero-shot (the tokenizer's BOS, if any, starts each query).
+    stats, if given, receives the number of queries and of tokens the model processed.
+    """
+    if prefix is not None and demonstrations is not None:
+        raise ValueError("give either a tuned prefix or demonstrations, not both")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tok, model, device = lm.tokenizer, lm.model, lm.device
+    base_ids = [] if prefix is not None else tok(demonstrations or "", add_special_tokens=True).input_ids
+    offset = prefix.length if prefix is not None else 0
+    plan = _plan(tok, examples, base_ids)
+
+    # first-token log-probs come from the query pass; later continuation tokens from a second pass
+    by_row: dict[int, list[tuple[int, int, list[int]]]] = {}
+    for e, per in enumerate(plan.cands):
+        for j, (row, cont) in enumerate(per):
+            by_row.setdefault(row, []).append((e, j, cont))
+    logprob = [[0.0] * len(per) for per in plan.cands]
+    order = sorted(range(len(plan.rows)), key=lambda r: len(plan.rows[r]))
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    longest = max(len(r) for r in plan.rows) + max(len(c) for per in plan.cands for _, c in per)
+    check_fits(model, offset + longest, "scoring these examples")
+    n_tokens = 0
+    for batch in tqdm(batches, desc="scoring", disable=not progress, leave=False):
+        n_tokens += _score_batch(model, batch, plan, by_row, logprob, offset, prefix, lm.pad_id, device)
+
+    if stats is not None:
+        stats["queries"] = stats.get("queries", 0) + len(examples)
+        stats["tokens"] = stats.get("tokens", 0) + n_tokens
+    out = []
+    for ex, per, lp in zip(examples, plan.cands, logprob):
+        lens = [len(c) for _, c in per]
+        out.append(ExampleScore(lp, [s / n for s, n in zip(lp, lens)], lens, ex.gold))
+    return out
+
+
+def _pad(seqs: list[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, device) -> int:
+    queries = [plan.rows[r] for r in batch]
+    lengths = torch.tensor([len(q) for q in queries], device=device)
+    ids, qmask = _pad(queries, pad_id, device)
+    B, Q = ids.shape
+    mask = torch.cat([torch.ones(B, offset, dtype=torch.long, device=device), qmask], dim=1)
+    positions = (offset + torch.arange(Q, device=device)).expand(B, Q)
+    later = [(b, e, j, cont) for b, r in enumerate(batch) for e, j, cont in by_row[r] if len(cont) > 1]
+    # logits only where a first continuation token is predicted: the last real query token of each row
+    keep = torch.unique(lengths - 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(later),
+                past_key_values=prefix.to_cache(model, B) if prefix is not None else None, logits_to_keep=keep)
+    col = {int(p): i for i, p in enumerate(keep.tolist())}
+    last = torch.log_softmax(out.logits.float(), dim=-1)  # [B, len(keep), V]
+    for b, r in enumerate(batch):
+        lp = last[b, col[len(plan.rows[r]) - 1]]
+        for e, j, cont in by_row[r]:
+            logprob[e][j] = lp[cont[0]].item()
+    processed = int(qmask.sum())
+    if not later:
+        return processed
+
+    # second pass: continuation tokens 2..n, each candidate reading its own query's cache
+    rows = torch.tensor([b for b, *_ in later], device=device)
+    keys, values = cache_tensors(out.past_key_values)
+    cache = make_cache(model, [k.index_select(0, rows) for k in keys], [v.index_select(0, rows) for v in values])
+    conts = [cont for *_, cont in later]
+    cids, cmask = _pad([c[:-1] for c in conts], pad_id, device)
+    N, C = cids.shape
+    mask2 = torch.cat([mask.index_select(0, rows), cmask], dim=1)
+    positions2 = offset + lengths.index_select(0, rows)[:, None] + torch.arange(C, device=device)[None]
+    logits = model(input_ids=cids, attention_mask=mask2, position_ids=positions2, past_key_values=cache,
+                   use_cache=True).logits
+    lps = torch.log_softmax(logits.float(), dim=-1)
+    for n, (_, e, j, cont) in enumerate(later):
+        targets = torch.tensor(cont[1:], device=device)
+        logprob[e][j] += lps[n, torch.arange(len(cont) - 1, device=device), targets].sum().item()
+    return processed + int(cmask.sum())

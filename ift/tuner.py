@@ -1,0 +1,126 @@
+"""Iterative forward tuning of a demonstration cache (the paper's Eqs. 6-7).
+
+Step 1 is a plain forward pass over the demonstrations: its K/V are the ordinary ICL prefix (K̃₁, Ṽ₁).
+At step t ≥ 2 the demonstrations are read again while attending to [K̃ₜ₋₁ ‖ own K]; their present keys
+Kₜ give the pseudo-gradient G = Kₜ − K̃ₜ₋₁, and with momentum M = G + βM (M = G at the first update)
+the cache moves by K̃ₜ = K̃ₜ₋₁ + ηM. Values are updated the same way with their own momentum.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ift.cache import cache_tensors, check_fits, make_cache
+from ift.prefix import TunedPrefix, model_fingerprint
+
+POSITION_MODES = ("continue", "aligned")
+
+
+def validate_hparams(eta: float, beta: float, position_mode: str, T: int | None = None) -> None:
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    if position_mode not in POSITION_MODES:
+        raise ValueError(f"position_mode={position_mode!r} is unknown; choose one of {list(POSITION_MODES)}")
+    if T is not None and (not isinstance(T, int) or T < 1):
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+
+
+def uses_alibi(model) -> bool:
+    """ALiBi models (BLOOM) have no absolute positions: a re-read cannot be 'aligned' to the cached copy."""
+    return model.config.model_type == "bloom" or bool(getattr(model.config, "alibi", False))
+
+
+class ForwardTuner:
+    """Tunes the K/V of a demonstration string by repeated forward passes of a frozen model.
+
+    position_mode "continue": the re-read copy sits at positions L..2L-1 after the cached one (the
+    reference code's behaviour, so G also carries a positional shift); "aligned": it is re-read at
+    positions 0..L-1, so G reflects only what the cached context adds.
+    """
+
+    def __init__(self, lm, eta: float = 0.01, beta: float = 0.9, position_mode: str = "continue"):
+        validate_hparams(eta, beta, position_mode)
+        if position_mode == "aligned" and uses_alibi(lm.model):
+            raise ValueError(f"position_mode='aligned' is impossible for {lm.model.config.model_type} (ALiBi has "
+                             "no absolute positions to align); use position_mode='continue'")
+        self.lm, self.eta, self.beta, self.position_mode = lm, eta, beta, position_mode
+
+    def encode(self, demo_text: str) -> torch.Tensor:
+        if not demo_text or not demo_text.strip():
+            raise ValueError("demonstrations are empty: tuning needs at least one demonstration")
+        ids = self.lm.tokenizer(demo_text, add_special_tokens=True, return_tensors="pt").input_ids
+        return ids.to(self.lm.device)
+
+    @torch.no_grad()
+    def _forward(self, ids: torch.Tensor, prefix: TunedPrefix | None):
+        L = ids.shape[1]
+        model = self.lm.model
+        if prefix is None:
+            out = model(input_ids=ids, position_ids=torch.arange(L, device=ids.device)[None], use_cache=True)
+            keys, values = cache_tensors(out.past_key_values)
+            return keys, values
+        start = 0 if self.position_mode == "aligned" else L
+        out = model(
+            input_ids=ids,
+            past_key_values=prefix.to_cache(model),
+            attention_mask=torch.ones(1, 2 * L, dtype=torch.long, device=ids.device),
+            position_ids=torch.arange(start, start + L, device=ids.device)[None],
+            use_cache=True,
+        )
+        keys, values = cache_tensors(out.past_key_values)
+        # the cache now holds [K̃ₜ₋₁ ‖ Kₜ]: the present keys of the re-read are the last L positions
+        return [k[:, :, L:] for k in keys], [v[:, :, L:] for v in values]
+
+    def steps(self, demo_text: str, T: int, resume_from: TunedPrefix | None = None) -> Iterator[TunedPrefix]:
+        """Yield the prefix after each step t = 1..T (or from resume_from.step + 1).
+
+        If an update produces non-finite values, the last good K̃ is yielded once more with `diverged`
+        set to the reason, and tuning stops.
+        """
+        validate_hparams(self.eta, self.beta, self.position_mode, T)
+        ids = self.encode(demo_text)
+        L = ids.shape[1]
+        check_fits(self.lm.model, 2 * L if T > 1 else L, "tuning these demonstrations")
+        token_ids = ids[0].tolist()
+        meta = {
+            "model": model_fingerprint(self.lm),
+            "demo_text": demo_text,
+            "eta": self.eta,
+            "beta": self.beta,
+            "position_mode": self.position_mode,
+        }
+        if resume_from is None:
+            keys, values = self._forward(ids, None)
+            n = len(keys)
+            prefix = TunedPrefix([k.float() for k in keys], [v.float() for v in values], 1, token_ids,
+                                 [0.0] * n, [0.0] * n, meta)
+            yield prefix
+        else:
+            if resume_from.token_ids != token_ids:
+                raise ValueError("resume_from was tuned on other demonstrations than demo_text")
+            prefix = resume_from
+        for t in range(prefix.step + 1, T + 1):
+            prefix = self._update(ids, prefix, t)
+            yield prefix
+            if prefix.diverged:
+                return
+
+    def _update(self, ids: torch.Tensor, prev: TunedPrefix, t: int) -> TunedPrefix:
+        present_k, present_v = self._forward(ids, prev)
+        new = {}
+        for name, old, present, momentum in (("k", prev.keys, present_k, prev.momentum_k),
+                                             ("v", prev.values, present_v, prev.momentum_v)):
+            grads = [p.float() - o for p, o in zip(present, old)]
+            moms = grads if momentum is None else [g + self.beta * m for g, m in zip(grads, momentum)]
+            new[name] = ([o + self.eta * m for o, m in zip(old, moms)], moms,
+                         [torch.linalg.vector_norm(g).item() for g in grads])
+        (keys, mk, nk), (values, mv, nv) = new["k"], new["v"]
+        bad = next((f"non-finite {what} at step {t}, layer {i}" for what, ts in (("keys", keys), ("values", values))
+                    for i, x in enumerate(ts) if not torch.isfinite(x).all()), None)
+        if bad:
+            return TunedPrefix(prev.keys, prev.values, prev.step, prev.token_ids, nk, nv, prev.meta,
+                               prev.momentum_k, prev.momentum_v, diverged=bad)
+        return TunedPrefix(keys, values, t, prev.token_ids, nk, nv, prev.meta, mk, mv)

@@ -1,0 +1,40 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import make_tiny_model, make_tokenizer  # noqa: E402
+
+import ift  # noqa: E402
+
+
+@pytest.fixture
+def tiny_lm():
+    """A factory: tiny_lm("gpt2", seed=1) -> LoadedModel on CPU in fp32."""
+    def build(arch: str = "llama", seed: int = 0, **overrides):
+        return ift.from_objects(make_tiny_model(arch, seed, **overrides), make_tokenizer(), f"tiny-{arch}-{seed}")
+    return build
+
+
+DEMOS = ("Review: a gripping and warm film\nSentiment: positive\n\n"
+         "Review: dull and far too long\nSentiment: negative\n\n")
+
+
+@pytest.fixture
+def demos():
+    return DEMOS
+
+
+@pytest.fixture
+def examples():
+    """Single- and multi-token candidates, unequal query lengths, and per-candidate contexts."""
+    E = ift.Example
+    return [
+        E.shared("Review: funny\nSentiment:", [" positive", " negative"], 0, 0),
+        E.shared("Review: a slow, dull and tiring story\nSentiment:", [" positive", " negative", " very mixed"], 1, 1),
+        E.shared("Question: Who wrote the novel?\nType:", [" Person", " Number", " Location of the event"], 0, 2),
+        E(("The man broke his toe because he", "The man broke his toe therefore he"), (" fell.", " fell."), 0, 3),
+        E.shared("Review: warm\nSentiment:", [" positive", " the", " a"], 0, 4),
+    ]

@@ -1,0 +1,106 @@
+"""The scorer against the plainest possible computation, on tiny random models of every family."""
+import pytest
+import torch
+
+import ift
+from tiny import ARCHS
+
+
+def naive_scores(lm, examples, demonstrations=""):
+    """One full forward pass per candidate over [BOS/demos ‖ context ‖ continuation], no batching, no sharing."""
+    tok = lm.tokenizer
+    base = tok(demonstrations, add_special_tokens=True).input_ids
+    out = []
+    for ex in examples:
+        sums = []
+        for ctx, cont in zip(ex.contexts, ex.continuations):
+            ctx_ids = tok(ctx, add_special_tokens=False).input_ids
+            full = tok(ctx + cont, add_special_tokens=False).input_ids
+            cont_ids = full[len(ctx_ids):] if full[: len(ctx_ids)] == ctx_ids else tok(cont, add_special_tokens=False).input_ids
+            ids = torch.tensor([base + ctx_ids + cont_ids])
+            with torch.no_grad():
+                lp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
+            start = len(base) + len(ctx_ids)
+            sums.append(sum(lp[start - 1 + i, t].item() for i, t in enumerate(cont_ids)))
+        out.append(sums)
+    return out
+
+
+def max_diff(a, b):
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_step1_prefix_equals_concatenated_icl(arch, tiny_lm, demos, examples):
+    lm = tiny_lm(arch)
+    prefix = next(ift.ForwardTuner(lm).steps(demos, T=1))
+    with_prefix = ift.score_examples(lm, examples, prefix=prefix, batch_size=4)
+    concatenated = naive_scores(lm, examples, demos)
+    assert max_diff([s.sum_logprobs for s in with_prefix], concatenated) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_query_equals_naive_per_candidate(arch, tiny_lm, examples):
+    lm = tiny_lm(arch)
+    zero_shot = ift.score_examples(lm, examples, batch_size=8)
+    assert max_diff([s.sum_logprobs for s in zero_shot], naive_scores(lm, examples)) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "bloom", "gpt2"])
+def test_batch_equals_single_runs(arch, tiny_lm, demos, examples):
+    lm = tiny_lm(arch)
+    prefix = list(ift.ForwardTuner(lm, eta=0.1).steps(demos, T=3))[-1]
+    batched = ift.score_examples(lm, examples, prefix=prefix, batch_size=len(examples))
+    singles = [ift.score_examples(lm, [ex], prefix=prefix, batch_size=1)[0] for ex in examples]
+    assert max_diff([s.sum_logprobs for s in batched], [s.sum_logprobs for s in singles]) < 1e-4
+    icl_batched = ift.score_examples(lm, examples, demonstrations=demos, batch_size=3)
+    icl_singles = [ift.score_examples(lm, [ex], demonstrations=demos)[0] for ex in examples]
+    assert max_diff([s.sum_logprobs for s in icl_batched], [s.sum_logprobs for s in icl_singles]) < 1e-4
+
+
+def test_tuned_prefix_changes_scores(tiny_lm, demos, examples):
+    lm = tiny_lm("llama")
+    steps = list(ift.ForwardTuner(lm, eta=0.5).steps(demos, T=3))
+    first, last = (ift.score_examples(lm, examples, prefix=p) for p in (steps[0], steps[-1]))
+    assert max_diff([s.sum_logprobs for s in first], [s.sum_logprobs for s in last]) > 1e-3
+
+
+def test_length_normalised_score_and_predictions(tiny_lm, examples):
+    lm = tiny_lm("llama")
+    for s in ift.score_examples(lm, examples):
+        assert s.mean_logprobs == pytest.approx([t / n for t, n in zip(s.sum_logprobs, s.n_tokens)])
+        assert s.sum_logprobs[s.pred] == max(s.sum_logprobs)
+        assert s.mean_logprobs[s.pred_norm] == max(s.mean_logprobs)
+    lengths = {n for s in ift.score_examples(lm, examples) for n in s.n_tokens}
+    assert 1 in lengths and max(lengths) > 1  # both scoring paths (query pass only / second pass) ran
+
+
+def test_accuracy_counts_labelled_examples_only():
+    S = ift.ExampleScore
+    scores = [S([0.0, -1.0], [-0.2, -0.1], [1, 10], 0), S([0.0, -1.0], [-1.0, -0.05], [1, 20], 1),
+              S([0.0, -1.0], [0.0, -1.0], [1, 1], -1)]
+    assert ift.accuracy(scores) == (0.5, 0.5)
+
+
+def test_stats_count_processed_tokens(tiny_lm, demos, examples):
+    lm = tiny_lm("llama")
+    prefix = next(ift.ForwardTuner(lm).steps(demos, T=1))
+    tuned, icl = {}, {}
+    ift.score_examples(lm, examples, prefix=prefix, stats=tuned)
+    ift.score_examples(lm, examples, demonstrations=demos, stats=icl)
+    assert tuned["queries"] == icl["queries"] == len(examples)
+    n_queries = 6  # five examples, one of them with two distinct contexts
+    assert icl["tokens"] - tuned["tokens"] == n_queries * prefix.length
+
+
+def test_scorer_errors(tiny_lm, demos):
+    lm = tiny_lm("llama")
+    with pytest.raises(ValueError, match="empty candidate list"):
+        ift.Example.shared("Review: x\nSentiment:", [], 0)
+    with pytest.raises(ValueError, match="candidate 1 .* no tokens"):
+        ift.score_examples(lm, [ift.Example.shared("Review: x", [" good", ""], 0)])
+    prefix = next(ift.ForwardTuner(lm).steps(demos, T=1))
+    with pytest.raises(ValueError, match="either a tuned prefix or demonstrations"):
+        ift.score_examples(lm, [ift.Example.shared("a", [" b"], 0)], prefix=prefix, demonstrations=demos)
+    with pytest.raises(ValueError, match="batch_size"):
+        ift.score_examples(lm, [ift.Example.shared("a", [" b"], 0)], batch_size=0)
