@@ -1,0 +1,129 @@
+"""The tuner's update against the paper's equations computed by hand from raw forward passes."""
+import pytest
+import torch
+from transformers import DynamicCache
+
+import ift
+from tiny import ARCHS
+
+
+def raw_reread(lm, ids, keys, values, start):
+    """Present K/V of the demonstrations re-read after a cache holding (keys, values), positions from `start`."""
+    L = ids.shape[1]
+    cache = DynamicCache(config=lm.model.config)
+    for i, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k.clone(), v.clone(), i)
+    with torch.no_grad():
+        out = lm.model(input_ids=ids, past_key_values=cache, attention_mask=torch.ones(1, 2 * L, dtype=torch.long),
+                       position_ids=torch.arange(start, start + L)[None], use_cache=True)
+    return ([layer.keys[:, :, L:] for layer in out.past_key_values.layers],
+            [layer.values[:, :, L:] for layer in out.past_key_values.layers])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_three_steps_match_hand_computed_momentum_updates(arch, tiny_lm, demos):
+    lm = tiny_lm(arch)
+    eta, beta = 0.3, 0.6
+    ids = lm.tokenizer(demos, return_tensors="pt").input_ids
+    L = ids.shape[1]
+    with torch.no_grad():
+        first = lm.model(input_ids=ids, use_cache=True).past_key_values
+    K1 = [layer.keys for layer in first.layers]
+    V1 = [layer.values for layer in first.layers]
+    # step 2: M = G (first update), K̃2 = K̃1 + ηG
+    K2p, V2p = raw_reread(lm, ids, K1, V1, start=L)
+    GK2 = [a - b for a, b in zip(K2p, K1)]
+    GV2 = [a - b for a, b in zip(V2p, V1)]
+    K2 = [k + eta * g for k, g in zip(K1, GK2)]
+    V2 = [v + eta * g for v, g in zip(V1, GV2)]
+    # step 3: M = G + βM, K̃3 = K̃2 + ηM
+    K3p, V3p = raw_reread(lm, ids, K2, V2, start=L)
+    MK = [(a - b) + beta * m for a, b, m in zip(K3p, K2, GK2)]
+    MV = [(a - b) + beta * m for a, b, m in zip(V3p, V2, GV2)]
+    K3 = [k + eta * m for k, m in zip(K2, MK)]
+    V3 = [v + eta * m for v, m in zip(V2, MV)]
+
+    steps = list(ift.ForwardTuner(lm, eta=eta, beta=beta).steps(demos, T=3))
+    assert [p.step for p in steps] == [1, 2, 3]
+    for got, want in ((steps[0].keys, K1), (steps[1].keys, K2), (steps[1].values, V2),
+                      (steps[2].keys, K3), (steps[2].values, V3)):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert steps[0].grad_norms_k == [0.0, 0.0]
+    assert steps[1].grad_norms_k == pytest.approx([torch.linalg.vector_norm(g).item() for g in GK2], rel=1e-5)
+    assert steps[2].grad_norms_v == pytest.approx(
+        [torch.linalg.vector_norm(a - b).item() for a, b in zip(V3p, V2)], rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eta_one_beta_zero_takes_the_present_keys(arch, tiny_lm, demos):
+    lm = tiny_lm(arch)
+    one, two = ift.ForwardTuner(lm, eta=1.0, beta=0.0).steps(demos, T=2)
+    ids = lm.tokenizer(demos, return_tensors="pt").input_ids
+    present_k, present_v = raw_reread(lm, ids, one.keys, one.values, start=ids.shape[1])
+    for got, want in zip(two.keys + two.values, present_k + present_v):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox"])
+def test_position_modes_differ_exactly_where_positions_enter(arch, tiny_lm, demos):
+    """Layer 0 sees only each token and its position: re-read at the same positions ('aligned') its K/V
+    reproduce the cache exactly (G = 0); shifted by L ('continue') they do not. Deeper layers see the
+    cached context, so both modes move them."""
+    lm = tiny_lm(arch)
+    aligned = list(ift.ForwardTuner(lm, position_mode="aligned").steps(demos, T=2))[-1]
+    shifted = list(ift.ForwardTuner(lm, position_mode="continue").steps(demos, T=2))[-1]
+    assert aligned.grad_norms_k[0] == 0.0 and aligned.grad_norms_v[0] == 0.0
+    assert shifted.grad_norms_k[0] > 0 or arch == "gpt_neox" and shifted.grad_norms_v[0] > 0
+    assert aligned.grad_norms_k[1] > 0 and shifted.grad_norms_k[1] > 0
+    assert aligned.grad_norms_k[1] != pytest.approx(shifted.grad_norms_k[1])
+
+
+def test_aligned_mode_refused_for_alibi(tiny_lm):
+    with pytest.raises(ValueError, match="position_mode='aligned' is impossible for bloom"):
+        ift.ForwardTuner(tiny_lm("bloom"), position_mode="aligned")
+
+
+def test_resume_continues_exactly(tiny_lm, demos):
+    lm = tiny_lm("llama")
+    tuner = ift.ForwardTuner(lm, eta=0.2, beta=0.9)
+    straight = list(tuner.steps(demos, T=4))
+    resumed = list(tuner.steps(demos, T=4, resume_from=straight[1]))
+    assert [p.step for p in resumed] == [3, 4]
+    for g, w in zip(resumed[-1].keys, straight[-1].keys):
+        torch.testing.assert_close(g, w)
+
+
+def test_non_finite_update_stops_with_a_reason(tiny_lm, demos):
+    lm = tiny_lm("llama")
+    tuner = ift.ForwardTuner(lm, eta=0.1)
+    first = next(tuner.steps(demos, T=1))
+    first.keys[1] = torch.full_like(first.keys[1], float("inf"))
+    out = list(tuner.steps(demos, T=5, resume_from=first))
+    assert len(out) == 1
+    assert out[0].diverged.startswith("non-finite") and "step 2" in out[0].diverged
+    assert out[0].step == 1  # the last good state, not the garbage
+
+
+def test_sliding_window_too_short_is_refused(tiny_lm, demos):
+    lm = tiny_lm("gemma3", sliding_window=16)
+    with pytest.raises(ValueError, match="sliding-window layers keep only 15"):
+        list(ift.ForwardTuner(lm).steps(demos, T=2))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eta=0.0), "eta must be > 0"), (dict(eta=-1), "eta must be > 0"),
+    (dict(beta=1.0), r"beta must be in \[0, 1\)"), (dict(beta=-0.1), r"beta must be in \[0, 1\)"),
+    (dict(position_mode="sideways"), "position_mode='sideways' is unknown; choose one of"),
+])
+def test_bad_hyperparameters(tiny_lm, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ift.ForwardTuner(tiny_lm("llama"), **kwargs)
+
+
+def test_bad_steps_and_empty_demonstrations(tiny_lm, demos):
+    tuner = ift.ForwardTuner(tiny_lm("llama"))
+    with pytest.raises(ValueError, match="T must be an integer >= 1"):
+        list(tuner.steps(demos, T=0))
+    with pytest.raises(ValueError, match="demonstrations are empty"):
+        list(tuner.steps("  \n", T=2))
