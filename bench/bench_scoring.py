@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import torch
 
 import ift
+from ift.efficiency import measure
 
 TASKS = {
     # task: (split, text field, label field, template, label words)
@@ -45,33 +43,6 @@ def build(data_dir: Path, task: str, limit: int):
     rows = read_rows(data_dir, task, split)[:limit]
     examples = [ift.Example.shared(template.format(r[text].strip()), words, r[label], i) for i, r in enumerate(rows)]
     return demo_text, examples
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 2 ms (CPU) or CUDA's own counter."""
-
-    def __enter__(self):
-        self.proc, self.base, self.peak, self.done = psutil.Process(), psutil.Process().memory_info().rss, 0, False
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while not self.done:
-            self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self.done = True
-        self.thread.join()
-        if torch.cuda.is_available():
-            self.peak = torch.cuda.max_memory_allocated()
-
-    @property
-    def mb(self) -> float:
-        return self.peak / 2**20
 
 
 @torch.no_grad()
@@ -108,14 +79,6 @@ def reference_scores(lm, examples, batch_size: int, stats: dict, prefix=None, de
     return out
 
 
-def timed(fn):
-    with PeakRSS() as mem:
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-    return result, seconds, mem.mb
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("IFT_DATA_DIR", str(Path(__file__).parents[2] / "shared" / "data")))
@@ -145,10 +108,10 @@ def main():
             fn({})
         runs = {}
         for method, fn in methods.items():
-            stats = {}
-            scores, seconds, mb = timed(lambda: fn(stats))
-            preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
-            runs[method] = (len(examples) / seconds, stats["tokens"] / len(examples), mb, preds)
+            stats, out = {}, {}
+            m = measure(lambda: out.update(scores=fn(stats)), len(examples), lm.device)
+            preds = [max(range(len(s)), key=s.__getitem__) for s in out["scores"]]
+            runs[method] = (m["queries_per_s"], stats["tokens"] / len(examples), m["peak_mem_mb"], preds)
         for method, (qps, tpq, mb, preds) in runs.items():
             speedup = runs["tuned"][0] / qps
             same = "yes" if preds == runs["tuned"][3] else f"NO ({sum(a != b for a, b in zip(preds, runs['tuned'][3]))} differ)"

@@ -29,7 +29,7 @@ class Example:
             raise ValueError(f"Example {self.index}: gold={self.gold} but only {len(self.continuations)} candidates")
 
     @classmethod
-    def shared(cls, context: str, continuations, gold: int = -1, index: int = -1) -> "Example":
+    def shared(cls, context: str, continuations, gold: int = -1, index: int = -1) -> Example:
         """The common case: one context, several candidate continuations."""
         conts = tuple(continuations)
         return cls((context,) * len(conts), conts, gold, index)

@@ -98,7 +98,7 @@ class TunedPrefix:
         return path
 
     @classmethod
-    def load(cls, path, lm) -> "TunedPrefix":
+    def load(cls, path, lm) -> TunedPrefix:
         """Load a saved prefix for `lm`; refuses a prefix made by another model or tokenizer."""
         from safetensors import safe_open
 

@@ -11,8 +11,8 @@ are run again. Queries are right-padded and every pass gets explicit positions a
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

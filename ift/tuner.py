@@ -7,11 +7,11 @@ the cache moves by K̃ₜ = K̃ₜ₋₁ + ηM. Values are updated the same way 
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from ift.cache import cache_tensors, check_fits, make_cache
+from ift.cache import cache_tensors, check_fits
 from ift.prefix import TunedPrefix, model_fingerprint
 
 POSITION_MODES = ("continue", "aligned")

@@ -5,9 +5,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import make_tiny_model, make_tokenizer  # noqa: E402
-
 import ift  # noqa: E402
+from tiny import make_tiny_model, make_tokenizer  # noqa: E402
 
 
 @pytest.fixture

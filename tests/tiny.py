@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoModelForCausalLM,
     BloomConfig,
     Gemma3TextConfig,
     GPT2Config,
@@ -19,7 +20,6 @@ from transformers import (
     OPTConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
-    AutoModelForCausalLM,
 )
 
 ARCHS = ["llama", "gpt2", "opt", "gpt_neox", "qwen2", "gemma3", "bloom"]
