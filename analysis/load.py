@@ -1,0 +1,211 @@
+"""Read recorded runs (local results store or a wandb project) into one in-memory form, and sort them
+into used and skipped with a reason, so every table and figure is built by the same code whatever the source.
+
+A run is used when its status is `finished` and its records are complete; anything else is skipped and
+listed with why: failed (with its error), diverged (excluded from tables *and* curves: a curve that stops
+early would make a mean over seeds average over a changing set of seeds), incomplete (still running or
+killed: status `running`, no summary, fewer steps than T), malformed or unreadable files, or a duplicate
+of the same configuration and seed (the later-finished one is kept).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# meta.json keys that identify a run's configuration (a tuning run needs all of them)
+KEYS = ("model", "task", "eta", "beta", "T", "position_mode", "n_shot", "seed")
+SUMMARY_KEYS = ("icl_acc", "icl_acc_norm", "best_eval_step", "best_eval_acc", "dev_step", "dev_step_acc",
+                "last_step", "status")
+STEP_KEYS = ("step", "acc", "acc_norm", "dev_acc", "dev_acc_norm", "grad_norm_k", "grad_norm_v", "time_s",
+             "peak_mem_mb")
+EFFICIENCY_KEYS = ("method", "device", "batch_size", "queries_per_s", "tokens_per_query", "peak_mem_mb",
+                   "max_batch")
+
+
+@dataclass
+class Run:
+    id: str  # the job directory, or wandb:<entity>/<project>/<run id>
+    meta: dict
+    steps: list[dict] = field(default_factory=list)
+    summary: dict | None = None
+    efficiency: list[dict] = field(default_factory=list)
+    skip: str | None = None  # why the run is not used; None = used
+
+    @property
+    def mode(self) -> str:
+        return self.meta.get("mode") or "tune"
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "missing"))
+
+    def key(self) -> tuple:
+        return (self.mode,) + tuple(self.meta.get(k) for k in KEYS)
+
+
+# ---------------------------------------------------------------- local results store
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Lines of a JSONL file; a torn last line (job killed mid-write) is dropped, a torn middle line is an error."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return rows
+
+
+def load_job(job_dir: Path) -> Run:
+    """One job directory of the results store (the directory holding meta.json)."""
+    rid = str(job_dir)
+    try:
+        meta = json.loads((job_dir / "meta.json").read_text())
+        steps = sorted(_read_jsonl(job_dir / "steps.jsonl"), key=lambda r: r["step"])
+        summary_path = job_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        efficiency = _read_jsonl(job_dir / "efficiency.jsonl")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return Run(rid, {}, skip=f"unreadable: {type(exc).__name__}: {exc}")
+    return Run(rid, meta, steps, summary, efficiency)
+
+
+def load_local(root: str | Path) -> list[Run]:
+    """Every job under `root` (a job dir itself, or any tree such as Hydra's multirun/<date>/<time>/<n>/)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"results directory {root} does not exist")
+    metas = [root / "meta.json"] if (root / "meta.json").exists() else sorted(root.rglob("meta.json"))
+    return [load_job(m.parent) for m in metas]
+
+
+# ---------------------------------------------------------------- wandb
+
+_STATE = {"finished": "finished", "running": "running", "failed": "failed", "crashed": "failed",
+          "killed": "failed", "preempted": "running", "pending": "running"}
+_PER_LAYER = re.compile(r"^(grad_norm_[kv])[/._](\d+)$")
+
+
+def _history_row(row: dict) -> dict:
+    """A wandb history row back to a steps.jsonl / efficiency.jsonl row.
+
+    Per-layer norms may arrive as a list or as one scalar per layer (`grad_norm_k/0`, `grad_norm_k.0`, ...).
+    """
+    out, layers = {}, {}
+    for k, v in row.items():
+        if k.startswith("_"):
+            continue  # wandb's own _step, _runtime, _timestamp
+        m = _PER_LAYER.match(k)
+        if m:
+            layers.setdefault(m.group(1), {})[int(m.group(2))] = v
+        else:
+            out[k] = v
+    for name, by_layer in layers.items():
+        out.setdefault(name, [by_layer[i] for i in sorted(by_layer)])
+    return out
+
+
+def _plain(d) -> dict:
+    """wandb Config / Summary objects as a plain dict (a fake in tests may already be one)."""
+    if d is None:
+        return {}
+    raw = getattr(d, "_json_dict", None)
+    return dict(raw if isinstance(raw, dict) else d)
+
+
+def run_from_wandb(wrun, project: str) -> Run:
+    """The same record a local job gives: meta from config (+ status), steps/efficiency rows from history."""
+    config, summary = _plain(wrun.config), _plain(wrun.summary)
+    if isinstance(config.get("meta"), dict):  # tolerate meta logged as one nested key
+        config = {**config, **config["meta"]}
+    config = {k: (v.get("value", v) if isinstance(v, dict) and set(v) <= {"value", "desc"} else v)
+              for k, v in config.items()}  # raw API configs wrap values as {"value": ...}
+    meta = dict(config)
+    meta["status"] = summary.get("status") or config.get("status") or _STATE.get(getattr(wrun, "state", ""), "missing")
+    rows = [_history_row(r) for r in wrun.scan_history()]
+    steps = sorted((r for r in rows if "step" in r and "acc" in r), key=lambda r: r["step"])
+    efficiency = [r for r in rows if "method" in r and "queries_per_s" in r]
+    summ = {k: summary[k] for k in SUMMARY_KEYS if k in summary} or None
+    return Run(f"wandb:{project}/{wrun.id}", meta, steps, summ, efficiency)
+
+
+def load_wandb(project: str, api=None) -> list[Run]:
+    """Runs of `entity/project` through the wandb public API (`api` lets tests pass a fake)."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    return [run_from_wandb(r, project) for r in api.runs(project)]
+
+
+def load(sources, api=None) -> list[Run]:
+    """Runs from every source: a results directory, or `wandb:<entity>/<project>`."""
+    runs: list[Run] = []
+    for src in sources:
+        src = str(src)
+        runs += load_wandb(src[len("wandb:"):], api) if src.startswith("wandb:") else load_local(src)
+    return classify(runs)
+
+
+# ---------------------------------------------------------------- used or skipped
+
+def skip_reason(run: Run) -> str | None:
+    """Why this run cannot be used, or None."""
+    if run.skip:
+        return run.skip
+    meta, status = run.meta, run.status
+    summary_status = (run.summary or {}).get("status")
+    if summary_status in ("failed", "diverged"):
+        status = summary_status
+    error = meta.get("error") or ""
+    if status == "failed":
+        return f"failed: {error}" if error else "failed"
+    if status == "diverged":
+        return f"diverged after step {len(run.steps)}" + (f": {error}" if error else "")
+    if status == "running":
+        return f"incomplete: status running (job still running or killed), {len(run.steps)} step(s) recorded"
+    if status != "finished":
+        return f"incomplete: status {status!r}"
+    needed = ("model", "task") if run.mode == "efficiency" else KEYS
+    missing = [k for k in needed if meta.get(k) is None]
+    if missing:
+        return f"malformed: meta lacks {', '.join(missing)}"
+    if run.mode == "efficiency":
+        return None if run.efficiency else "incomplete: no efficiency.jsonl rows"
+    if run.summary is None:
+        return "incomplete: no summary.json"
+    if len(run.steps) < int(meta["T"]):
+        return f"incomplete: {len(run.steps)} of T={meta['T']} steps recorded"
+    return None
+
+
+def classify(runs: list[Run]) -> list[Run]:
+    """Set `skip` on every run; among duplicates of one configuration and seed keep the later-finished one."""
+    for run in runs:
+        run.skip = skip_reason(run)
+    kept: dict[tuple, Run] = {}
+    for run in runs:
+        if run.skip:
+            continue
+        other = kept.get(run.key())
+        if other is None:
+            kept[run.key()] = run
+            continue
+        newer, older = sorted([other, run], key=lambda r: str(r.meta.get("finished") or ""), reverse=True)
+        older.skip = f"duplicate of {newer.id} (same configuration and seed; kept the later one)"
+        kept[run.key()] = newer
+    return runs
+
+
+def used(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.skip is None]
+
+
+def skipped(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.skip is not None]

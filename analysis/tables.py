@@ -1,0 +1,230 @@
+"""The paper's Tables 1-3 from used runs, as pandas DataFrames, and a small Markdown formatter.
+
+Protocols (accuracies in %, the stored fractions x 100):
+- ICL = the eval accuracy at step 1 (the plain ICL cache).
+- "best on eval" (the paper's): the best eval accuracy over steps 1..T (step 1 included), earliest on ties.
+- "dev-chosen": the step with the best dev accuracy (earliest on ties); its eval accuracy is reported.
+Over a sweep of η (runs equal in everything but η and seed), each protocol also picks η per
+(configuration, seed): by best eval accuracy, or by the dev accuracy at the dev-chosen step (ties: the
+earlier step, then the smaller η).
+Over seeds: the mean, and the sample standard deviation (ddof=1; 0 with one seed). The relative gain is
+computed from the means: (tuned - ICL) / ICL x 100.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import KEYS, Run
+
+# configuration keys besides model and task; those that vary across the runs become table columns
+CONFIG_KEYS = ("beta", "position_mode", "n_shot", "T")
+CLASSIFICATION = {"sst2", "sst5", "mr", "agnews", "ag_news", "trec", "subj", "cr", "rte", "cb"}
+MULTIPLE_CHOICE = {"copa", "hellaswag", "openbookqa", "obqa", "qasc", "winogrande", "piqa", "arc_easy",
+                   "arc_challenge", "storycloze"}
+
+
+def task_family(task: str, meta: dict | None = None) -> str:
+    """Table 1 holds classification tasks, Table 2 multiple choice (meta `task_type` wins over the name)."""
+    kind = (meta or {}).get("task_type")
+    if kind in ("classification", "multiple_choice"):
+        return kind
+    name = str(task).lower()
+    if name in CLASSIFICATION:
+        return "classification"
+    if name in MULTIPLE_CHOICE:
+        return "multiple_choice"
+    return "other"
+
+
+def _columns(metric: str) -> tuple[str, str]:
+    if metric not in ("acc", "acc_norm"):
+        raise ValueError(f"metric must be 'acc' or 'acc_norm', got {metric!r}")
+    return metric, "dev_" + metric
+
+
+def steps_frame(runs: list[Run], metric: str = "acc") -> pd.DataFrame:
+    """One row per (run, step): the run's keys, `acc` / `dev_acc` in % for the chosen metric."""
+    eval_col, dev_col = _columns(metric)
+    rows = []
+    for run in runs:
+        base = {"run": run.id, **{k: run.meta.get(k) for k in KEYS}}
+        for s in run.steps:
+            dev = s.get(dev_col)
+            rows.append({**base, "step": int(s["step"]), "acc": 100 * s[eval_col],
+                         "dev_acc": np.nan if dev is None else 100 * dev})
+    cols = ["run", *KEYS, "step", "acc", "dev_acc"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def run_results(runs: list[Run], metric: str = "acc") -> pd.DataFrame:
+    """One row per run: ICL accuracy, best-on-eval accuracy and step, dev-chosen step and its accuracies."""
+    steps = steps_frame(runs, metric)
+    rows = []
+    for run in runs:
+        s = steps[steps["run"] == run.id].sort_values("step").reset_index(drop=True)
+        if s.empty:
+            continue
+        first = s[s["step"] == s["step"].min()].iloc[0]
+        best = s.loc[s["acc"].idxmax()]  # idxmax returns the first, i.e. earliest, maximum
+        if s["dev_acc"].notna().any():
+            dev = s.loc[s["dev_acc"].idxmax()]
+            dev_step, dev_acc, dev_eval = int(dev["step"]), dev["dev_acc"], dev["acc"]
+        else:
+            dev_step, dev_acc, dev_eval = np.nan, np.nan, np.nan
+        rows.append({"run": run.id, **{k: run.meta.get(k) for k in KEYS},
+                     "family": task_family(run.meta.get("task"), run.meta),
+                     "icl": first["acc"], "best_acc": best["acc"], "best_step": int(best["step"]),
+                     "dev_step": dev_step, "dev_acc": dev_acc, "dev_step_acc": dev_eval})
+    return pd.DataFrame(rows, columns=["run", *KEYS, "family", "icl", "best_acc", "best_step", "dev_step",
+                                       "dev_acc", "dev_step_acc"])
+
+
+def varying(frame: pd.DataFrame, keys=CONFIG_KEYS) -> list[str]:
+    """The configuration keys that take more than one value (they must appear as columns to tell rows apart)."""
+    return [k for k in keys if k in frame and frame[k].astype(str).nunique() > 1]
+
+
+def choose(per_run: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """One row per (configuration, seed): the η (run) and step each protocol picks, with `acc` and `step`."""
+    group = ["model", "task", *CONFIG_KEYS, "seed"]
+    if protocol == "eval":
+        score, step, acc = "best_acc", "best_step", "best_acc"
+    elif protocol == "dev":
+        score, step, acc = "dev_acc", "dev_step", "dev_step_acc"
+        per_run = per_run[per_run["dev_acc"].notna()]
+    else:
+        raise ValueError(f"protocol must be 'eval' or 'dev', got {protocol!r}")
+    if per_run.empty:
+        return per_run.assign(acc=[], step=[])
+    # best score first; ties: the earlier step, then the smaller eta
+    ranked = per_run.sort_values([score, step, "eta"], ascending=[False, True, True], kind="mergesort")
+    picked = ranked.groupby(group, dropna=False, sort=False).head(1)
+    return picked.assign(acc=picked[acc], step=picked[step].astype(int))
+
+
+def _std(x: pd.Series) -> float:
+    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def gain(tuned: float, icl: float) -> float:
+    return (tuned - icl) / icl * 100 if icl else float("nan")
+
+
+def main_table(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Tables 1-2: per model, task (and varying configuration), mean/std over seeds under both protocols."""
+    group = ["model", "task", *CONFIG_KEYS]
+    # ICL per seed: step 1 does not depend on eta, so the runs of one seed agree; average in case they don't
+    icl = per_run.groupby(group + ["seed"], dropna=False, sort=True)["icl"].mean().reset_index()
+    picks = {p: dict(list(choose(per_run, p).groupby(group, dropna=False, sort=False))) for p in ("eval", "dev")}
+    etas = per_run.groupby(group, dropna=False)["eta"].nunique()
+    rows = []
+    for cfg, seeds in icl.groupby(group, dropna=False, sort=True):
+        row = dict(zip(group, cfg))
+        row["family"] = per_run[(per_run["model"] == row["model"]) & (per_run["task"] == row["task"])]["family"].iloc[0]
+        row["seeds"] = len(seeds)
+        row["eta_sweep"] = bool(etas.loc[cfg] > 1)
+        row["icl_mean"], row["icl_std"] = float(seeds["icl"].mean()), _std(seeds["icl"])
+        for p in picks:
+            mine = picks[p].get(cfg)
+            if mine is None or mine.empty:
+                row.update({f"{p}_mean": np.nan, f"{p}_std": np.nan, f"{p}_gain": np.nan, f"{p}_steps": [],
+                            f"{p}_etas": [], f"{p}_seeds": 0})
+                continue
+            mine = mine.sort_values("seed")
+            row[f"{p}_mean"], row[f"{p}_std"] = float(mine["acc"].mean()), _std(mine["acc"])
+            # the gain compares like with like: the ICL mean over the same seeds
+            icl_p = float(seeds[seeds["seed"].isin(mine["seed"])]["icl"].mean())
+            row[f"{p}_gain"] = gain(row[f"{p}_mean"], icl_p)
+            row[f"{p}_steps"] = [int(x) for x in mine["step"]]
+            row[f"{p}_etas"] = [float(x) for x in mine["eta"]]
+            row[f"{p}_seeds"] = len(mine)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def momentum_table(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Table 3: momentum (β > 0) against β = 0 on otherwise equal runs (paired by seed), best-on-eval."""
+    group = ["model", "task", "eta", "position_mode", "n_shot", "T"]
+    rows = []
+    for cfg, g in per_run.groupby(group, dropna=False, sort=True):
+        plain = g[g["beta"] == 0]
+        for beta in sorted(b for b in g["beta"].unique() if b != 0):
+            mom = g[g["beta"] == beta]
+            seeds = sorted(set(mom["seed"]) & set(plain["seed"]))
+            if not seeds:
+                continue
+            m = mom[mom["seed"].isin(seeds)].sort_values("seed")
+            p = plain[plain["seed"].isin(seeds)].sort_values("seed")
+            rows.append({**dict(zip(group, cfg)), "beta": float(beta), "seeds": len(seeds),
+                         "m_mean": float(m["best_acc"].mean()), "m_std": _std(m["best_acc"]),
+                         "m_steps": [int(x) for x in m["best_step"]],
+                         "nm_mean": float(p["best_acc"].mean()), "nm_std": _std(p["best_acc"]),
+                         "nm_steps": [int(x) for x in p["best_step"]]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- Markdown
+
+def fmt_acc(mean: float, std: float, n: int) -> str:
+    """'72.02 ± 1.30' (the ± only when there is more than one seed)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def fmt_gain(g: float) -> str:
+    return "–" if g is None or math.isnan(g) else f"{g:+.2f}%"
+
+
+def fmt_list(xs, fmt="{}") -> str:
+    return ", ".join(fmt.format(x) for x in xs) if len(xs) else "–"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of a frame of already formatted cells (no tabulate dependency)."""
+    def cell(x) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(x) for x in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def format_main(table: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    """Display cells for Tables 1-2; `extra` are the varying configuration keys to show.
+
+    Without an η sweep one η column says which η was run; with one, each protocol lists its η per seed.
+    """
+    sweep = bool(len(table)) and bool(table["eta_sweep"].any())
+    out = []
+    for r in table.to_dict("records"):
+        row = {"model": r["model"], "task": r["task"], **{k: r[k] for k in extra}}
+        if not sweep:
+            row["η"] = fmt_list(sorted(set(r["eval_etas"] + r["dev_etas"])), "{:g}")
+        row["seeds"] = r["seeds"]
+        row["ICL"] = fmt_acc(r["icl_mean"], r["icl_std"], r["seeds"])
+        for p, name in (("eval", "best on eval"), ("dev", "dev-chosen")):
+            row[f"tuned ({name})"] = fmt_acc(r[f"{p}_mean"], r[f"{p}_std"], r[f"{p}_seeds"])
+            row[f"gain ({name})"] = fmt_gain(r[f"{p}_gain"])
+            row[f"step ({name})"] = fmt_list(r[f"{p}_steps"])
+            if sweep:
+                row[f"η ({name})"] = fmt_list(r[f"{p}_etas"], "{:g}")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def format_momentum(table: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    """Display cells for Table 3: best accuracy and the step(s) where it peaks, with and without momentum."""
+    out = []
+    for r in table.to_dict("records"):
+        out.append({"model": r["model"], "task": r["task"], "η": f"{r['eta']:g}", **{k: r[k] for k in extra},
+                    "seeds": r["seeds"], "β": f"{r['beta']:g}",
+                    "with momentum": fmt_acc(r["m_mean"], r["m_std"], r["seeds"]),
+                    "step": fmt_list(r["m_steps"]),
+                    "w/o M (β=0)": fmt_acc(r["nm_mean"], r["nm_std"], r["seeds"]),
+                    "step (w/o M)": fmt_list(r["nm_steps"])})
+    return pd.DataFrame(out)
