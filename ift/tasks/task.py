@@ -1,0 +1,196 @@
+"""A loaded task: its splits, and the seeded evaluation subsample, demonstrations and dev set.
+
+The demonstration pool is the demo split's labelled rows (minus the evaluated rows when the demo split is
+the evaluation split). One seeded permutation of the pool orders everything: demonstrations are taken from
+its head (per class when stratified), the dev set is its last `dev_size` rows, so the two never meet.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ift.example import Example
+from ift.tasks import sampling
+from ift.tasks.formatters import FORMATTERS
+from ift.tasks.sources import load_split, resolve_data_dir
+from ift.tasks.spec import TaskError, TaskSpec, get_field
+
+log = logging.getLogger(__name__)
+
+_UNLABELLED = (None, "", -1, "-1")
+
+
+@dataclass(frozen=True)
+class Demonstrations:
+    """Exactly what the model reads before each query, and where it came from (for the results store)."""
+
+    text: str          # "\n\n".join(demonstrations) + "\n\n" ("" for zero-shot)
+    indices: list[int]  # row numbers in `split`, in the order they appear in `text`
+    split: str
+
+
+class Task:
+    def __init__(self, spec: TaskSpec, data_dir=None):
+        self.spec = spec
+        self.data_dir = resolve_data_dir(spec, data_dir)
+        self._formatter = FORMATTERS[spec.formatter]
+        self._splits: dict[str, object] = {}
+        self._labels: dict[str, list] = {}
+
+    def __repr__(self) -> str:
+        source = self.data_dir or (self.spec.hub or {}).get("path")
+        return f"Task({self.name!r}, eval={self.spec.eval_split}, demo={self.spec.demo_split}, source={source})"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def split(self, role: str):
+        """The `datasets.Dataset` of `role` ("eval_split" or "demo_split"), loaded and checked once."""
+        name = getattr(self.spec, role)
+        if name not in self._splits:
+            ds = load_split(self.spec, name, role, self.data_dir)
+            self._check_columns(ds, name)
+            self._labels[name] = self._check_labels(ds, name)
+            self._splits[name] = ds
+        return self._splits[name]
+
+    def _check_columns(self, ds, split: str) -> None:
+        first = ds[0]
+        for path, why in self._formatter.columns(self.spec).items():
+            top = path.split(".")[0]
+            try:
+                if top not in ds.column_names:
+                    raise TaskError("")
+                get_field(first, path, self.name)
+            except TaskError:
+                what = f"template placeholder {{{path}}} has no matching field" if why == "template" \
+                    else f"column {path!r} (from {why}) is missing"
+                raise TaskError(f"{self.name}: {what} in split {split!r}; columns found: {ds.column_names}") from None
+
+    def _check_labels(self, ds, split: str) -> list:
+        """Raw labels; for classification every labelled one must name a label word."""
+        raw = ds[self.spec.label_field]
+        if self.spec.is_classification:
+            for i, value in enumerate(raw):
+                self._gold(value, None, len(self.spec.label_words), split, i)
+        return raw
+
+    def _gold(self, raw, row, n_candidates: int, split: str, index: int) -> int:
+        spec = self.spec
+        where = f"{self.name}: row {index} of split {split!r}"
+        if raw in _UNLABELLED:
+            return -1
+        if spec.label_keys_field:
+            keys = list(get_field(row, spec.label_keys_field, self.name))
+            if raw not in keys:
+                raise TaskError(f"{where}: {spec.label_field}={raw!r} is not one of {spec.label_keys_field}={keys}")
+            gold = keys.index(raw)
+        elif spec.label_values is not None:
+            if raw not in spec.label_values:
+                raise TaskError(f"{where}: {spec.label_field}={raw!r} is not one of label_values={spec.label_values}")
+            gold = spec.label_values.index(raw)
+        elif isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
+            gold = int(raw)
+        else:
+            raise TaskError(f"{where}: {spec.label_field}={raw!r} is not an index; map it with label_values "
+                            f"or label_keys_field")
+        if not 0 <= gold < n_candidates:
+            words = spec.label_words if spec.is_classification else f"{n_candidates} choices"
+            raise TaskError(f"{where}: {spec.label_field}={raw!r} is outside the label words {words} "
+                            f"(valid: 0..{n_candidates - 1})")
+        return gold
+
+    def example(self, role: str, index: int) -> Example:
+        """Row `index` of the `role` split as an `Example` (gold -1 when the row is unlabelled)."""
+        ds = self.split(role)
+        row = ds[index]
+        contexts, conts = self._formatter.render(self.spec, row)
+        gold = self._gold(row[self.spec.label_field], row, len(conts), ds.split or getattr(self.spec, role), index)
+        return Example(tuple(contexts), tuple(conts), gold, index)
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    @property
+    def _shared_split(self) -> bool:
+        return self.spec.eval_split == self.spec.demo_split
+
+    def eval_indices(self, seed: int = 0, limit: int | None = None) -> list[int]:
+        limit = self.spec.eval_limit if limit is None else limit
+        return sampling.subsample(len(self.split("eval_split")), limit, seed)
+
+    def eval_examples(self, seed: int = 0, limit: int | None = None) -> list[Example]:
+        """The evaluated rows in source order: all, or a seeded subsample of `limit` (default: eval_limit)."""
+        if limit is not None and limit != self.spec.eval_limit and self._shared_split:
+            raise TaskError(f"{self.name}: demonstrations come from the evaluation split {self.spec.eval_split!r}, "
+                            f"so the evaluated subsample is fixed by eval_limit ({self.spec.eval_limit}); "
+                            f"set task.eval_limit={limit} instead of passing limit")
+        return [self.example("eval_split", i) for i in self.eval_indices(seed, limit)]
+
+    # --- demonstrations and dev ---------------------------------------------------------------
+
+    def _pool(self, seed: int) -> list[int]:
+        """Sorted labelled rows of the demo split that are never evaluated."""
+        self.split("demo_split")
+        labels = self._labels[self.spec.demo_split]
+        pool = [i for i, raw in enumerate(labels) if raw not in _UNLABELLED]
+        if self._shared_split:
+            evaluated = self.eval_indices(seed)
+            taken = [False] * len(labels)
+            for i in evaluated:
+                taken[i] = True
+            pool = [i for i in pool if not taken[i]]
+            log.warning("%s: demonstrations and dev rows come from %r, the evaluation split: drawing only from "
+                        "the %d rows not among the %d evaluated (seed %d)",
+                        self.name, self.spec.demo_split, len(pool), len(evaluated), seed)
+        if not pool:
+            raise TaskError(f"{self.name}: no labelled rows left for demonstrations in split {self.spec.demo_split!r}"
+                            + ("; lower task.eval_limit" if self._shared_split else ""))
+        return pool
+
+    def _order(self, seed: int) -> tuple[list[int], list[int]]:
+        """(candidates for demonstrations, dev rows): one permutation of the pool, split at dev_size."""
+        order = sampling.permute(self._pool(seed), seed, sampling.POOL)
+        cut = len(order) - self.spec.dev_size
+        if cut < 1:
+            raise TaskError(f"{self.name}: dev_size={self.spec.dev_size} leaves no rows for demonstrations "
+                            f"(pool: {len(order)} rows of {self.spec.demo_split!r}); lower task.dev_size")
+        return order[:cut], order[cut:]
+
+    def demonstrations(self, n: int, seed: int = 0) -> Demonstrations:
+        """n per class (stratified classification) or n in all, shuffled; the text ends with the separator."""
+        if not isinstance(n, int) or n < 0:
+            raise TaskError(f"{self.name}: n (shots) must be an integer >= 0, got {n!r}")
+        split = self.spec.demo_split
+        if n == 0:
+            return Demonstrations("", [], split)
+        candidates, _ = self._order(seed)
+        if self.spec.stratify:
+            labels = self._labels[split]
+            n_classes = len(self.spec.label_words)
+            classes = {i: self._gold(labels[i], None, n_classes, split, i) for i in candidates}
+            picked = sampling.first_per_class(candidates, classes, n, n_classes)
+            for word, rows in zip(self.spec.label_words, picked):
+                if len(rows) < n:
+                    raise TaskError(f"{self.name}: {n} demonstrations per class asked, but label {word!r} has only "
+                                    f"{len(rows)} rows available in split {split!r} (after dev_size="
+                                    f"{self.spec.dev_size} held out); lower n")
+            indices = sampling.permute([i for rows in picked for i in rows], seed, sampling.SHUFFLE)
+        else:
+            if n > len(candidates):
+                raise TaskError(f"{self.name}: {n} demonstrations asked, but split {split!r} has only "
+                                f"{len(candidates)} rows available (after dev_size={self.spec.dev_size} held out)")
+            indices = candidates[:n]
+        texts = [self.example("demo_split", i).demonstration for i in indices]
+        return Demonstrations("\n\n".join(texts) + "\n\n", indices, split)
+
+    def dev_examples(self, size: int | None = None, seed: int = 0) -> list[Example]:
+        """A held-out dev set from the demo pool (source order), never among the same seed's demonstrations."""
+        size = self.spec.dev_size if size is None else size
+        if size > self.spec.dev_size:
+            raise TaskError(f"{self.name}: dev set of {size} asked but only dev_size={self.spec.dev_size} rows are "
+                            f"held out; set task.dev_size={size}")
+        _, dev = self._order(seed)
+        return [self.example("demo_split", i) for i in sorted(dev[:size])]
