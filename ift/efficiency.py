@@ -16,7 +16,7 @@ import gc
 import inspect
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import psutil
 import torch
