@@ -144,19 +144,21 @@ def _tokens_per_query(lm, examples, demo_text: str | None) -> float:
 
 
 def run_efficiency_study(lm, examples: Sequence, demo_text: str, prefix, batch_sizes: Sequence[int] = (1, 4, 16),
-                         device=None, limit: int = 4096) -> list[dict]:
+                         device=None, limit: int = 4096, search: bool | None = None) -> list[dict]:
     """Measure ICL (demonstrations concatenated to every query) against the tuned prefix, same examples.
 
     Rows: {method: "icl"|"tuned", device, batch_size, queries_per_s, tokens_per_query, peak_mem_mb,
     max_batch}. On CUDA the batch size is the largest that fits (max_batch, searched up to
     min(limit, len(examples)) since the scorer runs each distinct query once); on CPU each of
-    `batch_sizes` is measured and max_batch is None. Each measurement follows one warm-up call.
+    `batch_sizes` is measured and max_batch is None. `search` forces either (default: search on CUDA only).
+    Each measurement follows one warm-up call.
     """
     from ift.scorer import score_examples
 
     if not examples:
         raise ValueError("the efficiency study needs at least one example")
     device = torch.device(device) if device is not None else torch.device(lm.device)
+    search = device.type == "cuda" if search is None else search
     with_stats = _scorer_takes_stats(score_examples)
     # longest queries first, so that a search batch examples[:b] is the worst case for its size
     longest = sorted(examples, key=lambda ex: -max(len(c) for c in ex.contexts))
@@ -167,10 +169,10 @@ def run_efficiency_study(lm, examples: Sequence, demo_text: str, prefix, batch_s
             extra = {"stats": stats} if with_stats and stats is not None else {}
             return score_examples(lm, exs, batch_size=bs, progress=False, **how, **extra)
 
-        if device.type == "cuda":
+        if search:
             max_batch = find_max_batch(lambda b: score(longest[:b], b), limit=min(limit, len(longest)))
             if max_batch == 0:
-                raise RuntimeError(f"{method}: not even one query fits in GPU memory")
+                raise RuntimeError(f"{method}: not even one query fits in memory")
             sizes = [max_batch]
         else:
             max_batch, sizes = None, list(batch_sizes)

@@ -101,3 +101,65 @@ def test_run_efficiency_study_on_tiny_model(tiny_lm, demos, examples):
     n_demo = len(lm.tokenizer(demos).input_ids)
     # the ICL input carries the demonstrations for every distinct query; the tuned input does not
     assert icl["tokens_per_query"] - tuned["tokens_per_query"] == pytest.approx(n_demo * 6 / 5, abs=1.5)
+
+
+def test_study_searches_the_max_batch_of_each_method(tiny_lm, demos, examples, monkeypatch):
+    """The search path on CPU: a scorer whose memory need the test sets (ICL fits 2 queries, tuned 4)."""
+    pytest.importorskip("ift.scorer")
+    import ift.scorer
+    from ift.efficiency import run_efficiency_study
+    from ift.tuner import ForwardTuner
+
+    real = ift.scorer.score_examples
+    capacity = {"icl": 2, "tuned": 4}
+    seen = []
+
+    def fake_score(lm, exs, prefix=None, demonstrations=None, batch_size=32, **kw):
+        method = "tuned" if prefix is not None else "icl"
+        seen.append((method, len(exs), batch_size))
+        if min(batch_size, len(exs)) > capacity[method]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(lm, exs, prefix=prefix, demonstrations=demonstrations, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(ift.scorer, "score_examples", fake_score)
+    lm = tiny_lm("llama")
+    prefix = list(ForwardTuner(lm, eta=0.01, beta=0.9).steps(demos, 2))[-1]
+    rows = run_efficiency_study(lm, examples, demos, prefix, search=True)
+    assert [(r["method"], r["batch_size"], r["max_batch"]) for r in rows] == [("icl", 2, 2), ("tuned", 4, 4)]
+    assert ("tuned", 5, 5) in seen  # searched up to the number of examples, no further
+    assert all(n <= len(examples) for _, n, _ in seen)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_real_cuda_oom_is_recovered():
+    """Each batch unit needs 1 GiB next to a fixed ballast; the search must land just under the free memory."""
+    gib = 2**30
+    free, _ = torch.cuda.mem_get_info()
+
+    def try_batch(b):
+        x = torch.empty(b * gib, dtype=torch.uint8, device="cuda")
+        del x
+
+    found = find_max_batch(try_batch, limit=1024)
+    assert 0 < found <= free // gib
+    assert found >= free // gib - 2  # caching allocator slack: within 2 GiB of what was free
+    assert torch.cuda.memory_allocated() == 0  # nothing left behind by the failed tries
+    torch.empty(gib, device="cuda", dtype=torch.uint8)  # and the device still works
+
+
+@cuda
+def test_study_on_gpu(tiny_lm, demos, examples):
+    from ift.efficiency import run_efficiency_study
+    from ift.models import LoadedModel
+    from ift.tuner import ForwardTuner
+
+    lm = tiny_lm("llama")
+    lm = LoadedModel(lm.model.to("cuda"), lm.tokenizer, lm.name, torch.device("cuda"))
+    prefix = list(ForwardTuner(lm, eta=0.01, beta=0.9).steps(demos, 2))[-1]
+    rows = run_efficiency_study(lm, examples, demos, prefix)
+    assert [r["method"] for r in rows] == ["icl", "tuned"]
+    assert all(r["device"] == "cuda" and r["max_batch"] == len(examples) == r["batch_size"] for r in rows)
+    assert all(r["peak_mem_mb"] > 0 for r in rows)
