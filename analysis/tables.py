@@ -27,11 +27,21 @@ MULTIPLE_CHOICE = {"copa", "hellaswag", "openbookqa", "obqa", "qasc", "winogrand
 
 
 def task_family(task: str, meta: dict | None = None) -> str:
-    """Table 1 holds classification tasks, Table 2 multiple choice (meta `task_type` wins over the name)."""
+    """Table 1 holds classification tasks, Table 2 multiple choice.
+
+    Decided by meta `task_type` if present, else by the built-in task spec (classification = it has
+    label_words), else by the task's name; anything else goes to an "other" table.
+    """
     kind = (meta or {}).get("task_type")
     if kind in ("classification", "multiple_choice"):
         return kind
     name = str(task).lower()
+    try:
+        from ift.tasks.registry import builtin_spec
+
+        return "classification" if builtin_spec(name).get("label_words") else "multiple_choice"
+    except Exception:  # noqa: BLE001 - not a built-in task (or no task registry): fall back to the name
+        pass
     if name in CLASSIFICATION:
         return "classification"
     if name in MULTIPLE_CHOICE:

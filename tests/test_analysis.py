@@ -283,11 +283,12 @@ def test_cli_rejects_empty_source(tmp_path):
 
 
 def test_runs_without_dev_set_and_unknown_task_family(tmp_path):
-    write_job(tmp_path / "a", acc=[.5, .6, .55], task="demo")  # no dev accuracies recorded
+    write_job(tmp_path / "a", acc=[.5, .6, .55], task="mytask")  # no dev accuracies recorded; not a known task
     per_run = tables.run_results(load.used(load.load([tmp_path])))
     out = report.main_tables(per_run)
     assert list(out) == ["Other tasks"]
     cells = out["Other tasks"].iloc[0].to_dict()
     assert (cells["tuned (best on eval)"], cells["step (best on eval)"]) == ("60.00", "2")
     assert (cells["tuned (dev-chosen)"], cells["gain (dev-chosen)"], cells["step (dev-chosen)"]) == ("–", "–", "–")
-    assert tables.task_family("demo", {"task_type": "classification"}) == "classification"
+    assert tables.task_family("mytask", {"task_type": "classification"}) == "classification"
+    assert tables.task_family("demo") == "classification"  # from its built-in spec (it has label_words)
