@@ -180,6 +180,8 @@ def skip_reason(run: Run) -> str | None:
         return None if run.efficiency else "incomplete: no efficiency.jsonl rows"
     if run.summary is None:
         return "incomplete: no summary.json"
+    if any(not isinstance(s.get("acc"), (int, float)) for s in run.steps):
+        return "malformed: a step without a numeric acc"
     if len(run.steps) < int(meta["T"]):
         return f"incomplete: {len(run.steps)} of T={meta['T']} steps recorded"
     return None

@@ -102,6 +102,9 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
           f"Sources: {', '.join(map(str, sources)) or '(given in code)'}  \n"
           f"Metric: `{metric}`. Runs used: {len(good)}; skipped: {len(runs) - len(good)} (listed at the end).\n",
           PROTOCOLS + "\n"]
+    missing = sorted(set(r.id for r in tune) - set(per_run["run"]))
+    if missing:
+        md.append(f"Used runs without any `{metric}` value, left out of tables and figures: {', '.join(missing)}\n")
     for title, frame in main_tables(per_run).items():
         md.append(_section(title, tables.markdown_table(frame)))
     mom = momentum_section(per_run)
@@ -110,8 +113,9 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
                            "Best-on-eval accuracy and the step where it peaks, paired by seed.\n\n"
                            + tables.markdown_table(mom)))
 
+    tune = [r for r in tune if r.id not in missing]
     if tune:
-        steps = tables.steps_frame(tune, metric)
+        steps = tables.steps_frame(tune, metric).dropna(subset=["acc"])
         line_keys = ["eta", *tables.varying(per_run)]
         p = figures.save(figures.accuracy_curves(steps, line_keys), out / "fig4_accuracy_curves.png")
         md.append(_section("Figure 4: accuracy vs optimisation steps",

@@ -62,8 +62,8 @@ def steps_frame(runs: list[Run], metric: str = "acc") -> pd.DataFrame:
     for run in runs:
         base = {"run": run.id, **{k: run.meta.get(k) for k in KEYS}}
         for s in run.steps:
-            dev = s.get(dev_col)
-            rows.append({**base, "step": int(s["step"]), "acc": 100 * s[eval_col],
+            acc, dev = s.get(eval_col), s.get(dev_col)
+            rows.append({**base, "step": int(s["step"]), "acc": np.nan if acc is None else 100 * acc,
                          "dev_acc": np.nan if dev is None else 100 * dev})
     cols = ["run", *KEYS, "step", "acc", "dev_acc"]
     return pd.DataFrame(rows, columns=cols)
@@ -75,8 +75,8 @@ def run_results(runs: list[Run], metric: str = "acc") -> pd.DataFrame:
     rows = []
     for run in runs:
         s = steps[steps["run"] == run.id].sort_values("step").reset_index(drop=True)
-        if s.empty:
-            continue
+        if s.empty or s["acc"].isna().all():
+            continue  # e.g. --metric acc_norm on runs that did not record it
         first = s[s["step"] == s["step"].min()].iloc[0]
         best = s.loc[s["acc"].idxmax()]  # idxmax returns the first, i.e. earliest, maximum
         if s["dev_acc"].notna().any():

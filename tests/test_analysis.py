@@ -292,3 +292,19 @@ def test_runs_without_dev_set_and_unknown_task_family(tmp_path):
     assert (cells["tuned (dev-chosen)"], cells["gain (dev-chosen)"], cells["step (dev-chosen)"]) == ("–", "–", "–")
     assert tables.task_family("mytask", {"task_type": "classification"}) == "classification"
     assert tables.task_family("demo") == "classification"  # from its built-in spec (it has label_words)
+
+
+def test_report_when_every_run_is_skipped(tmp_path):
+    write_job(tmp_path / "s" / "a", acc=[.5], status="failed", error="boom", summary=False, T=3)
+    d = write_job(tmp_path / "s" / "b", acc=[.5, .6])
+    (d / "steps.jsonl").write_text('{"step": 1, "acc": null}\n{"step": 2, "acc": 0.6}\n')
+    text = report.main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]).read_text()
+    assert "## Runs used (0)" in text and "Table 1" not in text and "Figure 4" not in text
+    assert "failed: boom" in text and "malformed: a step without a numeric acc" in text
+
+
+def test_metric_missing_is_said_not_silent(tmp_path):
+    d = write_job(tmp_path / "s" / "a", acc=[.5, .6])
+    (d / "steps.jsonl").write_text('{"step": 1, "acc": 0.5}\n{"step": 2, "acc": 0.6}\n')  # no acc_norm
+    text = report.main([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--metric", "acc_norm"]).read_text()
+    assert f"Used runs without any `acc_norm` value, left out of tables and figures: {d}" in text
