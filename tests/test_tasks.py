@@ -335,6 +335,7 @@ def test_hydra_task_node_overrides_a_builtin(tmp_path):
     task = load_task(node)
     assert len(task.eval_examples()) == 8 and len(task.demonstrations(2).indices) == 8
     assert isinstance(task.spec, TaskSpec) and task.spec.template == "Article: {text}\nCategory:"
+    assert len(load_task(task.spec, eval_limit=4).eval_examples()) == 4  # a TaskSpec is accepted too
 
 
 def test_user_yaml_task_end_to_end_on_a_tiny_model(tmp_path, tiny_lm):

@@ -66,9 +66,9 @@ FORMATTERS["template"] = Formatter(_check_template, _template_columns, _template
 
 def hellaswag_clean(text: str) -> str:
     """lm-eval's HellaSwag preprocessing: drop [header]/[step] tags, ' [title]' ends a sentence."""
-    text = text.strip().replace(" [title]", ". ")
+    text = text.replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
-    return text.replace("  ", " ")
+    return text.replace("  ", " ").strip()
 
 
 def _hellaswag_render(spec: TaskSpec, row: dict) -> tuple[list[str], list[str]]:

@@ -5,6 +5,7 @@ A mapping whose `name` is a built-in task overrides that task's spec with its ot
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -86,7 +87,6 @@ def _to_dict(node) -> dict:
 
 
 def _spec_dict(spec: TaskSpec) -> dict:
-    from dataclasses import asdict
     data = asdict(spec)
     data.pop("base_dir")
     return data

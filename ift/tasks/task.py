@@ -108,7 +108,7 @@ class Task:
         ds = self.split(role)
         row = ds[index]
         contexts, conts = self._formatter.render(self.spec, row)
-        gold = self._gold(row[self.spec.label_field], row, len(conts), ds.split or getattr(self.spec, role), index)
+        gold = self._gold(row[self.spec.label_field], row, len(conts), getattr(self.spec, role), index)
         return Example(tuple(contexts), tuple(conts), gold, index)
 
     # --- evaluation ---------------------------------------------------------------------------
