@@ -101,9 +101,9 @@ def make_tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     return model
 
 
-def save_tiny_model(directory, arch: str = "llama", seed: int = 0) -> Path:
+def save_tiny_model(directory, arch: str = "llama", seed: int = 0, **overrides) -> Path:
     """Write an HF-format directory (weights + config + tokenizer) for path-based loading tests."""
     directory = Path(directory)
-    make_tiny_model(arch, seed).save_pretrained(directory)
+    make_tiny_model(arch, seed, **overrides).save_pretrained(directory)
     make_tokenizer().save_pretrained(directory)
     return directory

@@ -1,0 +1,221 @@
+"""A composed Hydra config checked and turned into a typed `JobConfig`, before anything heavy happens.
+
+Every check names the config field and its valid values, so `optim.eta=-1` fails in milliseconds
+instead of after a model download. `config_hash` keys the results store: two jobs that would compute
+the same numbers have the same hash, whatever their logger, batch size or output directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ift.models import DTYPES, QUANTS, check_options
+from ift.tuner import POSITION_MODES
+
+MODES = ("tune", "efficiency")
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    name: str         # short label in results and reports, e.g. "opt-1.3b"
+    source: str       # "bundled", a hub id, a local HF directory or a .gguf file
+    dtype: str = "fp32"
+    quant: str = "none"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class OptimConfig:
+    eta: float = 0.01
+    beta: float = 0.9
+    T: int = 15
+    position_mode: str = "continue"
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"
+    project: str = "ift"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    init_timeout: float = 30.0
+
+
+@dataclass
+class JobConfig:
+    mode: str
+    seed: int
+    n_shot: int
+    device: str
+    model: ModelConfig
+    task: dict                  # spec keys for ift.tasks.load_task (+ optional `file`: a task YAML path)
+    optim: OptimConfig
+    logger: LoggerConfig
+    results_dir: Path
+    batch_size: int = 32
+    save_predictions: bool = False
+    save_prefix: bool = True    # keep the last tuned prefix (also the resume checkpoint)
+    progress: bool = True
+    skip_finished: bool = True
+    efficiency: dict = field(default_factory=dict)
+    hash: str = ""
+
+    @property
+    def task_name(self) -> str:
+        return str(self.task.get("name") or Path(str(self.task.get("file", "task"))).stem)
+
+    def identity(self) -> dict:
+        """What determines the numbers a job produces (and so its results-store key)."""
+        ident = {"mode": self.mode, "seed": self.seed, "n_shot": self.n_shot,
+                 "model": {k: v for k, v in asdict(self.model).items() if k != "name"},
+                 "task": self.task, "optim": asdict(self.optim)}
+        if self.mode == "efficiency":
+            ident["efficiency"] = self.efficiency
+        return ident
+
+
+def config_hash(identity: dict) -> str:
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def to_plain(cfg) -> dict:
+    """An OmegaConf node (resolved) or a mapping as plain Python containers."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        from omegaconf.errors import MissingMandatoryValue
+    except ImportError:  # a notebook without Hydra passes plain dicts
+        return dict(cfg)
+    if isinstance(cfg, DictConfig):
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as err:
+            key = getattr(err, "full_key", "") or str(err)
+            raise ConfigError(f"{key} is required but not set (it is ??? in the config); "
+                              f"e.g. model=hf model.source=/path/to/model_dir") from None
+    return dict(cfg)
+
+
+def _need(node: dict, key: str, where: str):
+    if not isinstance(node, dict) or key not in node:
+        raise ConfigError(f"{where}.{key} is missing from the config")
+    return node[key]
+
+
+def _int(value, field_name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{field_name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _choice(value, field_name: str, choices) -> str:
+    if value not in choices:
+        raise ConfigError(f"{field_name}={value!r} is unknown; choose one of {list(choices)}")
+    return value
+
+
+def _model(node: dict, quant: dict) -> ModelConfig:
+    source = node.get("source")
+    sizes = node.get("sources")
+    if sizes:  # a model family: model.size picks the hub id
+        size = node.get("size")
+        if size not in sizes:
+            raise ConfigError(f"model.size={size!r} is not a size of this model family; choose one of {list(sizes)}")
+        source = sizes[size]
+    if not source or not isinstance(source, str):
+        raise ConfigError("model.source must be 'bundled', a hub id, a local model directory or a .gguf file; "
+                          f"got {source!r}")
+    name = node.get("name") or Path(source.rstrip("/")).name.removesuffix(".gguf")
+    dtype = _choice(quant.get("dtype", "fp32"), "quant.dtype", DTYPES)
+    method = _choice(quant.get("method", "none"), "quant.method", QUANTS)
+    return ModelConfig(str(name), source, dtype, method, bool(node.get("trust_remote_code", False)))
+
+
+def _optim(node: dict) -> OptimConfig:
+    eta, beta = node.get("eta"), node.get("beta")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
+        raise ConfigError(f"optim.eta must be a number > 0, got {eta!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+        raise ConfigError(f"optim.beta must be a number in [0, 1), got {beta!r}")
+    T = _int(node.get("T"), "optim.T", 1)
+    mode = _choice(node.get("position_mode", "continue"), "optim.position_mode", POSITION_MODES)
+    return OptimConfig(float(eta), float(beta), T, mode)
+
+
+def _logger(node: dict) -> LoggerConfig:
+    mode = _choice(node.get("mode", "offline"), "logger.mode", LOGGER_MODES)
+    tags = node.get("tags") or []
+    timeout = node.get("init_timeout", 30)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"logger.init_timeout must be a number of seconds > 0, got {timeout!r}")
+    return LoggerConfig(mode, str(node.get("project") or "ift"), node.get("entity"), node.get("group"),
+                        [str(t) for t in tags], float(timeout))
+
+
+def _task(node, base: Path) -> dict:
+    if isinstance(node, str):
+        node = {"name": node}
+    if not isinstance(node, dict) or not (node.get("name") or node.get("file")):
+        raise ConfigError(f"task must be a task config with a `name` (or `file`: a task YAML), got {node!r}; "
+                          "e.g. task=sst2 or task=file task.file=my_tasks/animals.yaml")
+    node = dict(node)
+    for key in ("file", "data_dir"):  # relative paths are relative to where the user launched
+        if node.get(key) is not None:
+            node[key] = str((base / Path(str(node[key])).expanduser()).resolve())
+    return node
+
+
+def _efficiency(node: dict) -> dict:
+    sizes = node.get("batch_sizes", [1, 4, 16])
+    if not isinstance(sizes, list) or not sizes:
+        raise ConfigError(f"efficiency.batch_sizes must be a non-empty list of integers, got {sizes!r}")
+    for s in sizes:
+        _int(s, "efficiency.batch_sizes[]", 1)
+    return {"batch_sizes": sizes,
+            "max_batch_limit": _int(node.get("max_batch_limit", 4096), "efficiency.max_batch_limit", 1),
+            "n_examples": _int(node.get("n_examples", 256), "efficiency.n_examples", 1),
+            "search": node.get("search")}
+
+
+def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
+    """Check every value of a composed config (no model, no data touched) and return a `JobConfig`.
+
+    base_dir anchors relative paths (results_dir, task.file, task.data_dir): the directory the user
+    launched from (Hydra may have changed the working directory since).
+    """
+    c = to_plain(cfg)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    mode = _choice(c.get("mode", "tune"), "mode", MODES)
+    seed = _int(c.get("seed", 0), "seed", 0)
+    n_shot = _int(c.get("n_shot", 1), "n_shot", 1)
+    device = str(c.get("device", "auto"))
+    model = _model(_need(c, "model", "config"), c.get("quant") or {})
+    try:  # dtype / quantisation / device compatibility, with the engine's own rules
+        check_options(model.dtype, model.quant, device)
+    except ValueError as err:
+        raise ConfigError(f"quant.method / device: {err}") from None
+    optim = _optim(_need(c, "optim", "config"))
+    ev = c.get("eval") or {}
+    results_dir = c.get("results_dir") or os.environ.get("IFT_RESULTS_DIR") or "results"
+    job = JobConfig(
+        mode=mode, seed=seed, n_shot=n_shot, device=device, model=model,
+        task=_task(_need(c, "task", "config"), base), optim=optim, logger=_logger(c.get("logger") or {}),
+        results_dir=(base / Path(str(results_dir)).expanduser()).resolve(),
+        batch_size=_int(ev.get("batch_size", 32), "eval.batch_size", 1),
+        save_predictions=bool(ev.get("save_predictions", False)),
+        save_prefix=bool(ev.get("save_prefix", True)),
+        progress=bool(ev.get("progress", True)),
+        skip_finished=bool(c.get("skip_finished", True)),
+        efficiency=_efficiency(c.get("efficiency") or {}) if mode == "efficiency" else {},
+    )
+    job.hash = config_hash(job.identity())
+    return job

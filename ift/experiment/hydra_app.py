@@ -1,0 +1,71 @@
+"""The Hydra side of a job: run it inside Hydra's job directory, and keep one failure from ending a sweep.
+
+Each job leaves `job.json` in its Hydra output directory (status, error, where its results are);
+`SweepReport`, a Hydra callback, reads them when a multirun ends, prints which jobs failed and makes the
+command exit non-zero if any did, after every other job has run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import get_original_cwd
+from omegaconf import open_dict
+
+from ift.experiment.job import run_job
+
+log = logging.getLogger(__name__)
+JOB_FILE = "job.json"
+
+
+def run_hydra_job(cfg) -> dict:
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    record = {"overrides": list(hc.overrides.task), "output_dir": str(out)}
+    if hc.mode == RunMode.MULTIRUN and cfg.get("logger", {}).get("group") is None:
+        with open_dict(cfg):  # one wandb group per sweep
+            cfg.logger.group = str(Path(hc.sweep.dir).name)
+    try:
+        result = run_job(cfg, base_dir=get_original_cwd(), output_dir=out)
+    except Exception as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        (out / JOB_FILE).write_text(json.dumps(record, indent=2))
+        if hc.mode != RunMode.MULTIRUN:
+            raise
+        log.error("job failed; the sweep goes on:\n%s", traceback.format_exc())
+        return record
+    record.update(result)
+    (out / JOB_FILE).write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: one line per job, and exit status 1 if any job failed."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        records = []
+        for path in sorted(sweep_dir.glob(f"*/{JOB_FILE}"), key=lambda p: p.parent.name):
+            try:
+                records.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                records.append({"status": "unreadable", "output_dir": str(path.parent)})
+        if not records:
+            return
+        failed = [r for r in records if r.get("status") not in ("finished", "diverged")]
+        lines = [f"sweep {sweep_dir}: {len(records)} job(s), {len(failed)} failed"]
+        for r in records:
+            what = r.get("error") or r.get("store") or ""
+            skipped = " (already finished: skipped)" if r.get("skipped") else ""
+            lines.append(f"  [{r.get('status')}{skipped}] {' '.join(r.get('overrides', []))}  {what}")
+        (sweep_dir / "sweep_report.txt").write_text("\n".join(lines) + "\n")
+        log.info("\n".join(lines))
+        if failed:
+            print("\n".join(lines), file=sys.stderr)
+            sys.exit(1)
