@@ -46,3 +46,31 @@ def test_bundled_model_tunes_and_scores_real_sst2(smollm, tmp_path):
     path = prefixes[-1].save(tmp_path / "sst2.safetensors")
     reloaded = ift.score_examples(smollm, examples, prefix=ift.TunedPrefix.load(path, smollm))
     assert [s.sum_logprobs for s in tuned] == [s.sum_logprobs for s in reloaded]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"no SST-2 mirror at {DATA}")
+def test_launch_smoke_experiment_on_the_bundled_model(tmp_path):
+    """`python launch.py experiment=smoke`: the bundled GGUF model, real SST-2, three steps, through Hydra."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        ift.models.bundled_model_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    root = Path(__file__).resolve().parents[1]
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "launch.py", "experiment=smoke", "logger=wandb_offline",
+                           "eval.progress=false", f"results_dir={results}", f"hydra.run.dir={tmp_path / 'out'}"],
+                          cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "IFT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (meta_path,) = results.rglob("meta.json")
+    meta = json.loads(meta_path.read_text())
+    assert (meta["status"], meta["model"], meta["task"], meta["n_eval"]) == ("finished", "smollm2-135m", "sst2", 40)
+    steps = [json.loads(line) for line in (meta_path.parent / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(len(s["grad_norm_k"]) == 30 for s in steps)  # SmolLM2-135M has 30 layers
+    assert steps[0]["acc"] >= 0.6 and all(s["dev_acc"] is not None for s in steps)
