@@ -219,3 +219,34 @@ def test_analysis_reads_a_tuning_sweep_from_the_store(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "report.md").read_text()
     assert "demo" in text and "tinyllama" in text and (out / "fig4_accuracy_curves.png").exists()
+
+
+def test_wandb_online_without_a_reachable_server_falls_back_to_offline(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: the network is "down"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "out"
+    start = time.time()
+    result = run_job(compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=2", "logger=wandb_online",
+                                  "logger.init_timeout=5", "eval.progress=false", f"results_dir={tmp_path / 'r'}"]),
+                     output_dir=out)
+    assert result["status"] == "finished" and time.time() - start < 120
+    assert list((out / "wandb").glob("offline-run-*")), "no offline run after the online start failed"
+
+
+def test_a_wandb_error_mid_run_only_turns_tracking_off(tiny_dir, tmp_path, monkeypatch):
+    import wandb
+
+    class BrokenRun:
+        dir, summary = str(tmp_path), {}
+
+        def log(self, *args, **kwargs):
+            raise ConnectionError("network gone")
+
+        def finish(self, exit_code=0):
+            raise AssertionError("finish must not be called on a run tracking gave up on")
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: BrokenRun())
+    result = run_job(compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=3", "logger=wandb_offline",
+                                  "eval.progress=false", f"results_dir={tmp_path / 'r'}"]), output_dir=tmp_path)
+    assert result["status"] == "finished" and result["summary"]["last_step"] == 3

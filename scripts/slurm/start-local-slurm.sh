@@ -62,7 +62,7 @@ stop_pid() {
 }
 
 mkdir -p "$RUN"
-exec 9>"$RUN/start.lock"
+exec 9>"$RUN/start.lock"   # daemons below are started with 9>&- so they do not inherit the lock
 flock -w $(( TIMEOUT * 5 )) 9 || die "another start-local-slurm.sh holds $RUN/start.lock"
 
 # ---------------------------------------------------------------- 1. packages
@@ -160,7 +160,7 @@ mkdir -p /run/munge /var/lib/munge /var/log/munge
 chown munge:munge /run/munge /var/lib/munge /var/log/munge; chmod 755 /run/munge
 if ! pid_alive /run/munge/munged.pid munged; then
   rm -f /run/munge/munge.socket.2*
-  runuser -u munge -- munged          # daemonizes itself, writes /run/munge/munged.pid
+  runuser -u munge -- munged 9>&-     # daemonizes itself, writes /run/munge/munged.pid
   wait_for "$TIMEOUT" bash -c 'munge -n | unmunge' || die "munged did not come up (see /var/log/munge/munged.log)"
   log "munged started (pid $(cat /run/munge/munged.pid))"
 else
@@ -183,7 +183,7 @@ if [ "$ACCOUNTING" = 1 ]; then
     log "initialized MariaDB datadir $DBDIR"
   fi
   if ! pid_alive "$DBRUN/mariadbd.pid" mariadbd; then
-    setsid nohup mariadbd "${MYSQL_ARGS[@]}" >>"$LOGS/mariadbd.out" 2>&1 < /dev/null &
+    setsid nohup mariadbd "${MYSQL_ARGS[@]}" >>"$LOGS/mariadbd.out" 2>&1 < /dev/null 9>&- &
     wait_for "$TIMEOUT" mariadb-admin --no-defaults --socket="$DBRUN/mysqld.sock" ping \
       || { tail -20 "$LOGS/mariadbd.log"; die "mariadbd did not come up"; }
     log "mariadbd started (pid $(cat "$DBRUN/mariadbd.pid"), 127.0.0.1:$DB_PORT)"
@@ -216,7 +216,7 @@ StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$DBDCONF"    # slurmdbd refuses a world-readable config
   if ! pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
-    slurmdbd                           # daemonizes itself
+    slurmdbd 9>&-                      # daemonizes itself
     wait_for "$TIMEOUT" sacctmgr -n show cluster \
       || { tail -20 "$LOGS/slurmdbd.log"; die "slurmdbd did not come up"; }
     log "slurmdbd started (pid $(cat "$RUN/slurmdbd.pid"))"
@@ -234,14 +234,14 @@ if [ "$CONF_CHANGED" = 1 ]; then
   stop_pid "$RUN/slurmctld.pid" slurmctld
 fi
 if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
-  slurmctld -i                         # daemonizes; -i: ignore unreadable old state files
+  slurmctld -i 9>&-                    # daemonizes; -i: ignore unreadable old state files
   wait_for "$TIMEOUT" scontrol ping || { tail -20 "$LOGS/slurmctld.log"; die "slurmctld did not come up"; }
   log "slurmctld started (pid $(cat "$RUN/slurmctld.pid"))"
 else
   log "slurmctld already running (pid $(cat "$RUN/slurmctld.pid"))"
 fi
 if ! pid_alive "$RUN/slurmd.pid" slurmd; then
-  slurmd                               # daemonizes
+  slurmd 9>&-                          # daemonizes
   wait_for "$TIMEOUT" pid_alive "$RUN/slurmd.pid" slurmd || { tail -20 "$LOGS/slurmd.log"; die "slurmd did not come up"; }
   log "slurmd started (pid $(cat "$RUN/slurmd.pid"))"
 else
