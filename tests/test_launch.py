@@ -65,7 +65,7 @@ def user_task(tmp_path):
 
 def test_launch_writes_the_results_store_and_an_offline_wandb_run(tiny_dir, user_task, tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
-    proc = launch([f"model=hf", f"model.source={tiny_dir}", "task=file", f"task.file={user_task}", "optim.T=3",
+    proc = launch(["model=hf", f"model.source={tiny_dir}", "task=file", f"task.file={user_task}", "optim.T=3",
                    "n_shot=2", "logger=wandb_offline", "eval.save_predictions=true", "eval.progress=false",
                    f"results_dir={results}", f"hydra.run.dir={out}"], env={"WANDB_MODE": None})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,8 +1,9 @@
 """The Hydra side of a job: run it inside Hydra's job directory, and keep one failure from ending a sweep.
 
-Each job leaves `job.json` in its Hydra output directory (status, error, where its results are);
-`SweepReport`, a Hydra callback, reads them when a multirun ends, prints which jobs failed and makes the
-command exit non-zero if any did, after every other job has run.
+Each job leaves `job.json` in its Hydra output directory (status, error, summary, where its results
+are); `SweepReport`, a Hydra callback, reads them when a multirun ends, prints one line per job (its
+accuracies, or its error) and makes the command exit non-zero if any job failed, after every other job
+has run. Choosing η across a sweep on the dev set is `python -m analysis.report`'s job.
 """
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def run_hydra_job(cfg) -> dict:
     return record
 
 
+def _numbers(summary: dict) -> str:
+    """ICL, the paper's best step on eval, and the dev-chosen step, in one short phrase."""
+    if summary.get("icl_acc") is None:
+        return ""
+    text = f"ICL {summary['icl_acc']:.4f}, best on eval {summary['best_eval_acc']:.4f} (step {summary['best_eval_step']})"
+    if summary.get("dev_step") is not None:
+        text += f", dev-chosen step {summary['dev_step']}: {summary['dev_step_acc']:.4f}"
+    return text
+
+
 class SweepReport(Callback):
     """At the end of a multirun: one line per job, and exit status 1 if any job failed."""
 
@@ -61,9 +72,9 @@ class SweepReport(Callback):
         failed = [r for r in records if r.get("status") not in ("finished", "diverged")]
         lines = [f"sweep {sweep_dir}: {len(records)} job(s), {len(failed)} failed"]
         for r in records:
-            what = r.get("error") or r.get("store") or ""
             skipped = " (already finished: skipped)" if r.get("skipped") else ""
-            lines.append(f"  [{r.get('status')}{skipped}] {' '.join(r.get('overrides', []))}  {what}")
+            lines.append(f"  [{r.get('status')}{skipped}] {' '.join(r.get('overrides', []))}  "
+                         f"{r.get('error') or _numbers(r.get('summary') or {})}  {r.get('store', '')}")
         (sweep_dir / "sweep_report.txt").write_text("\n".join(lines) + "\n")
         log.info("\n".join(lines))
         if failed:

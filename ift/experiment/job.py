@@ -26,12 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def versions() -> dict:
-    import datasets
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "datasets": datasets.__version__,
-            "ift": getattr(ift, "__version__", "0.1.0")}
+    out = {"python": platform.python_version()}
+    for package in ("ift", "torch", "transformers", "datasets", "bitsandbytes"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
 
 
 def open_task(job: JobConfig) -> Task:

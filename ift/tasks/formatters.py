@@ -6,8 +6,8 @@ computed elsewhere (`Task`) from `label_field`. A spec names its formatter with 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ift.tasks.spec import TaskError, TaskSpec, get_field, render
 

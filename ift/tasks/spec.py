@@ -72,7 +72,7 @@ class TaskSpec:
         return template_fields(self.template, self.name)
 
     @classmethod
-    def from_mapping(cls, data: dict, base_dir: Path | None = None) -> "TaskSpec":
+    def from_mapping(cls, data: dict, base_dir: Path | None = None) -> TaskSpec:
         known = {f.name for f in fields(cls)} - {"base_dir"}
         unknown = sorted(set(data) - known)
         if unknown:
