@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import ift
+from ift.cache import run
 from ift.efficiency import measure
 
 TASKS = {
@@ -69,8 +70,9 @@ def reference_scores(lm, examples, batch_size: int, stats: dict, prefix=None, de
             ids[b, : len(full)] = torch.tensor(full)
             mask[b, L: L + len(full)] = 1
         positions = (L + torch.arange(width)).expand(len(chunk), width)
-        logits = model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), position_ids=positions.to(lm.device),
-                       past_key_values=prefix.to_cache(model, len(chunk)) if prefix is not None else None).logits
+        logits = run(model, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                     position_ids=positions.to(lm.device),
+                     cache=prefix.to_cache(model, len(chunk)) if prefix is not None else None).logits
         lp = torch.log_softmax(logits.float(), -1)
         stats["tokens"] = stats.get("tokens", 0) + ids.numel()
         for b, (e, j, full, start) in enumerate(chunk):

@@ -5,8 +5,31 @@ inside can be shared views (e.g. a [1, ...] prefix expanded over the batch witho
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import DynamicCache
+
+
+@functools.cache
+def _cache_arg(model_class) -> str:
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def run(model, cache=None, **inputs):
+    """`model(**inputs)` with `cache` under the argument name this transformers release uses: `cache` in
+    recent 5.x, `past_key_values` in earlier ones (accepted with a warning until 5.40, then gone)."""
+    if cache is not None:
+        inputs[_cache_arg(type(model))] = cache
+    return model(**inputs)
+
+
+def output_cache(out):
+    """The cache a forward pass returned (`out.cache`, or `out.past_key_values` in earlier 5.x)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def make_cache(model, keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ift.cache import cache_tensors, check_fits, make_cache
+from ift.cache import cache_tensors, check_fits, make_cache, output_cache, run
 from ift.example import Example
 
 
@@ -152,8 +152,8 @@ def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, de
     later = [(b, e, j, cont) for b, r in enumerate(batch) for e, j, cont in by_row[r] if len(cont) > 1]
     # logits only where a first continuation token is predicted: the last real query token of each row
     keep = torch.unique(lengths - 1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(later),
-                past_key_values=prefix.to_cache(model, B) if prefix is not None else None, logits_to_keep=keep)
+    out = run(model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(later),
+              cache=prefix.to_cache(model, B) if prefix is not None else None, logits_to_keep=keep)
     col = {int(p): i for i, p in enumerate(keep.tolist())}
     last = torch.log_softmax(out.logits.float(), dim=-1)  # [B, len(keep), V]
     for b, r in enumerate(batch):
@@ -166,15 +166,15 @@ def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, de
 
     # second pass: continuation tokens 2..n, each candidate reading its own query's cache
     rows = torch.tensor([b for b, *_ in later], device=device)
-    keys, values = cache_tensors(out.past_key_values)
+    keys, values = cache_tensors(output_cache(out))
     cache = make_cache(model, [k.index_select(0, rows) for k in keys], [v.index_select(0, rows) for v in values])
     conts = [cont for *_, cont in later]
     cids, cmask = _pad([c[:-1] for c in conts], pad_id, device)
     N, C = cids.shape
     mask2 = torch.cat([mask.index_select(0, rows), cmask], dim=1)
     positions2 = offset + lengths.index_select(0, rows)[:, None] + torch.arange(C, device=device)[None]
-    logits = model(input_ids=cids, attention_mask=mask2, position_ids=positions2, past_key_values=cache,
-                   use_cache=True).logits
+    logits = run(model, input_ids=cids, attention_mask=mask2, position_ids=positions2, cache=cache,
+                 use_cache=True).logits
     lps = torch.log_softmax(logits.float(), dim=-1)
     for n, (_, e, j, cont) in enumerate(later):
         targets = torch.tensor(cont[1:], device=device)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ift.cache import cache_tensors, check_fits
+from ift.cache import cache_tensors, check_fits, output_cache, run
 from ift.prefix import TunedPrefix, model_fingerprint
 
 POSITION_MODES = ("continue", "aligned")
@@ -59,18 +59,19 @@ class ForwardTuner:
         L = ids.shape[1]
         model = self.lm.model
         if prefix is None:
-            out = model(input_ids=ids, position_ids=torch.arange(L, device=ids.device)[None], use_cache=True)
-            keys, values = cache_tensors(out.past_key_values)
+            out = run(model, input_ids=ids, position_ids=torch.arange(L, device=ids.device)[None], use_cache=True)
+            keys, values = cache_tensors(output_cache(out))
             return keys, values
         start = 0 if self.position_mode == "aligned" else L
-        out = model(
+        out = run(
+            model,
+            cache=prefix.to_cache(model),
             input_ids=ids,
-            past_key_values=prefix.to_cache(model),
             attention_mask=torch.ones(1, 2 * L, dtype=torch.long, device=ids.device),
             position_ids=torch.arange(start, start + L, device=ids.device)[None],
             use_cache=True,
         )
-        keys, values = cache_tensors(out.past_key_values)
+        keys, values = cache_tensors(output_cache(out))
         # the cache now holds [K̃ₜ₋₁ ‖ Kₜ]: the present keys of the re-read are the last L positions
         return [k[:, :, L:] for k in keys], [v[:, :, L:] for v in values]
 

@@ -4,6 +4,7 @@ import torch
 from transformers import DynamicCache
 
 import ift
+from ift.cache import output_cache, run
 from tiny import ARCHS
 
 
@@ -14,10 +15,10 @@ def raw_reread(lm, ids, keys, values, start):
     for i, (k, v) in enumerate(zip(keys, values)):
         cache.update(k.clone(), v.clone(), i)
     with torch.no_grad():
-        out = lm.model(input_ids=ids, past_key_values=cache, attention_mask=torch.ones(1, 2 * L, dtype=torch.long),
-                       position_ids=torch.arange(start, start + L)[None], use_cache=True)
-    return ([layer.keys[:, :, L:] for layer in out.past_key_values.layers],
-            [layer.values[:, :, L:] for layer in out.past_key_values.layers])
+        out = run(lm.model, cache=cache, input_ids=ids, attention_mask=torch.ones(1, 2 * L, dtype=torch.long),
+                  position_ids=torch.arange(start, start + L)[None], use_cache=True)
+    return ([layer.keys[:, :, L:] for layer in output_cache(out).layers],
+            [layer.values[:, :, L:] for layer in output_cache(out).layers])
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
@@ -27,7 +28,7 @@ def test_three_steps_match_hand_computed_momentum_updates(arch, tiny_lm, demos):
     ids = lm.tokenizer(demos, return_tensors="pt").input_ids
     L = ids.shape[1]
     with torch.no_grad():
-        first = lm.model(input_ids=ids, use_cache=True).past_key_values
+        first = output_cache(lm.model(input_ids=ids, use_cache=True))
     K1 = [layer.keys for layer in first.layers]
     V1 = [layer.values for layer in first.layers]
     # step 2: M = G (first update), K̃2 = K̃1 + ηG
