@@ -7,6 +7,7 @@ skipped, and a killed one resumes from its last checkpointed step.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import resource
 import sys
@@ -61,6 +62,14 @@ class PeakMemory:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+def _fit_threads_to_allocation() -> None:
+    """Under SLURM, use the CPUs the job was given: torch's default (every core of the node) makes jobs
+    sharing a node fight over cores (measured: a tiny-model step 1.4 s instead of 0.05 s, two jobs on 2 cores)."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit() and int(cpus) < torch.get_num_threads():
+        torch.set_num_threads(int(cpus))
+
+
 def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     """Run one job from a composed config; returns {status, store, summary}.
 
@@ -69,6 +78,7 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     each finished step (tests use it to interrupt a job).
     """
     job = parse_config(cfg, base_dir)
+    _fit_threads_to_allocation()
     store = JobStore(job)
     if job.skip_finished and store.is_finished():
         log.info("already finished with this config (%s): nothing to do", store.path)

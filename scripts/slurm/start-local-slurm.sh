@@ -14,6 +14,11 @@
 #   SLURM_LOCAL_PARTITION=debug
 #   SLURM_LOCAL_DB_PORT=13306  TCP port (127.0.0.1 only) of the private MariaDB instance
 #   SLURM_LOCAL_TIMEOUT=60     seconds to wait for each daemon / for the node to become idle
+#   SLURM_LOCAL_CRED_EXPIRE=10 AuthInfo=cred_expire: also how long a requeued job (preemption,
+#                              `scontrol requeue`, submitit's checkpoint) waits before it may start
+#                              again; Slurm's default is 120 s, which makes requeue tests slow.
+#                              (sched_interval=2 below: such a job becoming eligible is no event, so
+#                              only the periodic main scheduler starts it, by default every 60 s)
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -25,6 +30,7 @@ ACCOUNTING=${SLURM_LOCAL_ACCOUNTING:-1}
 PARTITION=${SLURM_LOCAL_PARTITION:-debug}
 DB_PORT=${SLURM_LOCAL_DB_PORT:-13306}
 TIMEOUT=${SLURM_LOCAL_TIMEOUT:-60}
+CRED_EXPIRE=${SLURM_LOCAL_CRED_EXPIRE:-10}
 STATE=/var/lib/slurm-local          # controller state, slurmd spool, MariaDB datadir
 LOGS=/var/log/slurm-local
 RUN=/run/slurm-local                # pid files, MariaDB socket
@@ -66,13 +72,22 @@ exec 9>"$RUN/start.lock"   # daemons below are started with 9>&- so they do not 
 flock -w $(( TIMEOUT * 5 )) 9 || die "another start-local-slurm.sh holds $RUN/start.lock"
 
 # ---------------------------------------------------------------- 1. packages
-need=()
-for pair in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
-done
+# every command this script (and submitit: sbatch, sacct, squeue, scancel, scontrol) uses, by package
+tools="slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client sacct:slurm-client scontrol:slurm-client
+       squeue:slurm-client scancel:slurm-client sinfo:slurm-client munged:munge munge:munge unmunge:munge"
 if [ "$ACCOUNTING" = 1 ]; then
-  command -v slurmdbd >/dev/null 2>&1 || need+=(slurmdbd)
-  command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
+  tools="$tools slurmdbd:slurmdbd sacctmgr:slurm-client mariadbd:mariadb-server
+         mariadb-install-db:mariadb-server mariadb-admin:mariadb-client mariadb:mariadb-client"
+fi
+need=()
+for pair in $tools; do
+  pkg=${pair#*:}
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [[ " ${need[*]} " == *" $pkg "* ]] || need+=("$pkg")
+done
+# the daemons' users come with their packages' postinst
+id munge >/dev/null 2>&1 || [[ " ${need[*]} " == *" munge "* ]] || need+=(munge)
+if [ "$ACCOUNTING" = 1 ] && ! id mysql >/dev/null 2>&1; then
+  [[ " ${need[*]} " == *" mariadb-server "* ]] || need+=(mariadb-server)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || die "missing ${need[*]} and no apt-get to install them"
@@ -89,7 +104,7 @@ mkdir -p "$STATE/ctld" "$STATE/slurmd" "$LOGS" "$RUN" /etc/slurm
 HOST=$(hostname -s)
 NCPU=$(nproc)
 CPUS=${SLURM_LOCAL_CPUS:-$NCPU}
-MEM_TOTAL=$(free -m | awk '/^Mem:/{print $2}')
+MEM_TOTAL=$(awk '/^MemTotal:/{print int($2/1024)}' /proc/meminfo)   # MiB; no procps needed
 if [ "$MEM_TOTAL" -gt 4096 ]; then MEM=$(( MEM_TOTAL - 1024 )); else MEM=$(( MEM_TOTAL * 3 / 4 )); fi
 if [ "$CPUS" = "$NCPU" ]; then
   # exact topology as slurmd sees it (avoids "Node reconfigured socket/core boundaries")
@@ -115,6 +130,7 @@ SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=$CRED_EXPIRE
 CredType=cred/munge
 MailProg=/bin/true
 MpiDefault=none
@@ -128,7 +144,7 @@ SlurmdSpoolDir=$STATE/slurmd
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0,bf_interval=1
+SchedulerParameters=batch_sched_delay=0,bf_interval=1,sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$(( MEM / CPUS ))
