@@ -180,6 +180,8 @@ def test_divergence_is_recorded_and_analysis_skips_it(tiny_dir, tmp_path):
     base = ["model=hf", f"model.source={tiny_dir}", "logger=disabled", "eval.progress=false", "optim.T=4",
             f"results_dir={results}"]
     assert run_job(compose_cfg(base + ["optim.eta=1e38"]))["status"] == "diverged"
+    again = run_job(compose_cfg(base + ["optim.eta=1e38"]))  # deterministic: not worth running again
+    assert (again["status"], again["skipped"]) == ("diverged", True)
     assert run_job(compose_cfg(base + ["optim.eta=0.01"]))["status"] == "finished"
     runs = {r.meta["eta"]: r for r in load_runs([results])}
     assert runs[0.01].skip is None

@@ -80,9 +80,10 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     job = parse_config(cfg, base_dir)
     _fit_threads_to_allocation()
     store = JobStore(job)
-    if job.skip_finished and store.is_finished():
-        log.info("already finished with this config (%s): nothing to do", store.path)
-        return {"status": "finished", "skipped": True, "store": str(store.path), "summary": store.summary()}
+    ended = store.ended() if job.skip_finished else None
+    if ended:
+        log.info("already %s with this config (%s): nothing to do", ended, store.path)
+        return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
 
     resolved = to_plain(cfg)
     meta = {"config_hash": job.hash, "mode": job.mode, "model": job.model.name, "model_source": job.model.source,

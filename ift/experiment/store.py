@@ -83,9 +83,12 @@ class JobStore:
         except (OSError, ValueError):
             return None
 
-    def is_finished(self) -> bool:
-        summary = self.summary()
-        return self.meta().get("status") == "finished" and summary is not None and summary.get("status") == "finished"
+    def ended(self) -> str | None:
+        """"finished" or "diverged" when an earlier attempt ran to its end (re-running would change nothing)."""
+        summary, status = self.summary(), self.meta().get("status")
+        if status in ("finished", "diverged") and summary is not None and summary.get("status") == status:
+            return status
+        return None
 
     def steps(self) -> list[dict]:
         return sorted(read_jsonl(self.file("steps.jsonl")), key=lambda r: r["step"])
