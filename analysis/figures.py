@@ -86,8 +86,9 @@ def grad_norm_heatmaps(by_eta: dict[float, list[Run]], accuracy: dict[float, tup
         ax.set_title(f"η = {eta:g}, β = {beta:g}\naccuracy {acc:.2f} (step {', '.join(map(str, peak))})")
         ax.set_xlabel("layer")
         ax.set_ylabel("step T")
-        ax.set_xticks(range(1, m.shape[1] + 1))
-        ax.set_yticks(range(1, m.shape[0] + 1))
+        # every layer (step) up to 10 (16), else every k-th one so labels never overlap (SmolLM2: 30 layers)
+        ax.set_xticks(range(1, m.shape[1] + 1, max(1, -(-m.shape[1] // 10))))
+        ax.set_yticks(range(1, m.shape[0] + 1, max(1, -(-m.shape[0] // 16))))
     fig.colorbar(im, ax=list(axes[0]), label=f"‖G_{which.upper()}‖ (Frobenius)")
     if title:
         fig.suptitle(title)
