@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import ift
+import ift.experiment.job
 from ift.experiment import ConfigError, parse_config, run_job
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -142,6 +143,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was noticed")
     monkeypatch.setattr(ift, "load_model", refuse)
+    monkeypatch.setattr(ift.experiment.job, "load_model_once", refuse)
 
 
 @pytest.mark.parametrize("overrides, match", BAD[:4] + [

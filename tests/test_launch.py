@@ -252,3 +252,18 @@ def test_a_wandb_error_mid_run_only_turns_tracking_off(tiny_dir, tmp_path, monke
     result = run_job(compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=3", "logger=wandb_offline",
                                   "eval.progress=false", f"results_dir={tmp_path / 'r'}"]), output_dir=tmp_path)
     assert result["status"] == "finished" and result["summary"]["last_step"] == 3
+
+
+def test_jobs_of_one_process_load_their_model_once(tiny_dir, tmp_path, monkeypatch):
+    import ift
+    from ift.experiment import job as job_module
+
+    loads = []
+    real = ift.load_model
+    monkeypatch.setattr(ift, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    job_module.load_model_once.cache_clear()
+    for eta in (0.1, 0.01, 0.001):
+        run_job(compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=2", f"optim.eta={eta}",
+                             "logger=disabled", "eval.progress=false", f"results_dir={tmp_path}"]))
+    assert len(loads) == 1
+    job_module.load_model_once.cache_clear()
