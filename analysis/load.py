@@ -77,7 +77,8 @@ def load_job(job_dir: Path) -> Run:
 
 
 def load_local(root: str | Path) -> list[Run]:
-    """Every job under `root` (a job dir itself, or any tree such as Hydra's multirun/<date>/<time>/<n>/)."""
+    """Every job under `root` (a job dir itself, or any tree of them such as the results store
+    `results/<task>/<model>/<hash>/`)."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"results directory {root} does not exist")

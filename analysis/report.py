@@ -1,6 +1,6 @@
 """One command from recorded runs to the paper's artefacts: Tables 1-3 in a Markdown report, Figures 3-5 as PNG.
 
-    python -m analysis.report multirun/ outputs/ [wandb:<entity>/<project>] [--out reports] [--metric acc_norm]
+    python -m analysis.report results/ [more dirs] [wandb:<entity>/<project>] [--out reports] [--metric acc_norm]
 
 Every source is a results directory (a job directory or any tree of them) or a wandb project; the report
 lists the runs it used and the runs it skipped, with why. Protocols and statistics: see analysis/tables.py
