@@ -49,6 +49,12 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())  # a step reported as done survives a kill
 
 
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)  # atomic, like _write_json
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSONL file; a torn last line (the job was killed mid-write) is dropped."""
     if not path.exists():
@@ -112,13 +118,10 @@ class JobStore:
     def keep_steps(self, last_step: int) -> list[dict]:
         """Drop step rows after `last_step` (recorded after the checkpoint was saved); return the rest."""
         rows = [r for r in self.steps() if r["step"] <= last_step]
-        tmp = self.file("steps.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(self.file("steps.jsonl"))
+        _rewrite_jsonl(self.file("steps.jsonl"), rows)
         preds = self.file("predictions.jsonl")
         if preds.exists():
-            kept = [r for r in read_jsonl(preds) if r["step"] <= last_step]
-            preds.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            _rewrite_jsonl(preds, [r for r in read_jsonl(preds) if r["step"] <= last_step])
         return rows
 
     def reset(self) -> None:
