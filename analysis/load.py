@@ -4,18 +4,25 @@ into used and skipped with a reason, so every table and figure is built by the s
 A run is used when its status is `finished` and its records are complete; anything else is skipped and
 listed with why: failed (with its error), diverged (excluded from tables *and* curves: a curve that stops
 early would make a mean over seeds average over a changing set of seeds), incomplete (still running or
-killed: status `running`, no summary, fewer steps than T), malformed or unreadable files, or a duplicate
-of the same configuration and seed (the later-finished one is kept).
+killed: status `running`, no summary, fewer steps than T), malformed or unreadable files (including a
+NaN or infinity in a step row), duplicate steps (the same step recorded twice in one run: two processes
+wrote the same job directory), or a duplicate of the same configuration and seed (the later-finished one
+is kept).
 """
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # meta.json keys that identify a run's configuration (a tuning run needs all of them)
 KEYS = ("model", "task", "eta", "beta", "T", "position_mode", "n_shot", "seed")
+# a baseline run (meta `method` other than "ift") has no η, β or position mode; these tell its settings apart
+METHOD_KEYS = ("method", "max_repeats", "max_factor", "lr")
+IFT_ONLY = ("eta", "beta", "position_mode")
 SUMMARY_KEYS = ("icl_acc", "icl_acc_norm", "best_eval_step", "best_eval_acc", "dev_step", "dev_step_acc",
                 "last_step", "status")
 STEP_KEYS = ("step", "acc", "acc_norm", "dev_acc", "dev_acc_norm", "grad_norm_k", "grad_norm_v", "time_s",
@@ -41,8 +48,14 @@ class Run:
     def status(self) -> str:
         return str(self.meta.get("status", "missing"))
 
+    @property
+    def method(self) -> str:
+        """What the run computed: "ift" (also for runs recorded before baselines existed) or a baseline."""
+        return str(self.meta.get("method") or "ift")
+
     def key(self) -> tuple:
-        return (self.mode,) + tuple(self.meta.get(k) for k in KEYS)
+        return (self.mode,) + tuple(self.meta.get(k) for k in KEYS) + \
+            (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:])
 
 
 # ---------------------------------------------------------------- local results store
@@ -173,19 +186,36 @@ def skip_reason(run: Run) -> str | None:
         return f"incomplete: status running (job still running or killed), {len(run.steps)} step(s) recorded"
     if status != "finished":
         return f"incomplete: status {status!r}"
-    needed = ("model", "task") if run.mode == "efficiency" else KEYS
+    needed = ("model", "task") if run.mode == "efficiency" else \
+        KEYS if run.method == "ift" else tuple(k for k in KEYS if k not in IFT_ONLY)
     missing = [k for k in needed if meta.get(k) is None]
     if missing:
         return f"malformed: meta lacks {', '.join(missing)}"
     if run.mode == "efficiency":
         return None if run.efficiency else "incomplete: no efficiency.jsonl rows"
+    twice = sorted(n for n, k in Counter(s.get("step") for s in run.steps).items() if k > 1)
+    if twice:
+        return (f"duplicate steps: step(s) {twice} recorded more than once (two processes wrote this job "
+                f"directory at the same time)")
     if run.summary is None:
         return "incomplete: no summary.json"
     if any(not isinstance(s.get("acc"), (int, float)) for s in run.steps):
         return "malformed: a step without a numeric acc"
+    bad = next((s.get("step") for s in run.steps if not _finite(s)), None)
+    if bad is not None:
+        return f"malformed: a NaN or infinite number in step {bad}"
     if len(run.steps) < int(meta["T"]):
         return f"incomplete: {len(run.steps)} of T={meta['T']} steps recorded"
     return None
+
+
+def _finite(row: dict) -> bool:
+    """No NaN or infinity among a row's numbers (per-layer lists included)."""
+    for value in row.values():
+        for x in value if isinstance(value, list) else [value]:
+            if isinstance(x, float) and not math.isfinite(x):
+                return False
+    return True
 
 
 def classify(runs: list[Run]) -> list[Run]:

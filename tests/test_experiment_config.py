@@ -13,7 +13,10 @@ from ift.experiment import ConfigError, parse_config, run_job
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # options that need a value the config cannot know
 REQUIRED = {("model", "hf"): ["model.source=/some/dir"], ("model", "gguf"): ["model.source=/some/model.gguf"],
-            ("task", "file"): ["task.file=my_tasks/animals.yaml"]}
+            ("task", "file"): ["task.file=my_tasks/animals.yaml"],
+            # bitsandbytes cannot quantise a GGUF file (the default model is the bundled GGUF)
+            ("quant", "int8"): ["model=hf", "model.source=/some/dir"],
+            ("quant", "nf4"): ["model=hf", "model.source=/some/dir"]}
 
 
 def compose_cfg(overrides=(), hydra_node=False):
@@ -103,10 +106,14 @@ def test_hash_ignores_run_only_keys_and_follows_the_science():
 
 
 BAD = [
-    (["optim.eta=0"], r"optim\.eta must be a number > 0, got 0"),
-    (["optim.eta=-0.1"], r"optim\.eta must be a number > 0"),
-    (["optim.beta=1.0"], r"optim\.beta must be a number in \[0, 1\), got 1\.0"),
-    (["optim.beta=-0.5"], r"optim\.beta must be a number in \[0, 1\)"),
+    (["optim.eta=0"], r"optim\.eta must be a finite number > 0, got 0"),
+    (["optim.eta=-0.1"], r"optim\.eta must be a finite number > 0"),
+    (["optim.beta=1.0"], r"optim\.beta must be a finite number in \[0, 1\), got 1\.0"),
+    (["optim.beta=-0.5"], r"optim\.beta must be a finite number in \[0, 1\)"),
+    (["optim.eta=inf"], r"optim\.eta must be a finite number > 0, got inf"),
+    (["optim.eta=nan"], r"optim\.eta must be a finite number > 0, got nan"),
+    (["optim.beta=nan"], r"optim\.beta must be a finite number in \[0, 1\), got nan"),
+    (["optim.beta=-inf"], r"optim\.beta must be a finite number in \[0, 1\), got -inf"),
     (["optim.T=0"], r"optim\.T must be an integer >= 1, got 0"),
     (["optim.T=2.5"], r"optim\.T must be an integer >= 1"),
     (["n_shot=0"], r"n_shot must be an integer >= 1, got 0"),
@@ -114,7 +121,21 @@ BAD = [
     (["optim.position_mode=sideways"], r"optim\.position_mode='sideways' is unknown; choose one of \['continue', 'aligned'\]"),
     (["quant.method=int4"], r"quant\.method='int4' is unknown; choose one of \['none', 'int8', 'nf4'\]"),
     (["quant.dtype=fp8"], r"quant\.dtype='fp8' is unknown; choose one of \['fp32', 'bf16', 'fp16'\]"),
-    (["quant=int8", "device=mps"], r"quant='int8' is not available on device 'mps'"),
+    (["quant=int8", "device=mps", "model=hf", "model.source=/some/dir"],
+     r"quant='int8' is not available on device 'mps'"),
+    (["quant=int8"], r"quant\.method='int8' cannot be used with model\.source='bundled': it is a GGUF file, and GGUF "
+                     r"files are dequantised on load .* use quant=none, quant=fp16 or quant=bf16"),
+    (["quant=nf4", "model=gguf", "model.source=/models/tiny.Q4_K.gguf"],
+     r"quant\.method='nf4' cannot be used with model\.source='/models/tiny\.Q4_K\.gguf': it is a GGUF file"),
+    # `bool('no')` and `bool('false')` are True: only real booleans are accepted
+    (["model.trust_remote_code=no"], r"model\.trust_remote_code must be true or false, got 'no'"),
+    (["model.trust_remote_code='false'"], r"model\.trust_remote_code must be true or false, got 'false'"),
+    (["skip_finished=0"], r"skip_finished must be true or false, got 0"),
+    (["eval.save_predictions=yes"], r"eval\.save_predictions must be true or false, got 'yes'"),
+    (["eval.save_prefix='False'"], r"eval\.save_prefix must be true or false, got 'False'"),
+    (["eval.progress=null"], r"eval\.progress must be true or false, got None"),
+    (["mode=efficiency", "efficiency.search=sometimes"], r"efficiency\.search must be true, false or null"),
+    (["logger.init_timeout=inf"], r"logger\.init_timeout must be a finite number of seconds > 0, got inf"),
     (["model=opt", "model.size=7b"], r"model\.size='7b' is not a size of this model family; choose one of \['125m'"),
     (["model=hf"], r"model\.source is required but not set"),
     (["task=file"], r"task\.file is required but not set"),
@@ -134,7 +155,7 @@ def test_invalid_values_name_their_field(overrides, match):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_quantisation_the_device_cannot_serve():
     with pytest.raises(ConfigError, match=r"device.*no CUDA device is available"):
-        parse_config(compose_cfg(["quant=int8", "device=cuda"]))
+        parse_config(compose_cfg(["quant=int8", "device=cuda", "model=hf", "model.source=/some/dir"]))
 
 
 @pytest.fixture
@@ -157,6 +178,24 @@ def test_bad_input_fails_before_the_model_loads(overrides, match, no_model, tmp_
                                                                           "logger=disabled"]
     with pytest.raises(ValueError, match=match):
         run_job(compose_cfg(overrides))
+    assert not (tmp_path / "res").exists(), "a config or data error must not leave a results-store directory"
+
+
+def test_real_booleans_pass_and_keep_their_value():
+    job = parse_config(compose_cfg(["model.trust_remote_code=true", "skip_finished=false", "eval.progress=False",
+                                    "eval.save_predictions=TRUE", "eval.save_prefix=false"]))
+    assert (job.model.trust_remote_code, job.skip_finished, job.progress, job.save_predictions, job.save_prefix) == \
+        (True, False, False, True, False)
+    assert parse_config({"model": {"source": "bundled"}, "task": "demo", "optim": {"eta": 0.1, "beta": 0.0, "T": 2},
+                         "eval": {"progress": False}}).progress is False
+
+
+def test_a_directory_holding_only_a_gguf_file_counts_as_gguf(tmp_path):
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match=r"quant\.method='int8' cannot be used .* GGUF"):
+        parse_config(compose_cfg(["model=hf", f"model.source={tmp_path}", "quant=int8"]))
+    (tmp_path / "config.json").write_text("{}")  # an HF directory that also holds a GGUF: loaded as HF
+    assert parse_config(compose_cfg(["model=hf", f"model.source={tmp_path}", "quant=int8"])).model.quant == "int8"
 
 
 def test_plain_dict_config_works_without_hydra():

@@ -1,5 +1,6 @@
 """Loading from a local HF directory, a GGUF file (the bundled model), with quantisation; option errors."""
 import importlib.util
+import time
 
 import pytest
 import torch
@@ -51,3 +52,31 @@ def test_quantised_loading_scores_close_to_fp32(tmp_path, demos, examples, quant
 def test_missing_gguf_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such GGUF file"):
         load_model(str(tmp_path / "nope.gguf"))
+
+
+@pytest.mark.parametrize("source", ["./nope", "/tmp/ift-no-such-model-dir", "~/ift-no-such-model-dir", "a/b/c"])
+def test_missing_local_directory_is_named_without_trying_the_hub(source):
+    with pytest.raises(FileNotFoundError, match=r"model source .*: the directory .* does not exist"):
+        load_model(source, device="cpu")
+
+
+def test_unknown_hub_id_offline_fails_fast_and_says_how_to_use_local_files(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, when imported
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=r"(?s)cannot load model 'ift-nobody/not-a-model'.*Hugging Face Hub.*"
+                                      r"model=hf model\.source=/path/to/dir.*load_model\('/path/to/dir'\).*"
+                                      r"model=gguf model\.source=/path/file\.gguf.*HF_HUB_OFFLINE=1"):
+        load_model("ift-nobody/not-a-model", device="cpu")
+    assert time.perf_counter() - start < 10
+
+
+def test_directory_that_is_not_a_model_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"the directory .*empty has no config\.json and no \.gguf file"):
+        load_model(str(tmp_path / "empty"), device="cpu")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file; give a Hugging Face model directory"):
+        load_model(str(tmp_path / "weights.bin"), device="cpu")

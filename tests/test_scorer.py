@@ -104,3 +104,29 @@ def test_scorer_errors(tiny_lm, demos):
         ift.score_examples(lm, [ift.Example.shared("a", [" b"], 0)], prefix=prefix, demonstrations=demos)
     with pytest.raises(ValueError, match="batch_size"):
         ift.score_examples(lm, [ift.Example.shared("a", [" b"], 0)], batch_size=0)
+
+
+def test_examples_past_the_models_positions_are_refused_before_any_work(tiny_lm, demos, examples):
+    """GPT-2 with 60 positions: 36 demonstration tokens + 20 query + 9 answer tokens used to fail with an
+    IndexError deep in the model."""
+    lm = tiny_lm("gpt2", n_positions=60)
+    message = (r"the demonstrations are 36 tokens and the longest example 20 query \+ 9 answer tokens "
+               r"\(example 1\), so scoring needs 65 positions, but the model has 60 positions \(config "
+               r"n_positions=60\)\. Use fewer or shorter demonstrations .*task\.eval_limit")
+    with pytest.raises(ValueError, match=message):
+        ift.score_examples(lm, examples, demonstrations=demos)
+    prefix = next(ift.ForwardTuner(lm).steps(demos, T=1))  # 36 positions fit
+    with pytest.raises(ValueError, match=message):
+        ift.score_examples(lm, examples, prefix=prefix)
+    with pytest.raises(ValueError, match=message):
+        ift.check_lengths(lm, demos, examples)
+    short = [ex for ex in examples if ex.index not in (1, 2)]  # both 29 tokens long
+    assert len(ift.score_examples(lm, short, prefix=prefix)) == 3
+
+
+def test_nan_scores_are_an_error_not_a_prediction(tiny_lm, demos, examples):
+    lm = tiny_lm("gpt2")
+    prefix = next(ift.ForwardTuner(lm).steps(demos, T=1))
+    prefix.keys[0] = torch.full_like(prefix.keys[0], float("nan"))
+    with pytest.raises(ValueError, match=r"5 of 5 examples score NaN .*prefix \(step 1\).*lower eta"):
+        ift.score_examples(lm, examples, prefix=prefix)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import datasets
@@ -287,6 +288,7 @@ def test_hub_failure_says_how_to_go_offline(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.delenv("IFT_DATA_DIR", raising=False)
+    monkeypatch.setattr("ift.tasks.sources._HUB_FAILURES", {})
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(TaskError, match=r"nyu-mll/glue.*no network.*IFT_DATA_DIR"):
         load_task("sst2")
@@ -397,6 +399,88 @@ def test_missing_split_names_the_override(tmp_path):
         task.demonstrations(1)
     with pytest.raises(TaskError, match=r"no folder .*qasc"):
         load_task("qasc", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("bad_row, field", [
+    ({"sentence": None, "label": 0, "idx": 1}, "sentence"),   # null cell
+    ({"label": 0, "idx": 1}, "sentence"),                     # key missing from the JSON row
+    ({"sentence": "fine .", "label": None, "idx": 1}, "label"),  # a null label is not "unlabelled"
+])
+def test_missing_or_null_field_in_a_later_eval_row_is_named(tmp_path, bad_row, field):
+    """Only the first row's columns used to be checked: later rows rendered as the text "None"."""
+    path = write_split(tmp_path, "sst2", "validation", [ROWS["sst2"], bad_row, ROWS["sst2"]])
+    task = load_task("sst2", data_dir=tmp_path)
+    with pytest.raises(TaskError, match=rf"row 1 of split 'validation' in {re.escape(str(path))}: "
+                                        rf"field '{field}'.* is missing or null"):
+        task.eval_examples()
+
+
+def test_null_field_in_a_demonstration_or_dev_row_is_named(tmp_path):
+    rows = colour_rows(6)
+    rows[4]["text"] = None
+    path = write_split(tmp_path, "colours", "train", rows)
+    write_split(tmp_path, "colours", "test", colour_rows(3, start=100))
+    task = colour_task(tmp_path)
+    message = rf"row 4 of split 'train' in {re.escape(str(path))}: field 'text' is missing or null"
+    with pytest.raises(TaskError, match=message):
+        task.demonstrations(2)
+    for row in rows[1:]:
+        row["text"] = None
+    write_split(tmp_path, "colours", "train", rows)
+    dev = colour_task(tmp_path, dev_size=5, stratify=False)
+    with pytest.raises(TaskError, match=message.replace("row 4", r"row [1-5]")):
+        dev.dev_examples()
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("obqa", lambda r: r["choices"]["text"].__setitem__(2, None), r"field 'choices.text' holds a null choice"),
+    ("obqa", lambda r: r.update(question_stem=None), r"field 'question_stem' is missing or null"),
+    ("copa", lambda r: r.update(premise=None), r"field 'premise' is missing or null"),
+    ("winogrande", lambda r: r.update(option2=None), r"field 'option2' is missing or null"),
+])
+def test_null_choice_or_formatter_field_is_named(tmp_path, name, change, message):
+    bad = json.loads(json.dumps(ROWS[name]))
+    change(bad)
+    split = EVAL_SPLIT.get(name, "validation")
+    write_split(tmp_path, name, split, [ROWS[name], bad])
+    with pytest.raises(TaskError, match=rf"row 1 of split '{split}' in .*{name}.*: {message}"):
+        load_task(name, data_dir=tmp_path).eval_examples()
+
+
+@pytest.mark.parametrize("content, cause", [
+    (b'{"text": "a", "label": 0}\n{"text": "caf\xe9 \xff", "label": 1}\n', r"the file is not UTF-8: byte 0xe9 .*\(line 2\)"),
+    (b'{"text": "a", "label": 0}\n{"text": "b", "lab', r"the last line \(2\) is truncated"),
+    (b'{"text": "a", "label": 0}\n{"text": b", "label": 1}\n{"text": "c", "label": 2}\n',
+     r"malformed JSON at line 2"),
+])
+def test_unreadable_data_file_names_the_file_split_and_cause(tmp_path, content, cause):
+    folder = tmp_path / "colours"
+    folder.mkdir()
+    (folder / "test.jsonl").write_bytes(content)
+    with pytest.raises(TaskError, match=rf"cannot read split 'test' from {re.escape(str(folder / 'test.jsonl'))}: "
+                                        rf"{cause}"):
+        colour_task(tmp_path)
+
+
+def test_failed_hub_load_is_not_retried_in_the_same_process(monkeypatch):
+    from ift.tasks import sources
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("no network")
+
+    monkeypatch.delenv("IFT_DATA_DIR", raising=False)
+    monkeypatch.setattr(sources, "_HUB_FAILURES", {})
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    for _ in range(3):
+        with pytest.raises(TaskError, match=r"nyu-mll/glue.*no network.*IFT_DATA_DIR.*HF_HUB_OFFLINE=1"):
+            load_task("sst2")
+    assert len(calls) == 1
+    with pytest.raises(TaskError, match="cornell-movie-review-data"):  # another source is tried on its own
+        load_task("mr")
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("spec, message", [

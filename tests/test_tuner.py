@@ -1,4 +1,6 @@
 """The tuner's update against the paper's equations computed by hand from raw forward passes."""
+import math
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -113,8 +115,12 @@ def test_sliding_window_too_short_is_refused(tiny_lm, demos):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(eta=0.0), "eta must be > 0"), (dict(eta=-1), "eta must be > 0"),
-    (dict(beta=1.0), r"beta must be in \[0, 1\)"), (dict(beta=-0.1), r"beta must be in \[0, 1\)"),
+    (dict(eta=0.0), "eta must be a finite number > 0, got 0.0"), (dict(eta=-1), "eta must be a finite number > 0"),
+    (dict(eta=float("inf")), "eta must be a finite number > 0, got inf"),
+    (dict(eta=float("nan")), "eta must be a finite number > 0, got nan"),
+    (dict(beta=1.0), r"beta must be a finite number in \[0, 1\)"),
+    (dict(beta=-0.1), r"beta must be a finite number in \[0, 1\)"),
+    (dict(beta=float("nan")), r"beta must be a finite number in \[0, 1\), got nan"),
     (dict(position_mode="sideways"), "position_mode='sideways' is unknown; choose one of"),
 ])
 def test_bad_hyperparameters(tiny_lm, kwargs, match):
@@ -128,3 +134,57 @@ def test_bad_steps_and_empty_demonstrations(tiny_lm, demos):
         list(tuner.steps(demos, T=0))
     with pytest.raises(ValueError, match="demonstrations are empty"):
         list(tuner.steps("  \n", T=2))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_huge_eta_diverges_and_never_reports_non_finite_grad_norms(arch, tiny_lm, demos):
+    """eta=1e6 used to run all T steps with grad norms of inf and count as finished: the keys stayed
+    finite while their grad norm overflowed."""
+    out = list(ift.ForwardTuner(tiny_lm(arch), eta=1e6, beta=0.9).steps(demos, T=10))
+    last = out[-1]
+    assert last.diverged and "step" in last.diverged and "lower eta" in last.diverged
+    assert last.step < 10 and last.step == out[-2].step  # the last finite state, yielded once more
+    for p in out:
+        assert all(math.isfinite(x) for x in p.grad_norms_k + p.grad_norms_v)
+        assert all(torch.isfinite(t).all() for t in p.keys + p.values)
+    assert last.grad_norms_k == out[-2].grad_norms_k
+
+
+def test_keys_beyond_the_models_dtype_diverge(tiny_lm, demos):
+    """An fp32 key of 1e5 is inf once cast to an fp16 model's cache: that counts as diverged too."""
+    lm = tiny_lm("llama")
+    lm.model.half()
+    out = list(ift.ForwardTuner(lm, eta=1e4, beta=0.9).steps(demos, T=10))
+    assert out[-1].diverged and "exceed the range of torch.float16" in out[-1].diverged
+    for p in out:
+        assert all(t.abs().max() <= torch.finfo(torch.float16).max for t in p.keys + p.values)
+
+
+def test_resume_needs_momentum(tiny_lm, demos):
+    tuner = ift.ForwardTuner(tiny_lm("llama"), eta=0.1)
+    second = list(tuner.steps(demos, T=2))[-1]
+    second.momentum_k = second.momentum_v = None
+    with pytest.raises(ValueError, match=r"resume_from \(step 2\) has no momentum"):
+        list(tuner.steps(demos, T=3, resume_from=second))
+
+
+def test_continue_mode_needs_twice_the_demonstrations_in_positions(tiny_lm, demos, examples):
+    """36 demonstration tokens: the re-read sits at positions 36..71, past a 70-position Llama, which
+    would otherwise run on silently with positions it never saw."""
+    lm = tiny_lm("llama", max_position_embeddings=70)
+    message = (r"tuning \(T=2, position_mode='continue'\) re-reads the demonstrations at positions 36\.\.71, so it "
+               r"needs 72, but the model has 70 positions \(config max_position_embeddings=70\)\. Use fewer or "
+               r"shorter demonstrations.*position_mode='aligned'")
+    with pytest.raises(ValueError, match=message):
+        ift.check_lengths(lm, demos, examples, T=2)
+    with pytest.raises(ValueError, match=message):
+        list(ift.ForwardTuner(lm).steps(demos, T=2))
+    lengths = ift.check_lengths(lm, demos, examples, T=2, position_mode="aligned")
+    assert lengths["demo_tokens"] == 36 and lengths["scoring_positions"] == 36 + 20 + 9
+    assert lengths["max_positions"] == 70
+    assert len(list(ift.ForwardTuner(lm, position_mode="aligned").steps(demos, T=2))) == 2
+    assert ift.check_lengths(lm, demos, examples, T=1)["tuning_positions"] == 36
+
+
+def test_alibi_models_have_no_position_limit(tiny_lm, demos, examples):
+    assert ift.check_lengths(tiny_lm("bloom"), demos * 20, examples, T=3)["max_positions"] is None

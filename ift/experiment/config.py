@@ -1,13 +1,16 @@
 """A composed Hydra config checked and turned into a typed `JobConfig`, before anything heavy happens.
 
 Every check names the config field and its valid values, so `optim.eta=-1` fails in milliseconds
-instead of after a model download. `config_hash` keys the results store: two jobs that would compute
-the same numbers have the same hash, whatever their logger, batch size or output directory.
+instead of after a model download. `config_hash(job.identity())` keys the results store: two jobs that
+would compute the same numbers have the same hash, whatever their logger, batch size or output directory.
+The key is final once `JobConfig.bind` has added what the opened task holds (its resolved spec, a
+fingerprint of its data files and the demonstration text; ift.experiment.job.prepare does this).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +19,7 @@ from ift.models import DTYPES, QUANTS, check_options
 from ift.tuner import POSITION_MODES
 
 MODES = ("tune", "efficiency")
+METHODS = ("ift", "zero_shot", "repeat", "more_demos", "grad")  # ift/experiment/methods.py
 LOGGER_MODES = ("offline", "online", "disabled")
 
 
@@ -38,6 +42,28 @@ class OptimConfig:
     beta: float = 0.9
     T: int = 15
     position_mode: str = "continue"
+
+
+@dataclass
+class MethodConfig:
+    """What a job computes along its steps (ift/experiment/methods.py): IFT, or a baseline beside it."""
+
+    name: str = "ift"
+    max_repeats: int = 5    # repeat: steps r = 1..max_repeats copies of the demonstrations
+    max_factor: int = 5     # more_demos: steps k = 1..max_factor times n_shot demonstrations
+    lr: float = 0.01        # grad: Adam's learning rate on the K/V cache
+
+    def steps(self, optim: OptimConfig) -> int:
+        """How many steps (rows) the method records: T for the iterative methods."""
+        return {"zero_shot": 1, "repeat": self.max_repeats, "more_demos": self.max_factor}.get(self.name, optim.T)
+
+    def identity(self, optim: OptimConfig) -> dict:
+        """Only the settings this method reads: a baseline's result does not depend on η, β or position mode."""
+        if self.name == "ift":
+            return {"optim": asdict(optim)}
+        knobs = {"zero_shot": {}, "repeat": {"max_repeats": self.max_repeats},
+                 "more_demos": {"max_factor": self.max_factor}, "grad": {"lr": self.lr, "T": optim.T}}[self.name]
+        return {"method": {"name": self.name, **knobs}}
 
 
 @dataclass
@@ -67,6 +93,10 @@ class JobConfig:
     progress: bool = True
     skip_finished: bool = True
     efficiency: dict = field(default_factory=dict)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    # what the opened task contributes to the key: {task: resolved spec, data: fingerprint, demonstrations: text}
+    # (`bind`); empty until the task is opened, and then the config's `task` node stands in for it
+    content: dict = field(default_factory=dict)
     hash: str = ""
 
     @property
@@ -74,17 +104,33 @@ class JobConfig:
         return str(self.task.get("name") or Path(str(self.task.get("file", "task"))).stem)
 
     def identity(self) -> dict:
-        """What determines the numbers a job produces (and so its results-store key)."""
+        """What determines the numbers a job produces, and so its results-store key (`config_hash`).
+
+        Run-only keys (logger, batch size, device, progress, output directories) stay out. Before `bind`, the
+        task is the config's `task` node; after it, the task's content: the resolved spec, a fingerprint of
+        the data files and the demonstration text, so editing a task YAML or its data gives a new key.
+        """
         ident = {"mode": self.mode, "seed": self.seed, "n_shot": self.n_shot,
                  "model": {k: v for k, v in asdict(self.model).items() if k != "name"},
-                 "task": self.task, "optim": asdict(self.optim)}
+                 **self.method.identity(self.optim)}
         if self.mode == "efficiency":
             ident["efficiency"] = self.efficiency
+        if self.content:
+            ident.update(task=self.content["task"], data=self.content["data"],
+                         demonstrations=self.content["demonstrations"])
+        else:
+            ident["task"] = self.task
         return ident
+
+    def bind(self, task: dict, data: dict, demonstrations: str) -> JobConfig:
+        """Key the job by what the opened task holds (see `identity`); sets `hash`, the results-store key."""
+        self.content = {"task": task, "data": data, "demonstrations": demonstrations}
+        self.hash = config_hash(self.identity())
+        return self
 
 
 def config_hash(identity: dict) -> str:
-    text = json.dumps(identity, sort_keys=True, default=str)
+    text = json.dumps(identity, sort_keys=True, default=str, allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -117,6 +163,22 @@ def _int(value, field_name: str, minimum: int) -> int:
     return value
 
 
+def _bool(node: dict, key: str, field_name: str, default: bool) -> bool:
+    """A real boolean only: `bool('false')` is True, so strings, numbers and null are refused (YAML and
+    command-line true/false arrive as booleans through OmegaConf)."""
+    value = node.get(key, default) if isinstance(node, dict) else default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field_name} must be true or false, got {value!r}")
+    return value
+
+
+def _number(value, field_name: str, what: str, ok) -> float:
+    """A finite int or float (not a bool) for which ok(value) holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"{field_name} must be a finite number {what}, got {value!r}")
+    return float(value)
+
+
 def _choice(value, field_name: str, choices) -> str:
     if value not in choices:
         raise ConfigError(f"{field_name}={value!r} is unknown; choose one of {list(choices)}")
@@ -137,26 +199,50 @@ def _model(node: dict, quant: dict) -> ModelConfig:
     name = node.get("name") or Path(source.rstrip("/")).name.removesuffix(".gguf")
     dtype = _choice(quant.get("dtype", "fp32"), "quant.dtype", DTYPES)
     method = _choice(quant.get("method", "none"), "quant.method", QUANTS)
-    return ModelConfig(str(name), source, dtype, method, bool(node.get("trust_remote_code", False)))
+    if method != "none" and is_gguf(source):
+        raise ConfigError(f"quant.method={method!r} cannot be used with model.source={source!r}: it is a GGUF file, "
+                          f"and GGUF files are dequantised on load (to quant.dtype), so bitsandbytes never sees "
+                          f"them; use quant=none, quant=fp16 or quant=bf16")
+    trust = _bool(node, "trust_remote_code", "model.trust_remote_code", False)
+    return ModelConfig(str(name), source, dtype, method, trust)
+
+
+def is_gguf(source: str) -> bool:
+    """The sources the engine loads as GGUF: "bundled", a .gguf file, or a directory holding .gguf files but no
+    config.json (ift.models._split_gguf)."""
+    if source == "bundled" or source.lower().endswith(".gguf"):
+        return True
+    path = Path(source).expanduser()
+    try:
+        return path.is_dir() and not (path / "config.json").exists() and any(path.glob("*.gguf"))
+    except OSError:
+        return False
 
 
 def _optim(node: dict) -> OptimConfig:
-    eta, beta = node.get("eta"), node.get("beta")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
-        raise ConfigError(f"optim.eta must be a number > 0, got {eta!r}")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-        raise ConfigError(f"optim.beta must be a number in [0, 1), got {beta!r}")
+    eta = _number(node.get("eta"), "optim.eta", "> 0", lambda x: x > 0)
+    beta = _number(node.get("beta"), "optim.beta", "in [0, 1)", lambda x: 0 <= x < 1)
     T = _int(node.get("T"), "optim.T", 1)
     mode = _choice(node.get("position_mode", "continue"), "optim.position_mode", POSITION_MODES)
-    return OptimConfig(float(eta), float(beta), T, mode)
+    return OptimConfig(eta, beta, T, mode)
+
+
+def _method(node, mode: str) -> MethodConfig:
+    node = {"name": node} if isinstance(node, str) else dict(node or {"name": "ift"})
+    name = _choice(node.get("name", "ift"), "method.name", METHODS)
+    if mode == "efficiency" and name != "ift":
+        raise ConfigError(f"method={name} cannot run in mode=efficiency (it measures the tuned prefix); use method=ift")
+    return MethodConfig(name, _int(node.get("max_repeats", 5), "method.max_repeats", 1),
+                        _int(node.get("max_factor", 5), "method.max_factor", 1),
+                        _number(node.get("lr", 0.01), "method.lr", "> 0", lambda x: x > 0))
 
 
 def _logger(node: dict) -> LoggerConfig:
     mode = _choice(node.get("mode", "offline"), "logger.mode", LOGGER_MODES)
     tags = node.get("tags") or []
     timeout = node.get("init_timeout", 30)
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"logger.init_timeout must be a number of seconds > 0, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ConfigError(f"logger.init_timeout must be a finite number of seconds > 0, got {timeout!r}")
     return LoggerConfig(mode, str(node.get("project") or "ift"), node.get("entity"), node.get("group"),
                         [str(t) for t in tags], float(timeout))
 
@@ -180,10 +266,13 @@ def _efficiency(node: dict) -> dict:
         raise ConfigError(f"efficiency.batch_sizes must be a non-empty list of integers, got {sizes!r}")
     for s in sizes:
         _int(s, "efficiency.batch_sizes[]", 1)
+    search = node.get("search")
+    if search is not None and not isinstance(search, bool):
+        raise ConfigError(f"efficiency.search must be true, false or null, got {search!r}")
     return {"batch_sizes": sizes,
             "max_batch_limit": _int(node.get("max_batch_limit", 4096), "efficiency.max_batch_limit", 1),
             "n_examples": _int(node.get("n_examples", 256), "efficiency.n_examples", 1),
-            "search": node.get("search")}
+            "search": search}
 
 
 def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
@@ -211,11 +300,12 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
         task=_task(_need(c, "task", "config"), base), optim=optim, logger=_logger(c.get("logger") or {}),
         results_dir=(base / Path(str(results_dir)).expanduser()).resolve(),
         batch_size=_int(ev.get("batch_size", 32), "eval.batch_size", 1),
-        save_predictions=bool(ev.get("save_predictions", False)),
-        save_prefix=bool(ev.get("save_prefix", True)),
-        progress=bool(ev.get("progress", True)),
-        skip_finished=bool(c.get("skip_finished", True)),
+        save_predictions=_bool(ev, "save_predictions", "eval.save_predictions", False),
+        save_prefix=_bool(ev, "save_prefix", "eval.save_prefix", True),
+        progress=_bool(ev, "progress", "eval.progress", True),
+        skip_finished=_bool(c, "skip_finished", "skip_finished", True),
         efficiency=_efficiency(c.get("efficiency") or {}) if mode == "efficiency" else {},
+        method=_method(c.get("method"), mode),
     )
-    job.hash = config_hash(job.identity())
+    job.hash = config_hash(job.identity())  # provisional: run_job re-keys it with the task's content (`bind`)
     return job

@@ -2,8 +2,10 @@
 
 Each job leaves `job.json` in its Hydra output directory (status, error, summary, where its results
 are); `SweepReport`, a Hydra callback, reads them when a multirun ends, prints one line per job (its
-accuracies, or its error) and makes the command exit non-zero if any job failed, after every other job
-has run. Choosing η across a sweep on the dev set is `python -m analysis.report`'s job.
+accuracies, or its error) and makes the command exit non-zero if any job failed or was skipped because
+the same job was running in another process (status `locked`: its result is not there yet), after every
+other job has run. A single run that finds its job locked exits non-zero too. Choosing η across a sweep on
+the dev set is `python -m analysis.report`'s job.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from ift.experiment.job import run_job
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
+DONE = ("finished", "diverged")  # a job that ran to its end (diverged is a result, not an error)
+LOCKED = "locked"              # the same job was running in another process: skipped, no result yet
 
 
 def run_hydra_job(cfg) -> dict:
@@ -36,14 +40,23 @@ def run_hydra_job(cfg) -> dict:
         result = run_job(cfg, base_dir=get_original_cwd(), output_dir=out)
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
-        (out / JOB_FILE).write_text(json.dumps(record, indent=2))
+        try:
+            (out / JOB_FILE).write_text(json.dumps(record, indent=2, default=str))
+        except OSError as write_err:  # a full disk must not hide the job's own error
+            log.error("could not write %s: %s", out / JOB_FILE, write_err)
         if hc.mode != RunMode.MULTIRUN:
             raise
         log.error("job failed; the sweep goes on:\n%s", traceback.format_exc())
         return record
     record.update(result)
     (out / JOB_FILE).write_text(json.dumps(record, indent=2, default=str))
+    if result.get("status") == LOCKED and hc.mode != RunMode.MULTIRUN:
+        raise JobLocked(result.get("error") or f"{result.get('store')} is locked by another run of the same job")
     return record
+
+
+class JobLocked(RuntimeError):
+    """A single run whose job is running in another process: nothing was done (exit status non-zero)."""
 
 
 def _numbers(summary: dict) -> str:
@@ -57,7 +70,7 @@ def _numbers(summary: dict) -> str:
 
 
 class SweepReport(Callback):
-    """At the end of a multirun: one line per job, and exit status 1 if any job failed."""
+    """At the end of a multirun: one line per job, and exit status 1 if any job failed or was locked."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -69,14 +82,22 @@ class SweepReport(Callback):
                 records.append({"status": "unreadable", "output_dir": str(path.parent)})
         if not records:
             return
-        failed = [r for r in records if r.get("status") not in ("finished", "diverged")]
-        lines = [f"sweep {sweep_dir}: {len(records)} job(s), {len(failed)} failed"]
+        locked = [r for r in records if r.get("status") == LOCKED]
+        failed = [r for r in records if r.get("status") not in DONE and r.get("status") != LOCKED]
+        head = f"sweep {sweep_dir}: {len(records)} job(s), {len(failed)} failed"
+        if locked:
+            head += (f", {len(locked)} skipped because the same job is running in another process "
+                     f"(run the sweep again once it ends to pick up its result)")
+        lines = [head]
         for r in records:
-            skipped = " (already finished: skipped)" if r.get("skipped") else ""
-            lines.append(f"  [{r.get('status')}{skipped}] {' '.join(r.get('overrides', []))}  "
+            if r.get("status") == LOCKED:
+                note = " (running elsewhere: skipped)"
+            else:
+                note = " (already finished: skipped)" if r.get("skipped") else ""
+            lines.append(f"  [{r.get('status')}{note}] {' '.join(r.get('overrides', []))}  "
                          f"{r.get('error') or _numbers(r.get('summary') or {})}  {r.get('store', '')}")
         (sweep_dir / "sweep_report.txt").write_text("\n".join(lines) + "\n")
         log.info("\n".join(lines))
-        if failed:
+        if failed or locked:
             print("\n".join(lines), file=sys.stderr)
             sys.exit(1)

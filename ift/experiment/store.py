@@ -8,14 +8,23 @@
         prefix.safetensors the last tuned prefix with its momentum: the resume checkpoint
         predictions.jsonl  per-example predictions per step (eval.save_predictions=true)
         efficiency.jsonl   RQ2 measurements (mode=efficiency)
+        error.txt          the traceback of a failed attempt
+        .lock              held (flock) by the process running the job; names its host and pid
 
-The directory is keyed by the config hash, not by Hydra's timestamped output directory, so running a
-sweep again finds the jobs that already finished (and skips them) and the ones that were killed (and
-resumes them from their last finished step). `analysis/` reads this layout (docs/design.md).
+The directory is keyed by the config hash (of the config and the task's content: spec, data fingerprint,
+demonstrations), not by Hydra's timestamped output directory, so running a sweep again finds the jobs that
+already finished (and skips them) and the ones that were killed (and resumes them from their last finished
+step). `analysis/` reads this layout (docs/design.md).
+
+Every file holds standard JSON only (`allow_nan=False`): a NaN or infinity reaching the store is an error,
+never an `Infinity` that other JSON readers reject. Whole files are replaced atomically (a temporary file,
+removed again if the write fails); JSONL rows are appended and fsync'ed, and a failed append is cut back.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
 import socket
@@ -24,7 +33,24 @@ from pathlib import Path
 
 from ift.experiment.config import JobConfig
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; jobs run unlocked
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 PREFIX_FILE = "prefix.safetensors"
+LOCK_FILE = ".lock"
+
+
+class StoreLocked(RuntimeError):
+    """Another process holds this job's store directory (the same job is running elsewhere)."""
+
+    def __init__(self, path: Path, holder: str):
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is locked by another run of the same job ({holder}); skipped. Wait for it to end, "
+                         f"or stop it, then run again to pick up its result")
 
 
 def _safe(name: str) -> str:
@@ -35,24 +61,53 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _write_json(path: Path, data) -> None:
+def _dumps(data, **kwargs) -> str:
+    """Standard JSON: NaN and infinities raise ValueError instead of becoming `NaN` / `Infinity`."""
+    return json.dumps(data, allow_nan=False, **kwargs)
+
+
+def _sync(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace `path` atomically (a reader never sees half a file); on failure no temporary file is left."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            _sync(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+def _write_json(path: Path, data) -> None:
+    _write_text(path, _dumps(data, indent=2, default=str))
 
 
 def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    text = "".join(_dumps(row, default=float) + "\n" for row in rows)  # a bad value fails before the file is touched
     with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=float) + "\n")
-        f.flush()
-        os.fsync(f.fileno())  # a step reported as done survives a kill
+        start = f.tell()
+        try:
+            f.write(text)
+            _sync(f)  # a step reported as done survives a kill
+        except BaseException:
+            try:  # no torn line left for the next append to follow
+                f.truncate(start)
+            except OSError:
+                pass
+            raise
 
 
 def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)  # atomic, like _write_json
+    _write_text(path, "".join(_dumps(r) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -72,6 +127,7 @@ def read_jsonl(path: Path) -> list[dict]:
 class JobStore:
     def __init__(self, job: JobConfig):
         self.path = job.results_dir / _safe(job.task_name) / _safe(job.model.name) / job.hash[:16]
+        self._lock_fd: int | None = None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -99,6 +155,51 @@ class JobStore:
     def steps(self) -> list[dict]:
         return sorted(read_jsonl(self.file("steps.jsonl")), key=lambda r: r["step"])
 
+    # ---------------------------------------------------------------- locking
+    def lock(self) -> None:
+        """Take this directory for the current process: an exclusive, non-blocking flock on `.lock`.
+
+        Raises StoreLocked (naming the holder's host and pid) when another process holds it. The lock goes
+        with the process: a killed job leaves no stale lock. A file system without locks only gets a warning.
+        """
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.file(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            os.close(fd)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreLocked(self.path, self.holder()) from None
+            log.warning("cannot lock %s (%s): running without a lock; do not run this job twice at once",
+                        self.path, err)
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since {now()}\n".encode())
+        self._lock_fd = fd
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it ("host H pid P since T")."""
+        try:
+            text = self.file(LOCK_FILE).read_text().strip()
+        except OSError:
+            text = ""
+        return text or "holder unknown"
+
+    def unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # closing releases the flock
+
     # ---------------------------------------------------------------- writing
     def begin(self, meta: dict, config_yaml: str | None = None) -> None:
         """Mark the job running (a new attempt keeps `started` and counts attempts)."""
@@ -108,8 +209,9 @@ class JobStore:
                 "finished": None, "attempts": int(old.get("attempts", 0)) + 1,
                 "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         if config_yaml is not None:
-            self.file("config.yaml").write_text(config_yaml)
+            _write_text(self.file("config.yaml"), config_yaml)
         self.file("summary.json").unlink(missing_ok=True)
+        self.file("error.txt").unlink(missing_ok=True)
         _write_json(self.file("meta.json"), meta)
 
     def update_meta(self, **items) -> None:
@@ -139,8 +241,41 @@ class JobStore:
         _append_jsonl(self.file("efficiency.jsonl"), [row])
 
     def end(self, status: str, summary: dict, error: str | None = None) -> None:
+        """Record how the job ended: summary first, then meta (`ended` needs both to agree)."""
         _write_json(self.file("summary.json"), {**summary, "status": status})
         self.update_meta(status=status, error=error, finished=now())
+
+    def fail(self, error: str, details: str) -> None:
+        """Record a failure, best effort: never raises, so the caller re-raises the original error.
+
+        meta.json's status goes first; summary.json (status failed) only follows when that worked, so a
+        full disk never leaves a `failed` summary beside a `running` meta. error.txt (the traceback) is tried
+        on its own. A write that fails only logs a warning; temporary files left by the interrupted attempt
+        (a checkpoint half-saved, say) are removed.
+        """
+        try:
+            summary = summarize(self.steps())
+        except Exception:  # noqa: BLE001 - an unreadable steps file must not hide the job's own error
+            summary = summarize([])
+        try:
+            self.update_meta(status="failed", error=error, finished=now())
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not record the failure in %s (%s): it stays marked running", self.file("meta.json"),
+                        err)
+        else:
+            try:
+                _write_json(self.file("summary.json"), {**summary, "status": "failed"})
+            except Exception as err:  # noqa: BLE001
+                log.warning("could not write %s (%s)", self.file("summary.json"), err)
+        try:
+            _write_text(self.file("error.txt"), details)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not write %s (%s)", self.file("error.txt"), err)
+        for tmp in self.path.glob("*.tmp"):  # a write the error interrupted (this process holds the lock)
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -2,6 +2,7 @@
 
 A formatter turns one row into parallel lists of contexts and continuations; the gold index is
 computed elsewhere (`Task`) from `label_field`. A spec names its formatter with `formatter: <name>`.
+Row problems raise `RowError` (no location); `Task.example` adds the file, split and row number.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ift.tasks.spec import TaskError, TaskSpec, get_field, render
+from ift.tasks.spec import RowError, TaskError, TaskSpec, get_field, render
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,15 @@ def _template_columns(spec: TaskSpec) -> dict[str, str]:
 
 
 def _template_render(spec: TaskSpec, row: dict) -> tuple[list[str], list[str]]:
-    context = render(spec.template, row, spec.name)
+    context = render(spec.template, row)
     if spec.label_words is not None:
         choices = spec.label_words
     else:
-        choices = get_field(row, spec.choices_field, spec.name)
+        choices = get_field(row, spec.choices_field)
         if isinstance(choices, str) or not hasattr(choices, "__len__"):
-            raise TaskError(f"{spec.name}: choices_field {spec.choices_field!r} must hold a list, got {choices!r}")
+            raise RowError(f"choices_field {spec.choices_field!r} must hold a list, got {choices!r}")
+        if any(c is None for c in choices):
+            raise RowError(f"field {spec.choices_field!r} holds a null choice: {list(choices)!r}")
     conts = [" " + str(c) + spec.choice_suffix for c in choices]
     return [context] * len(conts), conts
 
@@ -95,13 +98,14 @@ def _lower_first(text: str) -> str:
 
 
 def _copa_render(spec: TaskSpec, row: dict) -> tuple[list[str], list[str]]:
-    connective = {"cause": "because", "effect": "therefore"}.get(row["question"])
+    question = get_field(row, "question")
+    connective = {"cause": "because", "effect": "therefore"}.get(question)
     if connective is None:
-        raise TaskError(f"{spec.name}: question must be 'cause' or 'effect', got {row['question']!r}")
-    premise = row["premise"].strip()
+        raise RowError(f"question must be 'cause' or 'effect', got {question!r}")
+    premise = str(get_field(row, "premise")).strip()
     premise = premise[:-1] if premise.endswith(".") else premise
     context = f"{premise} {connective}"
-    conts = [" " + _lower_first(row[c].strip()) for c in ("choice1", "choice2")]
+    conts = [" " + _lower_first(str(get_field(row, c)).strip()) for c in ("choice1", "choice2")]
     return [context, context], conts
 
 
@@ -115,11 +119,11 @@ FORMATTERS["copa"] = Formatter(
 # --- winogrande: each option fills the blank; the shared rest of the sentence is scored ---------
 
 def _winogrande_render(spec: TaskSpec, row: dict) -> tuple[list[str], list[str]]:
-    sentence = row["sentence"]
+    sentence = str(get_field(row, "sentence"))
     if sentence.count("_") != 1:
-        raise TaskError(f"{spec.name}: sentence must contain exactly one '_' blank, got {sentence!r}")
+        raise RowError(f"sentence must contain exactly one '_' blank, got {sentence!r}")
     head, tail = sentence.split("_")
-    contexts = [head + row["option1"], head + row["option2"]]
+    contexts = [head + str(get_field(row, "option1")), head + str(get_field(row, "option2"))]
     rest = " " + tail.strip()
     return contexts, [rest, rest]
 

@@ -14,6 +14,10 @@ class TaskError(ValueError):
     """Bad task input (unknown task, missing column or split, impossible sampling request ...)."""
 
 
+class RowError(TaskError):
+    """A problem in one row's content. `Task` re-raises it as a TaskError naming the file, split and row."""
+
+
 @dataclass
 class TaskSpec:
     name: str
@@ -99,21 +103,27 @@ def template_fields(template: str, task: str = "?") -> list[str]:
     return names
 
 
-def render(template: str, row: dict, task: str = "?") -> str:
+def render(template: str, row: dict) -> str:
     """Fill a template from a row (dotted names reach into nested fields); no str.format attribute magic."""
     out = []
     for literal, name, _, _ in string.Formatter().parse(template):
         out.append(literal)
         if name is not None:
-            out.append(str(get_field(row, name, task)))
+            out.append(str(get_field(row, name)))
     return "".join(out)
 
 
-def get_field(row: dict, path: str, task: str = "?"):
+def get_field(row: dict, path: str):
+    """The value at a dotted path. A missing or null value is an error, never the text "None": JSON rows
+    without a key, and null cells, reach us as None."""
     value = row
     for part in path.split("."):
+        if value is None:
+            break
         if not isinstance(value, dict) or part not in value:
             found = sorted(value) if isinstance(value, dict) else type(value).__name__
-            raise TaskError(f"{task}: field {path!r} not found; fields there: {found}")
+            raise RowError(f"field {path!r} not found; fields there: {found}")
         value = value[part]
+    if value is None:
+        raise RowError(f"field {path!r} is missing or null")
     return value

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from ift.example import Example
 from ift.tasks import sampling
 from ift.tasks.formatters import FORMATTERS
-from ift.tasks.sources import load_split, resolve_data_dir
-from ift.tasks.spec import TaskError, TaskSpec, get_field
+from ift.tasks.sources import load_split, resolve_data_dir, split_source
+from ift.tasks.spec import RowError, TaskError, TaskSpec, get_field
 
 log = logging.getLogger(__name__)
 
-_UNLABELLED = (None, "", -1, "-1")
+_UNLABELLED = (None, "", -1, "-1")  # None (a missing or null label) is an error in any row that is used
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Task:
         self._formatter = FORMATTERS[spec.formatter]
         self._splits: dict[str, object] = {}
         self._labels: dict[str, list] = {}
+        self._sources: dict[str, str] = {}
 
     def __repr__(self) -> str:
         source = self.data_dir or (self.spec.hub or {}).get("path")
@@ -52,20 +53,16 @@ class Task:
         name = getattr(self.spec, role)
         if name not in self._splits:
             ds = load_split(self.spec, name, role, self.data_dir)
+            self._sources[name] = split_source(self.spec, name, self.data_dir)
             self._check_columns(ds, name)
             self._labels[name] = self._check_labels(ds, name)
             self._splits[name] = ds
         return self._splits[name]
 
     def _check_columns(self, ds, split: str) -> None:
-        first = ds[0]
+        """Every field the spec reads exists in the split's schema (null cells are caught per row, when used)."""
         for path, why in self._formatter.columns(self.spec).items():
-            top = path.split(".")[0]
-            try:
-                if top not in ds.column_names:
-                    raise TaskError("")
-                get_field(first, path, self.name)
-            except TaskError:
+            if not _has_field(ds.features, path):
                 what = f"template placeholder {{{path}}} has no matching field" if why == "template" \
                     else f"column {path!r} (from {why}) is missing"
                 raise TaskError(f"{self.name}: {what} in split {split!r}; columns found: {ds.column_names}") from None
@@ -75,40 +72,50 @@ class Task:
         raw = ds[self.spec.label_field]
         if self.spec.is_classification:
             for i, value in enumerate(raw):
-                self._gold(value, None, len(self.spec.label_words), split, i)
+                if value is not None:  # a null label is an error only in a row that is used (see example)
+                    with self._locate(split, i):
+                        self._gold(value, None, len(self.spec.label_words))
         return raw
 
-    def _gold(self, raw, row, n_candidates: int, split: str, index: int) -> int:
+    def _locate(self, split: str, index: int) -> _Locate:
+        return _Locate(f"{self.name}: row {index} of split {split!r} in {self._sources.get(split, '?')}")
+
+    def _gold(self, raw, row, n_candidates: int) -> int:
         spec = self.spec
-        where = f"{self.name}: row {index} of split {split!r}"
+        if raw is None:
+            raise RowError(f"field {spec.label_field!r} (label_field) is missing or null")
         if raw in _UNLABELLED:
             return -1
         if spec.label_keys_field:
-            keys = list(get_field(row, spec.label_keys_field, self.name))
+            keys = list(get_field(row, spec.label_keys_field))
             if raw not in keys:
-                raise TaskError(f"{where}: {spec.label_field}={raw!r} is not one of {spec.label_keys_field}={keys}")
+                raise RowError(f"{spec.label_field}={raw!r} is not one of {spec.label_keys_field}={keys}")
             gold = keys.index(raw)
         elif spec.label_values is not None:
             if raw not in spec.label_values:
-                raise TaskError(f"{where}: {spec.label_field}={raw!r} is not one of label_values={spec.label_values}")
+                raise RowError(f"{spec.label_field}={raw!r} is not one of label_values={spec.label_values}")
             gold = spec.label_values.index(raw)
         elif isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
             gold = int(raw)
         else:
-            raise TaskError(f"{where}: {spec.label_field}={raw!r} is not an index; map it with label_values "
-                            f"or label_keys_field")
+            raise RowError(f"{spec.label_field}={raw!r} is not an index; map it with label_values "
+                           f"or label_keys_field")
         if not 0 <= gold < n_candidates:
             words = spec.label_words if spec.is_classification else f"{n_candidates} choices"
-            raise TaskError(f"{where}: {spec.label_field}={raw!r} is outside the label words {words} "
-                            f"(valid: 0..{n_candidates - 1})")
+            raise RowError(f"{spec.label_field}={raw!r} is outside the label words {words} "
+                           f"(valid: 0..{n_candidates - 1})")
         return gold
 
     def example(self, role: str, index: int) -> Example:
-        """Row `index` of the `role` split as an `Example` (gold -1 when the row is unlabelled)."""
+        """Row `index` of the `role` split as an `Example` (gold -1 when the row is unlabelled).
+
+        Every row that is evaluated, demonstrated or used for dev passes here, so a missing or null field in
+        any of them fails (naming the file, split, row and field) before a model does any work."""
         ds = self.split(role)
         row = ds[index]
-        contexts, conts = self._formatter.render(self.spec, row)
-        gold = self._gold(row[self.spec.label_field], row, len(conts), getattr(self.spec, role), index)
+        with self._locate(getattr(self.spec, role), index):
+            contexts, conts = self._formatter.render(self.spec, row)
+            gold = self._gold(row.get(self.spec.label_field), row, len(conts))
         return Example(tuple(contexts), tuple(conts), gold, index)
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -170,7 +177,7 @@ class Task:
         if self.spec.stratify:
             labels = self._labels[split]
             n_classes = len(self.spec.label_words)
-            classes = {i: self._gold(labels[i], None, n_classes, split, i) for i in candidates}
+            classes = {i: self._gold(labels[i], None, n_classes) for i in candidates}
             picked = sampling.first_per_class(candidates, classes, n, n_classes)
             for word, rows in zip(self.spec.label_words, picked):
                 if len(rows) < n:
@@ -194,3 +201,31 @@ class Task:
                             f"held out; set task.dev_size={size}")
         _, dev = self._order(seed)
         return [self.example("demo_split", i) for i in sorted(dev[:size])]
+
+
+class _Locate:
+    """Turns a RowError raised inside the block into a TaskError that says where the row is."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if isinstance(err, RowError):
+            raise TaskError(f"{self.where}: {err}") from None
+        return False
+
+
+def _has_field(features, path: str) -> bool:
+    """Whether a dotted path exists in a `datasets.Features` schema (nested structs are dicts; a list of
+    structs is a Sequence/List whose `.feature` is the struct)."""
+    node = features
+    for part in path.split("."):
+        while not isinstance(node, dict) and isinstance(getattr(node, "feature", None), dict):
+            node = node.feature
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -1,0 +1,406 @@
+"""The results store and a job's life in it: keyed by content (not only the config), locked while a job runs,
+standard JSON only, resumed only from a checkpoint that matches the job, consistent when recording a failure
+fails, and never created for a config or data error. Tiny random models; each job runs in well under a second."""
+import errno
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ift
+from analysis.load import load as load_runs
+from ift.experiment import job as job_module
+from ift.experiment import run_job
+from ift.experiment import store as store_module
+from ift.experiment.config import parse_config
+from ift.experiment.hydra_app import SweepReport
+from ift.experiment.job import prepare
+from ift.experiment.store import JobStore, StoreLocked
+from tiny import save_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_cache():
+    job_module.load_model_once.cache_clear()
+    yield
+    job_module.load_model_once.cache_clear()
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def strict_rows(path: Path) -> list[dict]:
+    """JSONL rows, refusing NaN / Infinity (standard JSON)."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name} in {path}")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stores(results: Path) -> list[Path]:
+    return sorted(p.parent for p in results.rglob("meta.json"))
+
+
+def meta_of(store: Path) -> dict:
+    return json.loads((store / "meta.json").read_text())
+
+
+ANIMALS = [("It purrs and chases mice", 0), ("It barks at the postman", 1), ("It gives milk in the barn", 2),
+           ("It sleeps in a sunny window", 0), ("It fetches the stick", 1), ("It chews grass all day", 2),
+           ("It meows for dinner", 0), ("It wags its tail", 1), ("It moos loudly", 2)]
+TEMPLATE = "Q: Which animal? {clue}\\nA:"
+
+
+def write_user_task(root: Path, template: str = TEMPLATE) -> Path:
+    data = root / "data" / "animals"
+    data.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", ANIMALS[:6]), ("test", ANIMALS[6:] + ANIMALS[:3])):
+        data.joinpath(f"{split}.jsonl").write_text("".join(
+            json.dumps({"clue": c, "options": ["cat", "dog", "cow"], "answer": "abc"[y]}) + "\n" for c, y in rows))
+    spec = root / "animals.yaml"
+    spec.write_text(f"name: animals\ndata_dir: data\ntemplate: \"{template}\"\n"
+                    "choices_field: options\nlabel_field: answer\nlabel_values: [a, b, c]\n"
+                    "eval_split: test\ndemo_split: train\ndev_size: 2\n")
+    return spec
+
+
+@pytest.fixture
+def user_task(tmp_path):
+    return write_user_task(tmp_path / "my_tasks")
+
+
+def tiny_cfg(tiny_dir, results, *extra):
+    return compose_cfg(["model=hf", f"model.source={tiny_dir}", "logger=disabled", "eval.progress=false",
+                        f"results_dir={results}", *extra])
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: not an Exception, so the job records nothing on its way out."""
+
+
+def kill_at(step):
+    def on_step(row):
+        if row["step"] == step:
+            raise Killed
+    return on_step
+
+
+# ---------------------------------------------------------------- standard JSON, atomic writes
+
+def test_the_store_refuses_non_finite_numbers_and_leaves_no_temporary_file(tmp_path):
+    store = JobStore(parse_config(compose_cfg([f"results_dir={tmp_path}"])))
+    store.path.mkdir(parents=True)
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        store.update_meta(eta=float("inf"))
+    store.append_step({"step": 1, "acc": 0.5, "grad_norm_k": [0.0]})
+    with pytest.raises(ValueError):
+        store.append_step({"step": 2, "acc": 0.5, "grad_norm_k": [float("nan")]})
+    assert strict_rows(store.file("steps.jsonl")) == [{"step": 1, "acc": 0.5, "grad_norm_k": [0.0]}]
+    assert not list(store.path.glob("*.tmp"))
+
+
+def test_a_failed_write_leaves_neither_a_temporary_file_nor_a_torn_line(tmp_path, monkeypatch):
+    store = JobStore(parse_config(compose_cfg([f"results_dir={tmp_path}"])))
+    store.path.mkdir(parents=True)
+    store.update_meta(status="running")
+    store.append_step({"step": 1, "acc": 0.5})
+
+    def disk_full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(store_module, "_sync", disk_full)
+    with pytest.raises(OSError):
+        store.update_meta(status="failed")
+    with pytest.raises(OSError):
+        store.append_step({"step": 2, "acc": 0.6})
+    assert store.meta()["status"] == "running" and not list(store.path.glob("*.tmp"))
+    assert strict_rows(store.file("steps.jsonl")) == [{"step": 1, "acc": 0.5}]
+
+
+# ---------------------------------------------------------------- the key: the content, not only the config
+
+def test_the_store_key_follows_the_task_file_and_the_data_not_where_the_data_lives(user_task, tmp_path):
+    def key(*extra):
+        return prepare(compose_cfg(["task=file", f"task.file={user_task}", "n_shot=1", *extra])).job.hash
+
+    base = key()
+    assert key() == base
+    for run_only in ("eval.batch_size=3", "logger=disabled", "device=cpu", "eval.progress=false",
+                     f"results_dir={tmp_path / 'elsewhere'}"):
+        assert key(run_only) == base, run_only
+    # the same bytes in another place: the same numbers, the same key
+    moved = tmp_path / "mirror"
+    shutil.copytree(user_task.parent / "data", moved)
+    assert key(f"task.data_dir={moved}") == base
+    # one row edited in place (same size, so only the bytes tell) -> a new key
+    test_file = moved / "animals" / "test.jsonl"
+    test_file.write_text(test_file.read_text().replace("It meows for dinner", "It meows for supper"))
+    assert key(f"task.data_dir={moved}") != base
+    # the task YAML edited -> a new key
+    user_task.write_text(user_task.read_text().replace("Which animal?", "Which beast?"))
+    assert key() != base
+    # other demonstrations (another seed) -> a new key
+    assert key("seed=1") != key()
+
+
+def test_the_store_key_of_a_builtin_task_follows_its_data(tmp_path, monkeypatch):
+    packaged = prepare(compose_cfg([])).job
+    assert packaged.content["data"]["source"] == "local"
+    mirror = tmp_path / "mirror"
+    shutil.copytree(Path(ift.tasks.__file__).parent / "data" / "demo", mirror / "demo")
+    assert prepare(compose_cfg([f"task.data_dir={mirror}"])).job.hash == packaged.hash
+    with open(mirror / "demo" / "test.jsonl", "a") as f:
+        f.write(json.dumps({"text": "The soup was hot and salty.", "label": 0}) + "\n")
+    assert prepare(compose_cfg([f"task.data_dir={mirror}"])).job.hash != packaged.hash
+
+
+def test_an_edited_task_or_data_never_returns_the_old_result(tiny_dir, user_task, tmp_path):
+    results = tmp_path / "results"
+
+    def run(**kw):
+        return run_job(tiny_cfg(tiny_dir, results, "task=file", f"task.file={user_task}", "optim.T=2", "n_shot=1"),
+                       **kw)
+
+    first = run()
+    assert first["status"] == "finished" and run()["skipped"]
+    data = user_task.parent / "data" / "animals" / "test.jsonl"
+    data.write_text(data.read_text().replace("It wags its tail", "It wags its tail happily"))
+    second = run()
+    assert not second["skipped"] and second["store"] != first["store"]
+    # a job killed, then its task file edited: the retry starts clean under the new key (no "other demonstrations")
+    user_task.write_text(user_task.read_text().replace("Q: Which", "Question: Which"))
+    with pytest.raises(Killed):
+        run(on_step=kill_at(1))
+    user_task.write_text(user_task.read_text().replace("Question: Which", "Q: Which animal is it?"))
+    third = run()
+    assert third["status"] == "finished" and not third["skipped"]
+    assert len({first["store"], second["store"], third["store"]}) == 3
+
+
+# ---------------------------------------------------------------- checks before the store
+
+@pytest.mark.parametrize("overrides", [["optim.eta=inf"], ["n_shot=50"], ["task.dev_size=500"],
+                                       ["task.eval_split=nope"], ["+task.template='Q: {nothing}'"]])
+def test_config_and_data_errors_create_no_store_directory(overrides, tmp_path, monkeypatch):
+    monkeypatch.setattr(job_module, "load_model_once", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError):
+        run_job(compose_cfg([f"results_dir={tmp_path / 'results'}", "logger=disabled", *overrides]))
+    assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------- the lock
+
+def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
+    job = parse_config(compose_cfg([f"results_dir={tmp_path}"]))
+    first, second = JobStore(job), JobStore(job)
+    first.lock()
+    with pytest.raises(StoreLocked) as caught:
+        second.lock()
+    assert str(first.path) in str(caught.value) and f"pid {os.getpid()}" in str(caught.value)
+    assert socket.gethostname() in caught.value.holder
+    first.unlock()
+    second.lock()  # free again
+    second.unlock()
+
+
+def test_a_job_running_elsewhere_is_skipped_as_locked(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(job_module, "load_model_once", lambda *a, **k: pytest.fail("the model was loaded"))
+    cfg = compose_cfg([f"results_dir={tmp_path}", "logger=disabled"])
+    holder = JobStore(prepare(cfg).job)
+    holder.lock()
+    try:
+        with caplog.at_level("WARNING"):
+            result = run_job(cfg)
+    finally:
+        holder.unlock()
+    assert (result["status"], result["skipped"], result["store"]) == ("locked", True, str(holder.path))
+    assert "locked by another run of the same job" in result["error"] and "pid" in result["holder"]
+    assert str(holder.path) in caplog.text
+    assert not (holder.path / "meta.json").exists()  # nothing was written by the skipped launch
+
+
+def test_the_sweep_report_does_not_count_a_locked_job_as_done(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, record in enumerate([{"status": "finished", "overrides": ["seed=0"], "summary": {}},
+                                {"status": "locked", "skipped": True, "overrides": ["seed=1"],
+                                 "error": "/r/x is locked by another run of the same job (host h pid 7 since t)"}]):
+        (sweep / str(i)).mkdir(parents=True)
+        (sweep / str(i) / "job.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as code:
+        SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert code.value.code == 1
+    report = (sweep / "sweep_report.txt").read_text()
+    assert "2 job(s), 0 failed, 1 skipped because the same job is running in another process" in report
+    assert "[locked (running elsewhere: skipped)] seed=1" in report and "pid 7" in report
+
+
+def test_analysis_skips_a_run_with_duplicate_or_non_finite_steps(tmp_path):
+    def write(d, rows):
+        d.mkdir(parents=True)
+        meta = {"status": "finished", "model": "m", "task": "t", "eta": 0.01, "beta": 0.9, "T": 2,
+                "position_mode": "continue", "n_shot": 1, "seed": int(d.name), "finished": "2026"}
+        (d / "meta.json").write_text(json.dumps(meta))
+        (d / "summary.json").write_text(json.dumps({"status": "finished", "icl_acc": 0.5}))
+        (d / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    row = {"acc": 0.5, "acc_norm": 0.5, "grad_norm_k": [0.0], "grad_norm_v": [0.0]}
+    write(tmp_path / "0", [{**row, "step": 1}, {**row, "step": 2}])
+    write(tmp_path / "1", [{**row, "step": 1}, {**row, "step": 2}, {**row, "step": 2}])
+    write(tmp_path / "2", [{**row, "step": 1}, {**row, "step": 2, "grad_norm_k": [float("inf")]}])
+    runs = {r.meta["seed"]: r for r in load_runs([tmp_path])}
+    assert runs[0].skip is None
+    assert runs[1].skip.startswith("duplicate steps: step(s) [2]")
+    assert runs[2].skip == "malformed: a NaN or infinite number in step 2"
+
+
+# ---------------------------------------------------------------- resume only what matches
+
+def rewrite_prefix_meta(path: Path, **changes) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["ift"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header["meta"].update(changes)
+    save_file(tensors, str(path), metadata={"ift": json.dumps(header)})
+
+
+@pytest.mark.parametrize("change, said", [({"eta": 0.1}, "eta=0.1 (this job: 0.05)"),
+                                          ({"beta": 0.0}, "beta=0.0 (this job: 0.9)"),
+                                          ({"position_mode": "aligned"}, "position_mode='aligned'"),
+                                          # TunedPrefix.load itself refuses ids that are not this text's
+                                          ({"demo_text": "Q: other\nA: cat\n\n"}, "")])
+def test_a_checkpoint_tuned_otherwise_is_not_resumed(change, said, tiny_dir, tmp_path, caplog):
+    cfg = tiny_cfg(tiny_dir, tmp_path / "a", "optim.T=3", "optim.eta=0.05")
+    with pytest.raises(Killed):
+        run_job(cfg, on_step=kill_at(2))
+    (store,) = stores(tmp_path / "a")
+    rewrite_prefix_meta(store / "prefix.safetensors", **change)
+    seen = []
+    with caplog.at_level("WARNING"):
+        assert run_job(cfg, on_step=seen.append)["status"] == "finished"
+    assert seen and [r["step"] for r in seen] == [1, 2, 3]
+    assert said in caplog.text and "starting clean from step 1 (redoing recorded step(s) 1-2)" in caplog.text
+    if "eta" not in change:
+        return
+    run_job(tiny_cfg(tiny_dir, tmp_path / "b", "optim.T=3", "optim.eta=0.05"))
+    (fresh,) = stores(tmp_path / "b")
+    drop = ("time_s", "tune_s", "peak_mem_mb")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in strict_rows(store / "steps.jsonl")] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in strict_rows(fresh / "steps.jsonl")]
+
+
+@pytest.mark.parametrize("tamper, redone, said", [
+    ("drop_last", [1, 2, 3, 4], "steps.jsonl holds step(s) 1-2 but the checkpoint is at step 3"),
+    ("duplicate", [1, 2, 3, 4], "steps.jsonl holds step(s) 1, 2, 2, 3 but the checkpoint is at step 3"),
+    ("extra", [4], "step(s) 4 were recorded after the last checkpoint (step 3): redoing them"),
+])
+def test_redone_steps_are_announced(tamper, redone, said, tiny_dir, tmp_path, caplog):
+    cfg = tiny_cfg(tiny_dir, tmp_path, "optim.T=4")
+    with pytest.raises(Killed):
+        run_job(cfg, on_step=kill_at(3))
+    (store,) = stores(tmp_path)
+    steps = store / "steps.jsonl"
+    rows = strict_rows(steps)
+    rows = {"drop_last": rows[:2], "duplicate": rows[:2] + rows[1:], "extra": rows + [{**rows[2], "step": 4}]}[tamper]
+    steps.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+    with caplog.at_level("WARNING"):
+        assert run_job(cfg, on_step=seen.append)["status"] == "finished"
+    assert [r["step"] for r in seen] == redone and said in caplog.text
+    assert [r["step"] for r in strict_rows(steps)] == [1, 2, 3, 4]
+
+
+def test_prefix_mismatch_names_every_difference():
+    from ift.experiment.job import prefix_mismatch
+
+    job = parse_config(compose_cfg(["optim.eta=0.05"]))
+    own = {"eta": 0.05, "beta": 0.9, "position_mode": "continue", "demo_text": "d"}
+    assert prefix_mismatch(own, job, "d") == ""
+    assert prefix_mismatch({**own, "eta": 0.1, "demo_text": "e"}, job, "d") == \
+        "eta=0.1 (this job: 0.05), other demonstration text"
+
+
+# ---------------------------------------------------------------- divergence and failures
+
+def test_a_non_finite_norm_ends_the_job_as_diverged_in_standard_json(tiny_dir, tmp_path, monkeypatch):
+    real = ift.ForwardTuner.steps
+
+    def steps(self, *args, **kwargs):  # an engine that let an infinite ‖G‖ through at step 3
+        for prefix in real(self, *args, **kwargs):
+            if prefix.step == 3:
+                prefix.grad_norms_k = [float("inf")] + prefix.grad_norms_k[1:]
+            yield prefix
+    monkeypatch.setattr(ift.ForwardTuner, "steps", steps)
+    result = run_job(tiny_cfg(tiny_dir, tmp_path, "optim.T=4"))
+    assert result["status"] == "diverged"
+    (store,) = stores(tmp_path)
+    assert [r["step"] for r in strict_rows(store / "steps.jsonl")] == [1, 2]
+    meta = meta_of(store)
+    assert meta["status"] == "diverged" and meta["error"] == "non-finite grad_norm_k[0] at step 3"
+    assert json.loads((store / "summary.json").read_text())["status"] == "diverged"
+    assert load_runs([tmp_path])[0].skip.startswith("diverged after step 2: non-finite")
+
+
+@pytest.mark.parametrize("broken", ["every file", "error.txt", "summary.json"])
+def test_a_failure_while_recording_a_failure_stays_consistent(broken, tiny_dir, tmp_path, monkeypatch):
+    failing = []
+
+    def scoring_breaks(*args, **kwargs):
+        failing.append(True)
+        raise RuntimeError("scoring broke")
+
+    real_sync = store_module._sync
+
+    def sync(f):
+        if failing and (broken == "every file" or Path(f.name).name == broken + ".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_sync(f)
+
+    monkeypatch.setattr(ift, "score_examples", scoring_breaks)
+    monkeypatch.setattr(store_module, "_sync", sync)
+    with pytest.raises(RuntimeError, match="scoring broke"):  # the job's own error, never the disk's
+        run_job(tiny_cfg(tiny_dir, tmp_path, "optim.T=2"))
+    (store,) = stores(tmp_path)
+    assert not list(store.glob("*.tmp"))
+    meta, summary = meta_of(store), store / "summary.json"
+    if broken == "every file":  # nothing could be recorded: still marked running, no summary beside it
+        assert meta["status"] == "running" and not summary.exists() and not (store / "error.txt").exists()
+    elif broken == "error.txt":
+        assert meta["status"] == "failed" and meta["error"] == "RuntimeError: scoring broke"
+        assert json.loads(summary.read_text())["status"] == "failed" and not (store / "error.txt").exists()
+    else:
+        assert meta["status"] == "failed" and not summary.exists()
+        assert "scoring broke" in (store / "error.txt").read_text()
+
+
+def test_a_failed_model_load_is_not_retried_by_the_next_jobs(tiny_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def unreachable(source, **kwargs):
+        calls.append(source)
+        raise OSError(f"cannot reach the hub for {source}")
+    monkeypatch.setattr(ift, "load_model", unreachable)
+    errors = []
+    for eta in (0.1, 0.01):
+        with pytest.raises(OSError) as caught:
+            run_job(compose_cfg(["model=hf", "model.source=nobody/missing-model", f"optim.eta={eta}",
+                                 "logger=disabled", f"results_dir={tmp_path}"]))
+        errors.append(caught.value)
+    assert calls == ["nobody/missing-model"] and errors[0] is errors[1]
+    assert [meta_of(s)["status"] for s in stores(tmp_path)] == ["failed", "failed"]
+    with pytest.raises(OSError, match="other/model"):  # another source is tried
+        run_job(compose_cfg(["model=hf", "model.source=other/model", "logger=disabled", f"results_dir={tmp_path}"]))
+    assert calls == ["nobody/missing-model", "other/model"]

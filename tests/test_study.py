@@ -1,0 +1,114 @@
+"""analysis.study: which (run, step) each protocol picks, paired intervals, the ICL consistency check, the page."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from analysis import study
+from analysis.load import Run
+
+
+def run(method, seed, accs, devs, task="sst2", tokens=None, **meta):
+    steps = [{"step": i + 1, "acc": a, "acc_norm": a, "dev_acc": d, "dev_acc_norm": d,
+              "tune_tokens": (tokens or (lambda s: 10 * s))(i + 1), "prefix_tokens": 10}
+             for i, (a, d) in enumerate(zip(accs, devs))]
+    base = {"model": "m", "task": task, "n_shot": 1, "seed": seed, "T": len(accs), "method": method,
+            "status": "finished", "eta": None, "beta": None, "position_mode": None}
+    return Run(f"{task}/{method}/{seed}/{meta}", {**base, **meta}, steps, {"status": "finished"})
+
+
+def ift(seed, accs, devs, eta=0.01, mode="aligned", **kw):
+    return run("ift", seed, accs, devs, eta=eta, beta=0.9, position_mode=mode, **kw)
+
+
+def test_honest_protocol_picks_the_dev_best_step_and_reports_its_eval_accuracy():
+    runs = [ift(0, [0.60, 0.70, 0.50], [0.5, 0.6, 0.9])]
+    cands = study.candidates(runs)
+    dev = study.choose(cands, "dev")
+    pick = dev[dev["arm"] == study.IFT_ALL].iloc[0]
+    assert (pick["step"], pick["acc"]) == (3, 50.0)  # dev says step 3; its eval accuracy is reported
+    paper = study.choose(cands, "eval")
+    pick = paper[paper["arm"] == study.IFT_ALL].iloc[0]
+    assert (pick["step"], pick["acc"]) == (2, 70.0)  # the paper's protocol peeks at eval
+
+
+def test_ties_go_to_the_cheaper_choice_so_a_flat_curve_is_icl():
+    runs = [ift(0, [0.6, 0.7, 0.8], [0.5, 0.5, 0.5]), ift(0, [0.6, 0.9, 0.9], [0.5, 0.5, 0.5], eta=0.1)]
+    dev = study.choose(study.candidates(runs), "dev")
+    pick = dev[dev["arm"] == study.IFT_ALL].iloc[0]
+    assert pick["step"] == 1 and pick["acc"] == 60.0
+
+
+def test_eta_and_mode_are_chosen_per_seed_on_dev():
+    runs = [ift(0, [0.5, 0.6], [0.5, 0.7], eta=0.1), ift(0, [0.5, 0.9], [0.5, 0.6], eta=0.01),
+            ift(0, [0.5, 0.8], [0.5, 0.8], mode="continue")]
+    dev = study.choose(study.candidates(runs), "dev").set_index("arm")
+    assert dev.loc[study.IFT_ALL, "acc"] == 80.0  # continue's step 2 has the best dev accuracy
+    assert dev.loc["IFT aligned β=0.9 (η, T on dev)", "acc"] == 60.0  # η = 0.1 wins on dev, not 0.01
+    assert dev.loc["IFT aligned β=0.9 η=0.01 (T on dev)", "acc"] == 90.0
+
+
+def test_intervals_are_student_t_over_seeds_and_the_difference_is_paired():
+    icl = [0.60, 0.70, 0.65, 0.55, 0.62]
+    tuned = [0.63, 0.71, 0.69, 0.56, 0.66]
+    runs = [ift(s, [a, b], [0.1, 0.9]) for s, (a, b) in enumerate(zip(icl, tuned))]
+    table = study.arm_table(study.candidates(runs)).set_index("arm")
+    d = 100 * (np.array(tuned) - np.array(icl))
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    row = table.loc[study.IFT_ALL]
+    assert row["seeds"] == 5
+    assert row["dev_delta"] == pytest.approx(d.mean()) and row["dev_delta_ci"] == pytest.approx(half)
+    assert row["dev_mean"] == pytest.approx(100 * np.mean(tuned))
+    assert study.verdict(row["dev_delta"], row["dev_delta_ci"]) == "better"
+    assert table.loc[study.ICL, "dev_mean"] == pytest.approx(100 * np.mean(icl))
+
+
+def test_verdicts():
+    assert study.verdict(2.0, 1.0) == "better"
+    assert study.verdict(-2.0, 1.0) == "worse"
+    assert study.verdict(0.5, 1.0) == "no difference"
+    assert study.verdict(0.5, float("nan")) == "one seed"
+
+
+def test_methods_that_read_other_demonstrations_at_step_1_are_refused():
+    runs = [ift(0, [0.6, 0.7], [0.5, 0.6]), run("repeat", 0, [0.65, 0.7], [0.5, 0.6])]
+    with pytest.raises(ValueError, match="ICL.*differs"):
+        study.arm_table(study.candidates(runs))
+
+
+def test_baselines_get_their_own_arms_and_zero_shot_is_not_icl():
+    runs = [ift(0, [0.6, 0.7], [0.5, 0.6]), run("repeat", 0, [0.6, 0.8], [0.5, 0.4]),
+            run("zero_shot", 0, [0.3], [0.3]), run("grad", 0, [0.6, 0.65], [0.5, 0.7], lr=0.01)]
+    table = study.arm_table(study.candidates(runs)).set_index("arm")
+    assert table.loc[study.ICL, "dev_mean"] == 60.0
+    assert table.loc[study.ZERO, "dev_mean"] == 30.0
+    assert table.loc[study.BASELINE_ARMS["repeat"], "dev_mean"] == 60.0  # r = 1 on dev
+    assert table.loc[study.BASELINE_ARMS["repeat"], "eval_mean"] == 80.0
+    assert table.loc["gradient tuning lr=0.01 (steps on dev)", "dev_mean"] == 65.0
+
+
+def test_page_has_overview_tables_figures_and_cosines(tmp_path):
+    runs = []
+    for s in range(3):
+        runs += [ift(s, [0.6, 0.7 + 0.01 * s], [0.5, 0.6]), ift(s, [0.6, 0.5], [0.5, 0.6], mode="continue"),
+                 run("zero_shot", s, [0.4], [0.4]),
+                 run("grad", s, [0.6, 0.62], [0.5, 0.55], lr=0.01,
+                     pseudo_grad_cosine={"continue": {"k": [0.1, 0.2], "v": [0.3, 0.1]},
+                                         "aligned": {"k": [0.5, 0.6], "v": [0.2, 0.4]}})]
+    runs.append(Run("broken", {"status": "failed", "error": "boom"}, skip="failed: boom"))
+    page = study.build(runs, tmp_path)
+    text = page.read_text()
+    assert "## Overview" in text and "IFT (mode, η, β, T on dev)" in text and "failed: boom" in text
+    for png in ("study_deltas.png", "study_curves.png", "study_cosine.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert "| aligned | K | 0.550 |" in text  # mean over layers 0.5, 0.6
+
+
+def test_early_stopping_stops_after_patience_steps_without_dev_improvement():
+    assert study.early_stop([50, 60, 60, 55, 70], patience=2) == 4  # best at step 2; steps 3, 4 no better
+    assert study.early_stop([50, 60, 70, 80], patience=2) == 4  # always improving: run to the end
+    assert study.early_stop([50, 50, 50], patience=2) == 3  # ties are no improvement: best stays step 1
+    runs = [ift(0, [0.6, 0.7, 0.9, 0.95], [0.5, 0.5, 0.5, 0.9])]  # dev would only improve at step 4
+    dev = study.choose(study.candidates(runs), "dev").set_index("arm")
+    assert dev.loc[study.IFT_EARLY, "step"] == 1 and dev.loc[study.IFT_ALL, "step"] == 4
