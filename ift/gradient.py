@@ -198,9 +198,13 @@ class GradientTuner:
       work like IFT prefixes).
     The yielded tensors are detached copies; if an update gives non-finite values, the last good prefix is
     yielded again with `diverged` set and tuning stops. Resuming is not supported (momentum_k/v are None).
+
+    lr: Adam moves each K/V entry (magnitude ~1-10) by about lr per step. On the bundled SmolLM2-135M with
+    SST-2 one-shot demonstrations (2 of them), 1e-3 lowers the LOO loss steadily over 8-16 steps; 1e-2
+    drives it to ~0.01 within 5 steps and over-fits (evaluation accuracy fell below ICL's), hence the default.
     """
 
-    def __init__(self, lm, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999)):
+    def __init__(self, lm, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999)):
         _check_lr(lr, betas)
         self.lm, self.lr, self.betas = lm, float(lr), tuple(float(b) for b in betas)
 

@@ -308,3 +308,12 @@ def test_jobs_of_one_process_load_their_model_once(tiny_dir, tmp_path, monkeypat
                              "logger=disabled", "eval.progress=false", f"results_dir={tmp_path}"]))
     assert len(loads) == 1
     job_module.load_model_once.cache_clear()
+
+
+def test_a_bad_value_in_a_single_run_is_one_clear_line_and_exit_status_2(tmp_path):
+    proc = launch(["model.trust_remote_code=no", "logger=disabled", f"results_dir={tmp_path / 'r'}",
+                   f"hydra.run.dir={tmp_path / 'out'}"])
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "model.trust_remote_code must be true or false, got 'no'" in out
+    assert "Traceback" not in out and not (tmp_path / "r").exists()

@@ -65,7 +65,7 @@ def test_every_method_reads_the_same_demonstrations_and_rows(tiny_dir, tmp_path)
     loaded = load_runs([tmp_path])
     assert [r.skip for r in loaded] == [None] * 5
     page = study.build(loaded, tmp_path / "page").read_text()
-    assert "ICL ×r (r on dev)" in page and "gradient tuning lr=0.01" in page and "zero-shot" in page
+    assert "ICL ×r (r on dev)" in page and "gradient tuning lr=0.001" in page and "zero-shot" in page
 
 
 def test_repetition_scores_like_concatenated_icl_of_the_repeated_text(tiny_dir, tmp_path):
@@ -137,4 +137,21 @@ def test_an_unknown_method_is_hydras_error(tiny_dir, tmp_path, overrides, messag
 def test_bad_method_settings_fail_before_the_store_and_the_model(tiny_dir, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         run_job(cfg(tiny_dir, tmp_path / "r", *overrides))
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_gradient_baseline_refuses_a_single_demonstration_before_the_store(tiny_dir, tmp_path):
+    data = tmp_path / "mc" / "data" / "qa"
+    data.mkdir(parents=True)
+    rows = [{"q": f"Question {i}?", "options": ["yes", "no"], "answer": i % 2} for i in range(8)]
+    for split in ("train", "test"):
+        data.joinpath(f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "mc" / "qa.yaml"
+    spec.write_text("name: qa\ndata_dir: data\ntemplate: \"Q: {q}\\nA:\"\nchoices_field: options\n"
+                    "label_field: answer\neval_split: test\ndemo_split: train\n")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        c = compose("config", overrides=["model=hf", f"model.source={tiny_dir}", "task=file", f"task.file={spec}",
+                                         "method=grad", "n_shot=1", "logger=disabled", f"results_dir={tmp_path / 'r'}"])
+    with pytest.raises(ValueError, match="method=grad needs at least 2 demonstrations"):
+        run_job(c)
     assert not (tmp_path / "r").exists()

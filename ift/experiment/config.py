@@ -51,7 +51,7 @@ class MethodConfig:
     name: str = "ift"
     max_repeats: int = 5    # repeat: steps r = 1..max_repeats copies of the demonstrations
     max_factor: int = 5     # more_demos: steps k = 1..max_factor times n_shot demonstrations
-    lr: float = 0.01        # grad: Adam's learning rate on the K/V cache
+    lr: float = 0.001       # grad: Adam's learning rate on the K/V cache
 
     def steps(self, optim: OptimConfig) -> int:
         """How many steps (rows) the method records: T for the iterative methods."""
@@ -234,7 +234,7 @@ def _method(node, mode: str) -> MethodConfig:
         raise ConfigError(f"method={name} cannot run in mode=efficiency (it measures the tuned prefix); use method=ift")
     return MethodConfig(name, _int(node.get("max_repeats", 5), "method.max_repeats", 1),
                         _int(node.get("max_factor", 5), "method.max_factor", 1),
-                        _number(node.get("lr", 0.01), "method.lr", "> 0", lambda x: x > 0))
+                        _number(node.get("lr", 0.001), "method.lr", "> 0", lambda x: x > 0))
 
 
 def _logger(node: dict) -> LoggerConfig:

@@ -21,7 +21,9 @@ from hydra.types import RunMode
 from hydra.utils import get_original_cwd
 from omegaconf import open_dict
 
+from ift.experiment.config import ConfigError
 from ift.experiment.job import run_job
+from ift.tasks.spec import TaskError
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
@@ -45,6 +47,9 @@ def run_hydra_job(cfg) -> dict:
         except OSError as write_err:  # a full disk must not hide the job's own error
             log.error("could not write %s: %s", out / JOB_FILE, write_err)
         if hc.mode != RunMode.MULTIRUN:
+            if isinstance(err, (ConfigError, TaskError)):  # bad input: the message says it all, no traceback
+                log.error("%s", err)  # to the console and the job's log
+                sys.exit(2)
             raise
         log.error("job failed; the sweep goes on:\n%s", traceback.format_exc())
         return record

@@ -26,7 +26,7 @@ import yaml
 
 import ift
 from ift.experiment import methods
-from ift.experiment.config import JobConfig, parse_config, to_plain
+from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.store import PREFIX_FILE, JobStore, StoreLocked, summarize
 from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
@@ -119,6 +119,10 @@ def prepare(cfg, base_dir=None) -> Prepared:
     else:
         examples = task.eval_examples(job.seed)
         dev = task.dev_examples(seed=job.seed) if task.spec.dev_size else []
+    if job.method.name == "grad" and len(demos.indices) < 2:
+        raise ConfigError(f"method=grad needs at least 2 demonstrations (each one's answer is predicted from the "
+                          f"others: leave-one-out), but n_shot={job.n_shot} gives {len(demos.indices)} on "
+                          f"{task.name}; raise n_shot (multiple-choice tasks count demonstrations in all)")
     job.bind(task_identity(task), data_fingerprint(task), demos.text)
     longest = {"zero_shot": None, "repeat": methods.repeat_demonstrations(demos.text, job.method.max_repeats),
                # drawn here so that a class too small for k·n_shot demonstrations fails before the store

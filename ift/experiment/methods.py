@@ -17,15 +17,13 @@ over steps for the iterative methods; backward passes counted apart as `backward
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import math
 
 import ift
 from ift.baselines import icl_prefix, repeat_demonstrations  # noqa: F401 - repeat_demonstrations: job.py
 from ift.cache import uses_alibi
-
 from ift.experiment.config import METHODS  # noqa: F401 - the names, checked by the config
 
 
