@@ -233,6 +233,35 @@ def overview(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("_o").drop(columns="_o") if rows else pd.DataFrame()
 
 
+def cost_table(runs: list[load.Run]) -> pd.DataFrame:
+    """What each method cost here, per task: wall time of a whole run (every step tuned and scored on the
+    evaluation and dev rows), per step, and the tuning tokens of its last step."""
+    rows = []
+    for run in runs:
+        m = run.meta
+        label = ift_setting(m) + f" η={float(m.get('eta')):g}" if method(run) == "ift" else arms_of(run)[0]
+        steps = run.steps
+        rows.append({"task": m.get("task"), "method": label, "steps": len(steps),
+                     "wall_s": sum(float(s.get("time_s") or 0) for s in steps),
+                     "rows": int(m.get("n_eval") or 0) + int(m.get("n_dev") or 0),
+                     "tune_tokens": float(steps[-1].get("tune_tokens") or 0) if steps else np.nan,
+                     "backward_tokens": float(steps[-1].get("backward_tokens") or 0) if steps else np.nan})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    g = frame.groupby(["task", "method"], sort=True)
+    out = g.agg(runs=("steps", "size"), steps=("steps", "mean"), rows=("rows", "mean"), wall_s=("wall_s", "mean"),
+                tune_tokens=("tune_tokens", "mean"), backward_tokens=("backward_tokens", "mean")).reset_index()
+    out["s per step"] = (out["wall_s"] / out["steps"]).map(lambda v: f"{v:.1f}")
+    out["wall s per run"] = out["wall_s"].map(lambda v: f"{v:.0f}")
+    out["tuning fwd tokens (last step)"] = out["tune_tokens"].map(_tokens)
+    out["backward tokens"] = out["backward_tokens"].map(_tokens)
+    out["scored rows per step"] = out["rows"].map(lambda v: f"{v:.0f}")
+    out["steps"] = out["steps"].map(lambda v: f"{v:g}")
+    return out[["task", "method", "runs", "steps", "scored rows per step", "wall s per run", "s per step",
+                "tuning fwd tokens (last step)", "backward tokens"]]
+
+
 # ---------------------------------------------------------------- figures
 
 def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
@@ -248,13 +277,16 @@ def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
         ax.remove()
     for ax, task in zip(axes.flat, tasks):
         part = ift[ift["task"] == task]
+        # only the seeds every setting has, so that the lines (and ICL) average the same demonstrations
+        common = set.intersection(*(set(g["seed"]) for _, g in part.groupby("arm")))
+        part = part[part["seed"].isin(common)]
         for arm, g in sorted(part.groupby("arm")):
             curve = g.groupby("step")["acc"].mean()
             ax.plot(curve.index, curve.to_numpy(), marker="o", markersize=2.5, linewidth=1.2,
                     label=arm.removeprefix("IFT ").removesuffix(" (T on dev)"))
         icl = part[part["step"] == 1]["acc"].mean()
         ax.axhline(icl, color="black", linestyle="--", linewidth=1, label="ICL")
-        ax.set_title(task)
+        ax.set_title(f"{task} ({len(common)} seeds)")
         ax.set_xlabel("step T (1 = ICL)")
         ax.set_ylabel("eval accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -372,6 +404,12 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
         fig = curves_figure(cands)
         if fig is not None:
             md.append(f"![accuracy vs step]({_save(fig, out / 'study_curves.png').name})\n")
+    costs = cost_table(good)
+    if not costs.empty:
+        hosts = sorted({str(r.meta.get("host")) for r in good})
+        md += ["## Compute spent\n", f"Measured while the runs ran (hosts: {', '.join(hosts)}): a step is tuned once and "
+               "scored on every evaluation and dev row, so scoring dominates; tuning tokens count what building the "
+               "prefix ran forward (backward tokens apart).\n", markdown_table(costs) + "\n"]
     cos = cosine_frame(good)
     if not cos.empty:
         md += ["## Does the pseudo-gradient point where the true gradient does?\n",

@@ -100,6 +100,7 @@ def test_page_has_overview_tables_figures_and_cosines(tmp_path):
     page = study.build(runs, tmp_path)
     text = page.read_text()
     assert "## Overview" in text and "IFT (mode, η, β, T on dev)" in text and "failed: boom" in text
+    assert "| sst2 | IFT continue β=0.9 η=0.01 | 3 | 2 | 0 |" in text  # compute: 3 runs of 2 steps, no rows recorded
     for png in ("study_deltas.png", "study_curves.png", "study_cosine.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert "| aligned | K | 0.550 |" in text  # mean over layers 0.5, 0.6
