@@ -3,7 +3,9 @@
 #
 #   bash scripts/studies.sh            # the full study: 9 tasks x 5 seeds, every method (days on a 2-core CPU,
 #                                      # hours on one GPU; see docs/results.md for the measured cost)
-#   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~3 min)
+#   bash scripts/studies.sh --pilot    # the pilot behind docs/results.md: SST-2 and TREC, 5 seeds, 100 eval and
+#                                      # 30 dev rows, T <= 8 (about 3 CPU-hours on 2 cores)
+#   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
 # both). Re-running skips finished jobs and resumes killed ones, so the full study can be run in pieces.
@@ -15,10 +17,19 @@ PY=${PY:-.venv/bin/python}
 export IFT_DATA_DIR=${IFT_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-quick=0
-if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
+scale=full
+case "${1:-}" in --quick) scale=quick; shift ;; --pilot) scale=pilot; shift ;; esac
 
-if [ $quick = 1 ]; then
+if [ $scale = pilot ]; then
+  results=${STUDY_RESULTS:-results/pilot}
+  out=${STUDY_OUT:-docs/results}
+  pilot=(task=sst2,trec seed=0,1,2,3,4 n_shot=1 task.eval_limit=100 task.dev_size=30 "results_dir=$results"
+         logger=disabled)
+  # grad: lr 0.01 for 4 Adam steps (the pilot's setting; the default is now 0.001, see docs/results.md)
+  $PY launch.py experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
+      ++method.lr=0.01 "$@"
+  $PY launch.py experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
+elif [ $scale = quick ]; then
   results=${STUDY_RESULTS:-$(mktemp -d)/studies}
   out=${STUDY_OUT:-$results/page}
   # 2 tasks (binary classification, multiple choice) x 2 seeds, 8 eval and 4 dev rows, 3 steps

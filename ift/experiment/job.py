@@ -214,6 +214,10 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     job = ready.job
     _fit_threads_to_allocation()
     store = JobStore(job)
+    ended = store.ended() if job.skip_finished else None
+    if ended:  # checked before the lock too, so that a re-run touches no file of a finished job
+        log.info("already %s with this config (%s): nothing to do", ended, store.path)
+        return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
     try:
         store.lock()
     except StoreLocked as err:
