@@ -57,13 +57,17 @@ class MethodConfig:
         """How many steps (rows) the method records: T for the iterative methods."""
         return {"zero_shot": 1, "repeat": self.max_repeats, "more_demos": self.max_factor}.get(self.name, optim.T)
 
+    def settings(self) -> dict:
+        """The method's own settings that it reads (none for ift, whose settings are `optim`)."""
+        return {"ift": {}, "zero_shot": {}, "repeat": {"max_repeats": self.max_repeats},
+                "more_demos": {"max_factor": self.max_factor}, "grad": {"lr": self.lr}}[self.name]
+
     def identity(self, optim: OptimConfig) -> dict:
         """Only the settings this method reads: a baseline's result does not depend on η, β or position mode."""
         if self.name == "ift":
             return {"optim": asdict(optim)}
-        knobs = {"zero_shot": {}, "repeat": {"max_repeats": self.max_repeats},
-                 "more_demos": {"max_factor": self.max_factor}, "grad": {"lr": self.lr, "T": optim.T}}[self.name]
-        return {"method": {"name": self.name, **knobs}}
+        steps = {"T": optim.T} if self.name == "grad" else {}
+        return {"method": {"name": self.name, **self.settings(), **steps}}
 
 
 @dataclass

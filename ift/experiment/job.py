@@ -25,6 +25,7 @@ import torch
 import yaml
 
 import ift
+from ift.baselines import repeat_demonstrations
 from ift.experiment import methods
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.store import PREFIX_FILE, JobStore, StoreLocked, summarize
@@ -124,7 +125,7 @@ def prepare(cfg, base_dir=None) -> Prepared:
                           f"others: leave-one-out), but n_shot={job.n_shot} gives {len(demos.indices)} on "
                           f"{task.name}; raise n_shot (multiple-choice tasks count demonstrations in all)")
     job.bind(task_identity(task), data_fingerprint(task), demos.text)
-    longest = {"zero_shot": None, "repeat": methods.repeat_demonstrations(demos.text, job.method.max_repeats),
+    longest = {"zero_shot": None, "repeat": repeat_demonstrations(demos.text, job.method.max_repeats),
                # drawn here so that a class too small for k·n_shot demonstrations fails before the store
                "more_demos": task.demonstrations(job.method.max_factor * job.n_shot, job.seed).text
                if job.method.name == "more_demos" else None}.get(job.method.name, demos.text)
@@ -214,10 +215,9 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     job = ready.job
     _fit_threads_to_allocation()
     store = JobStore(job)
-    ended = store.ended() if job.skip_finished else None
-    if ended:  # checked before the lock too, so that a re-run touches no file of a finished job
-        log.info("already %s with this config (%s): nothing to do", ended, store.path)
-        return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
+    done = _already_ended(job, store)  # before the lock too, so that a re-run touches no file of a finished job
+    if done:
+        return done
     try:
         store.lock()
     except StoreLocked as err:
@@ -230,19 +230,27 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
         store.unlock()
 
 
+def _already_ended(job: JobConfig, store: JobStore) -> dict | None:
+    """run_job's result for a job whose key already finished or diverged (skip_finished), else None."""
+    ended = store.ended() if job.skip_finished else None
+    if not ended:
+        return None
+    log.info("already %s with this config (%s): nothing to do", ended, store.path)
+    return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
+
+
 def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> dict:
     job, task, demos, examples, dev = ready.job, ready.task, ready.demos, ready.examples, ready.dev
-    ended = store.ended() if job.skip_finished else None
-    if ended:
-        log.info("already %s with this config (%s): nothing to do", ended, store.path)
-        return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
+    done = _already_ended(job, store)  # again under the lock: another process may have just finished it
+    if done:
+        return done
 
     resolved = to_plain(cfg)
     is_ift = job.method.name == "ift"
     meta = {"config_hash": job.hash, "mode": job.mode, "model": job.model.name, "model_source": job.model.source,
             "dtype": job.model.dtype, "quant": job.model.quant, "task": job.task_name,
             "task_type": "classification" if task.spec.is_classification else "multiple_choice",
-            "seed": job.seed, "method": job.method.name, **methods.method_meta(job.method),
+            "seed": job.seed, "method": job.method.name, **job.method.settings(),
             # η, β and the position mode are IFT's: null for a baseline, which does not read them
             "eta": job.optim.eta if is_ift else None, "beta": job.optim.beta if is_ift else None,
             "T": job.method.steps(job.optim), "position_mode": job.optim.position_mode if is_ift else None,

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import ift
-from ift.baselines import icl_prefix, repeat_demonstrations  # noqa: F401 - repeat_demonstrations: job.py
+from ift.baselines import icl_prefix, repeat_demonstrations
 from ift.cache import uses_alibi
 from ift.experiment.config import METHODS  # noqa: F401 - the names, checked by the config
 
@@ -94,9 +94,3 @@ def pseudo_gradient_cosines(lm, demo_examples) -> dict:
         cos = pseudo_gradient_cosine(lm, demo_examples, position_mode=mode)
         out[mode] = {w: [c if math.isfinite(c) else None for c in cos[w]] for w in ("k", "v")}
     return out
-
-
-def method_meta(method) -> dict:
-    """The method's own settings for meta.json (only those it reads)."""
-    return {"zero_shot": {}, "repeat": {"max_repeats": method.max_repeats},
-            "more_demos": {"max_factor": method.max_factor}, "grad": {"lr": method.lr}}.get(method.name, {})
