@@ -21,10 +21,10 @@ from pathlib import Path
 # meta.json keys that identify a run's configuration (a tuning run needs all of them)
 KEYS = ("model", "task", "eta", "beta", "T", "position_mode", "n_shot", "seed")
 # a baseline run (meta `method` other than "ift") has no η, β or position mode; these tell its settings apart
-METHOD_KEYS = ("method", "max_repeats", "max_factor", "lr")
+METHOD_KEYS = ("method", "max_repeats", "max_factor", "lr", "patience")  # patience: early-stopped runs apart
 IFT_ONLY = ("eta", "beta", "position_mode")
 SUMMARY_KEYS = ("icl_acc", "icl_acc_norm", "best_eval_step", "best_eval_acc", "dev_step", "dev_step_acc",
-                "last_step", "status")
+                "last_step", "status", "stopped_early")
 STEP_KEYS = ("step", "acc", "acc_norm", "dev_acc", "dev_acc_norm", "grad_norm_k", "grad_norm_v", "time_s",
              "peak_mem_mb")
 EFFICIENCY_KEYS = ("method", "device", "batch_size", "queries_per_s", "tokens_per_query", "peak_mem_mb",
@@ -204,7 +204,11 @@ def skip_reason(run: Run) -> str | None:
     bad = next((s.get("step") for s in run.steps if not _finite(s)), None)
     if bad is not None:
         return f"malformed: a NaN or infinite number in step {bad}"
-    if len(run.steps) < int(meta["T"]):
+    stopped = run.summary.get("stopped_early")
+    if stopped is not None:  # early stopping (optim.patience) ended it: steps 1..stopped, no more
+        if sorted(s.get("step") for s in run.steps) != list(range(1, int(stopped) + 1)):
+            return f"incomplete: stopped early at step {stopped} but steps {sorted(s.get('step') for s in run.steps)} recorded"
+    elif len(run.steps) < int(meta["T"]):
         return f"incomplete: {len(run.steps)} of T={meta['T']} steps recorded"
     return None
 

@@ -54,6 +54,10 @@ def ift_setting(meta: dict) -> str:
 def arms_of(run: load.Run) -> list[str]:
     """The arms a run's steps belong to (an IFT run serves its η-specific, its setting's and the overall arm)."""
     m, meta = method(run), run.meta
+    if meta.get("patience") is not None:  # stopped at run time (optim.patience): its own arm, beside full runs
+        what = (f"{ift_setting(meta)} η={float(meta.get('eta')):g}" if m == "ift"
+                else f"gradient tuning lr={float(meta.get('lr') or 0):g}")
+        return [f"{what} (run-time early stopping, patience {meta['patience']})"]
     if m == "ift":
         setting = ift_setting(meta)
         return [f"{setting} η={float(meta.get('eta')):g} (T on dev)", f"{setting} (η, T on dev)", IFT_ALL]
@@ -81,7 +85,8 @@ def candidates(runs: list[load.Run], metric: str = "acc") -> pd.DataFrame:
     rows = []
     for run in runs:
         meta = run.meta
-        stop = early_stop([_pct(s.get("dev_" + metric)) for s in run.steps]) if method(run) == "ift" else 0
+        simulate = method(run) == "ift" and meta.get("patience") is None  # a full run: simulate early stopping
+        stop = early_stop([_pct(s.get("dev_" + metric)) for s in run.steps]) if simulate else 0
         for s in run.steps:
             base = {"model": meta.get("model"), "task": meta.get("task"), "n_shot": meta.get("n_shot"),
                     "seed": meta.get("seed"), "run": run.id, "method": method(run), "step": int(s["step"]),

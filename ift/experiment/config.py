@@ -42,6 +42,7 @@ class OptimConfig:
     beta: float = 0.9
     T: int = 15
     position_mode: str = "continue"
+    patience: int | None = None  # early stopping on the dev accuracy (ift and grad); None: run all T steps
 
 
 @dataclass
@@ -62,11 +63,22 @@ class MethodConfig:
         return {"ift": {}, "zero_shot": {}, "repeat": {"max_repeats": self.max_repeats},
                 "more_demos": {"max_factor": self.max_factor}, "grad": {"lr": self.lr}}[self.name]
 
+    @property
+    def iterative(self) -> bool:
+        """Whether step t builds on step t-1 (ift, grad), so that early stopping (optim.patience) applies."""
+        return self.name in ("ift", "grad")
+
+    def patience(self, optim: OptimConfig) -> int | None:
+        """The early-stopping patience this method uses: optim.patience for an iterative method, else None."""
+        return optim.patience if self.iterative else None
+
     def identity(self, optim: OptimConfig) -> dict:
-        """Only the settings this method reads: a baseline's result does not depend on η, β or position mode."""
+        """Only the settings this method reads: a baseline's result does not depend on η, β or position mode.
+        An unset patience is left out, so runs of every T steps keep the keys they had before it existed."""
+        stop = {"patience": optim.patience} if self.patience(optim) is not None else {}
         if self.name == "ift":
-            return {"optim": asdict(optim)}
-        steps = {"T": optim.T} if self.name == "grad" else {}
+            return {"optim": {k: v for k, v in asdict(optim).items() if k != "patience"} | stop}
+        steps = {"T": optim.T, **stop} if self.name == "grad" else {}
         return {"method": {"name": self.name, **self.settings(), **steps}}
 
 
@@ -228,7 +240,10 @@ def _optim(node: dict) -> OptimConfig:
     beta = _number(node.get("beta"), "optim.beta", "in [0, 1)", lambda x: 0 <= x < 1)
     T = _int(node.get("T"), "optim.T", 1)
     mode = _choice(node.get("position_mode", "continue"), "optim.position_mode", POSITION_MODES)
-    return OptimConfig(eta, beta, T, mode)
+    patience = node.get("patience")
+    if patience is not None:
+        patience = _int(patience, "optim.patience (null: no early stopping)", 1)
+    return OptimConfig(eta, beta, T, mode, patience)
 
 
 def _method(node, mode: str) -> MethodConfig:

@@ -124,6 +124,10 @@ def prepare(cfg, base_dir=None) -> Prepared:
         raise ConfigError(f"method=grad needs at least 2 demonstrations (each one's answer is predicted from the "
                           f"others: leave-one-out), but n_shot={job.n_shot} gives {len(demos.indices)} on "
                           f"{task.name}; raise n_shot (multiple-choice tasks count demonstrations in all)")
+    if job.method.patience(job.optim) is not None and not dev:
+        raise ConfigError(f"optim.patience={job.optim.patience} stops tuning on the dev accuracy, but {task.name} has "
+                          f"no dev rows (task.dev_size={task.spec.dev_size}); set task.dev_size (e.g. 100) or "
+                          "optim.patience=null")
     job.bind(task_identity(task), data_fingerprint(task), demos.text)
     longest = {"zero_shot": None, "repeat": repeat_demonstrations(demos.text, job.method.max_repeats),
                # drawn here so that a class too small for k·n_shot demonstrations fails before the store
@@ -254,6 +258,7 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             # η, β and the position mode are IFT's: null for a baseline, which does not read them
             "eta": job.optim.eta if is_ift else None, "beta": job.optim.beta if is_ift else None,
             "T": job.method.steps(job.optim), "position_mode": job.optim.position_mode if is_ift else None,
+            "patience": job.method.patience(job.optim),
             "n_shot": job.n_shot,
             "demonstrations": {"text": demos.text, "indices": demos.indices, "split": demos.split},
             "data_source": str(task.data_dir or (task.spec.hub or {}).get("path")), "data": job.content["data"],
@@ -403,11 +408,20 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
     examples, dev = ready.examples, ready.dev
     points, rows = _points(job, lm, ready, store, tracker)
     n_steps = job.method.steps(job.optim)
+    patience = job.method.patience(job.optim)
+    stopper = ift.EarlyStopping(patience) if patience is not None else None
+    for row in rows if stopper is not None else []:  # an earlier attempt's steps (1..k, in order) count too
+        stopper.update(row["dev_acc"])
     while True:
+        if stopper is not None and stopper.stopped:
+            log.info("early stopping after step %d: the dev accuracy has not improved on step %d's %.4f for %d "
+                     "step(s)", stopper.step, stopper.best_step, stopper.best, patience)
+            return "finished", {**summarize(rows), "stopped_early": stopper.step}, None
         memory, start = PeakMemory(lm.device), time.perf_counter()
         point = next(points, None)
         if point is None:
-            return "finished", summarize(sorted(rows, key=lambda r: r["step"])), None
+            done = summarize(sorted(rows, key=lambda r: r["step"]))
+            return "finished", {**done, "stopped_early": None} if stopper is not None else done, None
         prefix = point.prefix
         if prefix is not None and prefix.diverged:
             log.warning("diverged: %s", prefix.diverged)
@@ -438,6 +452,8 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
         if job.save_prefix and job.method.name == "ift":
             prefix.save(store.file(PREFIX_FILE))
         rows.append(row)
+        if stopper is not None:
+            stopper.update(dev_acc)
         tracker.log_step(row)
         log.info("%s step %d/%d: acc %.4f acc_norm %.4f%s (%.1fs)", job.method.name, point.step, n_steps, acc,
                  acc_norm, f" dev {dev_acc:.4f}" if dev_acc is not None else "", row["time_s"])
