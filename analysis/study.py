@@ -228,13 +228,16 @@ def format_arms(table: pd.DataFrame, arms=None) -> pd.DataFrame:
 
 
 def overview(table: pd.DataFrame) -> pd.DataFrame:
-    """Per arm over tasks: mean honest Δ, and on how many tasks it is better / no different / worse."""
+    """Per arm over tasks: the mean of the tasks' honest Δ with a 95% t-interval over tasks (how far the gain
+    carries from task to task), and on how many tasks it is better / no different / worse."""
     rows = []
     for arm, g in table[table["arm"] != ICL].groupby("arm"):
         v = [verdict(d, h) for d, h in zip(g["dev_delta"], g["dev_delta_ci"])]
-        rows.append({"method (choice)": arm, "tasks": len(g), "mean honest Δ": f"{g['dev_delta'].mean():+.1f}",
+        rows.append({"method (choice)": arm, "tasks": len(g),
+                     "mean honest Δ (± over tasks)": _signed(*interval(g["dev_delta"].tolist())[:2]),
                      "better": v.count("better"), "no difference": v.count("no difference"),
-                     "worse": v.count("worse"), "mean paper Δ": f"{g['eval_delta'].mean():+.1f}", "_o": _order(arm)})
+                     "worse": v.count("worse"), "mean paper Δ": _signed(*interval(g["eval_delta"].tolist())[:2]),
+                     "_o": _order(arm)})
     return pd.DataFrame(rows).sort_values("_o").drop(columns="_o") if rows else pd.DataFrame()
 
 
@@ -395,8 +398,9 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
     else:
         table = arm_table(cands)
         md += ["## Overview: every method against ICL\n",
-               "Honest Δ = dev-chosen accuracy − ICL, paired by seed. *better* / *worse*: the 95% interval of "
-               "the paired difference excludes 0.\n", markdown_table(overview(table)) + "\n"]
+               "Honest Δ = dev-chosen accuracy − ICL, paired by seed. *better* / *worse*: on that task, the 95% "
+               "interval of the paired difference excludes 0. The mean over tasks has a 95% t-interval over tasks "
+               "(each task's mean Δ one value): it says whether the gain carries across tasks.\n", markdown_table(overview(table)) + "\n"]
         fig = delta_figure(table)
         if fig is not None:
             md.append(f"![honest gains]({_save(fig, out / 'study_deltas.png').name})\n")

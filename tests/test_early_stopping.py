@@ -1,11 +1,10 @@
 """Early stopping (optim.patience): the engine's rule by hand, the analysis' simulation agrees with it, and a
 job that stops early records exactly the first steps of the full run, resumes, and keeps its own store key."""
-import json
 import random
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from test_methods import cfg, rows  # the same tiny task and job config as the methods' tests
+from test_methods import meta as methods_meta
 
 import ift
 from analysis import study
@@ -15,23 +14,10 @@ from ift.experiment.config import ConfigError
 from ift.experiment.job import prepare
 from tiny import save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
-
-
-def cfg(tiny_dir, results, *overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["model=hf", f"model.source={tiny_dir}", "task=demo", "task.eval_limit=12",
-                                            "task.dev_size=6", "logger=disabled", "eval.progress=false",
-                                            f"results_dir={results}", *overrides])
-
-
-def rows(result) -> list[dict]:
-    return [json.loads(line) for line in (Path(result["store"]) / "steps.jsonl").read_text().splitlines()]
 
 
 def stop_step(dev: list, patience: int) -> int:
@@ -74,7 +60,7 @@ def test_an_early_stopped_job_records_the_full_runs_first_steps(tiny_dir, tmp_pa
     assert summary["stopped_early"] == k and summary["last_step"] == k and summary["status"] == "finished"
     assert summary["dev_step"] == max(rows(full)[:k], key=lambda r: (r["dev_acc"], -r["step"]))["step"]
     assert full["summary"].get("stopped_early") is None
-    meta = json.loads((Path(stopped["store"]) / "meta.json").read_text())
+    meta = methods_meta(stopped)
     assert (meta["patience"], meta["T"]) == (1, 6)
     # analysis reads it as complete (not "k of T steps") and keeps it apart from the full run
     loaded = load_runs([tmp_path])

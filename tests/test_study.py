@@ -113,3 +113,13 @@ def test_early_stopping_stops_after_patience_steps_without_dev_improvement():
     runs = [ift(0, [0.6, 0.7, 0.9, 0.95], [0.5, 0.5, 0.5, 0.9])]  # dev would only improve at step 4
     dev = study.choose(study.candidates(runs), "dev").set_index("arm")
     assert dev.loc[study.IFT_EARLY, "step"] == 1 and dev.loc[study.IFT_ALL, "step"] == 4
+
+
+def test_the_overview_pools_tasks_with_an_interval_over_tasks():
+    # two tasks, two seeds each: IFT gains +10 and +20 on one task (mean +15), +0 and +10 on the other (+5)
+    runs = [ift(0, [0.5, 0.6], [0.1, 0.9]), ift(1, [0.5, 0.7], [0.1, 0.9]),
+            ift(0, [0.4, 0.4], [0.1, 0.9], task="trec"), ift(1, [0.4, 0.5], [0.1, 0.9], task="trec")]
+    rows = study.overview(study.arm_table(study.candidates(runs))).set_index("method (choice)")
+    half = stats.t.ppf(0.975, 1) * np.std([15.0, 5.0], ddof=1) / math.sqrt(2)
+    assert rows.loc[study.IFT_ALL, "mean honest Δ (± over tasks)"] == f"+10.0 ± {half:.1f}"
+    assert rows.loc[study.IFT_ALL, "tasks"] == 2
