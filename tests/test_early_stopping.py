@@ -103,3 +103,11 @@ def test_patience_keys_only_the_iterative_methods(tiny_dir, tmp_path):
     assert key("optim.patience=2") != key() != key("optim.patience=3")
     assert key("method=grad", "optim.patience=2") != key("method=grad")
     assert key("method=repeat", "optim.patience=2") == key("method=repeat")  # runs every r anyway
+
+
+def test_the_sweep_report_says_where_a_job_stopped():
+    from ift.experiment.hydra_app import _numbers
+
+    summary = {"icl_acc": 0.5, "best_eval_acc": 0.6, "best_eval_step": 2, "dev_step": 2, "dev_step_acc": 0.6}
+    assert "stopped early" not in _numbers({**summary, "stopped_early": None})
+    assert _numbers({**summary, "stopped_early": 4}).endswith("dev-chosen step 2: 0.6000, stopped early after step 4")

@@ -71,6 +71,8 @@ def _numbers(summary: dict) -> str:
     text = f"ICL {summary['icl_acc']:.4f}, best on eval {summary['best_eval_acc']:.4f} (step {summary['best_eval_step']})"
     if summary.get("dev_step") is not None:
         text += f", dev-chosen step {summary['dev_step']}: {summary['dev_step_acc']:.4f}"
+    if summary.get("stopped_early") is not None:
+        text += f", stopped early after step {summary['stopped_early']}"
     return text
 
 
