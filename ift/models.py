@@ -12,6 +12,8 @@ import torch
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp32 weights and state, matrix products in a lower precision (torch.autocast); the output head stays fp32
+MIXED = {"bf16-mixed": torch.bfloat16}
 QUANTS = ("none", "int8", "nf4")
 # bitsandbytes >= 0.48 has CPU kernels; these are the device types it serves.
 BNB_DEVICE_TYPES = ("cpu", "cuda", "xpu")
@@ -68,10 +70,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def check_options(dtype: str = "fp32", quant: str = "none", device: str = "auto") -> torch.device:
     """Validate loading options before any weights are read; errors name the field and the valid choices."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is unknown; choose one of {sorted(DTYPES)}")
+    if dtype not in DTYPES and dtype not in MIXED:
+        raise ValueError(f"dtype={dtype!r} is unknown; choose one of {sorted(DTYPES) + sorted(MIXED)}")
     if quant not in QUANTS:
         raise ValueError(f"quant={quant!r} is unknown; choose one of {list(QUANTS)}")
+    if dtype in MIXED and quant != "none":
+        raise ValueError(f"dtype={dtype!r} keeps fp32 weights and cannot be combined with quant={quant!r}; "
+                         f"for a quantised model pick its compute dtype with dtype=bf16 or fp16")
     dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asks for CUDA but no CUDA device is available; use device=cpu or auto")
@@ -129,7 +134,7 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
         source = bundled_model_path()
     where, gguf_file = _split_gguf(source)
     where = _check_local(source, where, gguf_file)
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = DTYPES.get(dtype, torch.float32)
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -148,9 +153,33 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
+    if dtype in MIXED:
+        autocast_model(model, MIXED[dtype])
     prepare_tokenizer(tokenizer)
     name = f"{where}/{gguf_file}" if gguf_file else where
     return LoadedModel(model, tokenizer, name, dev)
+
+
+def autocast_model(model, dtype: torch.dtype = torch.bfloat16):
+    """Run the model's matrix products in `dtype` (torch.autocast) while its weights stay fp32.
+
+    Why: on CPUs with AMX (and on GPUs) bf16 products are several times faster, and the tuner keeps its
+    K̃/Ṽ and momentum in fp32 anyway, so small η·M updates are not rounded away. The output head runs in
+    fp32: bf16 logits are quantised to ~0.1 at typical magnitudes, which would tie candidate scores.
+    Measured on the bundled model (SST-2, 100 rows, 4 IFT steps): 2x faster end to end, 99 of 100
+    predictions and every accuracy within one row of fp32 (docs/results.md).
+    """
+    if getattr(model, "_ift_autocast", None) is not None:
+        raise ValueError(f"the model already runs under autocast ({model._ift_autocast})")
+    device_type = next(model.parameters()).device.type
+    model.forward = torch.autocast(device_type, dtype=dtype)(model.forward)
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.forward = torch.autocast(device_type, enabled=False)(head.forward)
+        head.register_forward_pre_hook(lambda module, args: tuple(
+            a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+    model._ift_autocast = dtype
+    return model
 
 
 def _check_local(source: str, where: str, gguf_file: str | None) -> str:

@@ -6,6 +6,10 @@
 #   bash scripts/studies.sh --pilot    # the pilot behind docs/results.md: nine tasks x 5 seeds, 100 eval and 30 dev
 #                                      # rows, T <= 8; every method on SST-2 and TREC, zero-shot and IFT at
 #                                      # eta = 0.1 on the other seven (about 8 process-hours on this CPU)
+#   bash scripts/studies.sh --nine     # the nine local benchmarks x 5 seeds in bf16-mixed (quant=bf16_mixed):
+#                                      # zero-shot, IFT (both modes, eta 0.1 then 0.01, beta 0), repetition and more
+#                                      # demonstrations; 100 eval + 30 dev rows, T <= 8; two processes at once
+#                                      # (NINE_PARALLEL=1 for one); docs/results/nine/ (about 2 hours here)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -19,7 +23,7 @@ export IFT_DATA_DIR=${IFT_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 scale=full
-case "${1:-}" in --quick) scale=quick; shift ;; --pilot) scale=pilot; shift ;; esac
+case "${1:-}" in --quick) scale=quick; shift ;; --pilot) scale=pilot; shift ;; --nine) scale=nine; shift ;; esac
 
 if [ $scale = pilot ]; then
   results=${STUDY_RESULTS:-results/pilot}
@@ -46,6 +50,38 @@ if [ $scale = pilot ]; then
     # shellcheck disable=SC2086
     $PY launch.py experiment=study_ift $group "${pilot[@]}" optim.eta=0.1 optim.T=8 "$@"
   done
+elif [ $scale = nine ]; then
+  results=${STUDY_RESULTS:-results/nine}
+  out=${STUDY_OUT:-docs/results/nine}
+  common=(seed=0,1,2,3,4 quant=bf16_mixed optim.T=8 "results_dir=$results" logger=disabled)
+  rows="task.eval_limit=100 task.dev_size=30"
+  # one stream per process: classification (n_shot per class) and multiple choice (n_shot in all); AGNews and
+  # HellaSwag draw demonstrations and dev rows from their only other split, never from the evaluated rows
+  classification=("task=sst2,trec,sst5,mr n_shot=1 $rows" "task=agnews task.demo_split=test n_shot=1 $rows")
+  choice=("task=copa,winogrande,obqa n_shot=4 $rows"
+          "task=hellaswag task.demo_split=validation n_shot=4 task.eval_limit=50 task.dev_size=20")
+  stream() {  # the arms in order of priority, each over every task group of the stream
+    local arm group
+    for arm in "experiment=study_baselines method=zero_shot" "experiment=study_ift optim.eta=0.1" \
+               "experiment=study_ift optim.eta=0.01" "experiment=study_momentum optim.eta=0.1" \
+               "experiment=study_baselines method=repeat,more_demos ++method.max_repeats=4 ++method.max_factor=3"; do
+      for group in "$@"; do
+        # shellcheck disable=SC2086
+        $PY launch.py $arm $group "${common[@]}" "${extra[@]}" || status=1
+      done
+    done
+    return ${status:-0}
+  }
+  extra=("$@")
+  if [ "${NINE_PARALLEL:-2}" = 2 ]; then
+    threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+    OMP_NUM_THREADS=$threads stream "${classification[@]}" & first=$!
+    OMP_NUM_THREADS=$threads stream "${choice[@]}" & second=$!
+    wait $first || failed=1
+    wait $second || failed=1
+  else
+    stream "${classification[@]}" "${choice[@]}" || failed=1
+  fi
 elif [ $scale = quick ]; then
   results=${STUDY_RESULTS:-$(mktemp -d)/studies}
   out=${STUDY_OUT:-$results/page}
@@ -75,3 +111,4 @@ else
   done
 fi
 $PY -m analysis.study "$results" --out "$out" --title "IFT against its baselines (bundled SmolLM2-135M)"
+exit ${failed:-0}  # a failed job (named in its sweep report) fails the script, after the page is written

@@ -32,7 +32,7 @@ def test_the_groups_the_docs_promise_exist():
     assert {"bundled", "gpt2", "opt", "gpt_neo", "gptj", "gpt_neox", "bloom", "hf", "gguf"} <= set(options("model"))
     assert set(ift.tasks.list_tasks()) | {"file"} == set(options("task"))
     assert {"default", "no_momentum"} == set(options("optim"))
-    assert {"none", "int8", "nf4", "fp16", "bf16"} == set(options("quant"))
+    assert {"none", "int8", "nf4", "fp16", "bf16", "bf16_mixed"} == set(options("quant"))
     assert {"wandb_offline", "wandb_online", "disabled"} == set(options("logger"))
     assert {"rq1_icl_vs_tuned", "rq2_efficiency", "rq3_steps_eta", "rq4_momentum"} <= set(options("experiment"))
 
@@ -120,7 +120,7 @@ BAD = [
     (["seed=-1"], r"seed must be an integer >= 0"),
     (["optim.position_mode=sideways"], r"optim\.position_mode='sideways' is unknown; choose one of \['continue', 'aligned'\]"),
     (["quant.method=int4"], r"quant\.method='int4' is unknown; choose one of \['none', 'int8', 'nf4'\]"),
-    (["quant.dtype=fp8"], r"quant\.dtype='fp8' is unknown; choose one of \['fp32', 'bf16', 'fp16'\]"),
+    (["quant.dtype=fp8"], r"quant\.dtype='fp8' is unknown; choose one of \['fp32', 'bf16', 'fp16', 'bf16-mixed'\]"),
     (["quant=int8", "device=mps", "model=hf", "model.source=/some/dir"],
      r"quant='int8' is not available on device 'mps'"),
     (["quant=int8"], r"quant\.method='int8' cannot be used with model\.source='bundled': it is a GGUF file, and GGUF "
