@@ -1,13 +1,13 @@
 """quant=bf16_mixed: fp32 weights and tuning state, bf16 matrix products, fp32 output head."""
 import pytest
 import torch
+from test_gradient import DEMOS as GRAD_DEMOS
 
 import ift
 from ift.cache import cache_tensors, output_cache, run
 from ift.gradient import GradientTuner
 from ift.models import autocast_model, check_options, load_model
 from tiny import make_tiny_model, make_tokenizer, save_tiny_model
-from test_gradient import DEMOS as GRAD_DEMOS
 
 
 def mixed_pair(seed=3):
