@@ -7,9 +7,9 @@
 #                                      # rows, T <= 8; every method on SST-2 and TREC, zero-shot and IFT at
 #                                      # eta = 0.1 on the other seven (about 8 process-hours on this CPU)
 #   bash scripts/studies.sh --nine     # the nine local benchmarks x 5 seeds in bf16-mixed (quant=bf16_mixed):
-#                                      # zero-shot, IFT (both modes, eta 0.1 then 0.01, beta 0), repetition and more
-#                                      # demonstrations; 100 eval + 30 dev rows, T <= 8; two processes at once
-#                                      # (NINE_PARALLEL=1 for one); docs/results/nine/ (about 2 hours here)
+#                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), repetition,
+#                                      # beta 0, more demonstrations; 100 eval + 30 dev rows, T <= 8; two processes
+#                                      # at once (NINE_PARALLEL=1 for one); docs/results/nine/ (~5 hours here)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -56,15 +56,22 @@ elif [ $scale = nine ]; then
   common=(seed=0,1,2,3,4 quant=bf16_mixed optim.T=8 "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
   # one stream per process: classification (n_shot per class) and multiple choice (n_shot in all); AGNews and
-  # HellaSwag draw demonstrations and dev rows from their only other split, never from the evaluated rows
+  # HellaSwag draw demonstrations and dev rows from their only other split, never from the evaluated rows;
+  # HellaSwag's rows cost ~6x an SST-2 row, so it has 50 evaluation and 20 dev rows and comes last in each arm
   classification=("task=sst2,trec,sst5,mr n_shot=1 $rows" "task=agnews task.demo_split=test n_shot=1 $rows")
   choice=("task=copa,winogrande,obqa n_shot=4 $rows"
           "task=hellaswag task.demo_split=validation n_shot=4 task.eval_limit=50 task.dev_size=20")
-  stream() {  # the arms in order of priority, each over every task group of the stream
+  # the arms in order of priority (a stream runs each arm over all its task groups before the next arm)
+  arms=("experiment=study_baselines method=zero_shot"
+        "experiment=study_ift optim.eta=0.1"                                 # both position modes
+        "experiment=study_ift optim.eta=0.01 optim.position_mode=continue"   # the paper's setting
+        "experiment=study_baselines method=repeat ++method.max_repeats=4"    # re-reading alone
+        "experiment=study_momentum optim.eta=0.1 optim.position_mode=aligned"   # beta = 0 (RQ4)
+        "experiment=study_baselines method=more_demos ++method.max_factor=3"
+        "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned")
+  stream() {
     local arm group
-    for arm in "experiment=study_baselines method=zero_shot" "experiment=study_ift optim.eta=0.1" \
-               "experiment=study_ift optim.eta=0.01" "experiment=study_momentum optim.eta=0.1" \
-               "experiment=study_baselines method=repeat,more_demos ++method.max_repeats=4 ++method.max_factor=3"; do
+    for arm in "${arms[@]}"; do
       for group in "$@"; do
         # shellcheck disable=SC2086
         $PY launch.py $arm $group "${common[@]}" "${extra[@]}" || status=1
