@@ -241,6 +241,49 @@ def overview(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("_o").drop(columns="_o") if rows else pd.DataFrame()
 
 
+def seeds_for(half: float, n: int, target: float = 3.0) -> int | None:
+    """How many seeds a 95% t-interval would need to be ± `target` points, if the seed-to-seed spread stays
+    what `n` seeds with half-width `half` showed (None: not estimable from fewer than 2 seeds)."""
+    if n < 2 or math.isnan(half):
+        return None
+    sd = half * math.sqrt(n) / stats.t.ppf(0.975, n - 1)
+    m = 2
+    while stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m) > target:
+        m += 1
+    return m
+
+
+MATRIX_ARMS = (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"], IFT_EARLY, IFT_ALL)
+
+
+def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
+    """One row per task: ICL accuracy, each main arm's honest Δ vs ICL (▲ better, ▼ worse: the paired 95%
+    interval excludes 0), IFT's Δ under the paper's protocol, and the seeds IFT's Δ would need for ± target."""
+    arms = [a for a in MATRIX_ARMS if a in set(table["arm"])]
+    arms += sorted((a for a in table["arm"].unique() if a.startswith("gradient")), key=_order)
+    rows = []
+    for (model, task, n_shot), g in table.groupby(["model", "task", "n_shot"], sort=True):
+        g = g.set_index("arm")
+        if ICL not in g.index:
+            continue
+        row = {"task": task, "n_shot": n_shot, "seeds": int(g.loc[ICL, "seeds"]),
+               "ICL acc": _pm(g.loc[ICL, "dev_mean"], g.loc[ICL, "dev_ci"])}
+        for arm in arms:
+            if arm not in g.index:
+                row[arm] = "–"
+                continue
+            d, h = g.loc[arm, "dev_delta"], g.loc[arm, "dev_delta_ci"]
+            mark = {"better": " ▲", "worse": " ▼"}.get(verdict(d, h), "")
+            row[arm] = _signed(d, h) + mark
+        if IFT_ALL in g.index:
+            r = g.loc[IFT_ALL]
+            row["IFT, paper protocol Δ"] = _signed(r["eval_delta"], r["eval_delta_ci"])
+            need = seeds_for(r["dev_delta_ci"], int(r["seeds"]), target)
+            row[f"seeds for ±{target:g} on IFT Δ"] = "–" if need is None else str(need)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def cost_table(runs: list[load.Run]) -> pd.DataFrame:
     """What each method cost here, per task: wall time of a whole run (every step tuned and scored on the
     evaluation and dev rows), per step, and the tuning tokens of its last step."""
@@ -401,6 +444,11 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                "Honest Δ = dev-chosen accuracy − ICL, paired by seed. *better* / *worse*: on that task, the 95% "
                "interval of the paired difference excludes 0. The mean over tasks has a 95% t-interval over tasks "
                "(each task's mean Δ one value): it says whether the gain carries across tasks.\n", markdown_table(overview(table)) + "\n"]
+        md += ["## By task\n",
+               "Honest Δ vs ICL (points, mean ± 95% interval over seeds, paired); ▲ / ▼: the interval excludes 0. "
+               "The last column: how many seeds IFT's Δ would need for an interval of ± 3 points, if the "
+               "seed-to-seed spread stays as measured (demonstrations, not evaluation rows, dominate it).\n",
+               markdown_table(task_matrix(table)) + "\n"]
         fig = delta_figure(table)
         if fig is not None:
             md.append(f"![honest gains]({_save(fig, out / 'study_deltas.png').name})\n")

@@ -123,3 +123,25 @@ def test_the_overview_pools_tasks_with_an_interval_over_tasks():
     half = stats.t.ppf(0.975, 1) * np.std([15.0, 5.0], ddof=1) / math.sqrt(2)
     assert rows.loc[study.IFT_ALL, "mean honest Δ (± over tasks)"] == f"+10.0 ± {half:.1f}"
     assert rows.loc[study.IFT_ALL, "tasks"] == 2
+
+
+def test_seeds_for_a_target_interval_inverts_the_t_interval():
+    sd = 6.0
+    half5 = stats.t.ppf(0.975, 4) * sd / math.sqrt(5)
+    need = study.seeds_for(half5, 5, target=3.0)
+    assert stats.t.ppf(0.975, need - 1) * sd / math.sqrt(need) <= 3.0
+    assert stats.t.ppf(0.975, need - 2) * sd / math.sqrt(need - 1) > 3.0  # the smallest such number
+    assert study.seeds_for(1.0, 5) == 3 and study.seeds_for(float("nan"), 1) is None  # t(1) = 12.7 rules out 2
+
+
+def test_task_matrix_has_one_row_per_task_with_marks_for_significant_differences():
+    icl = [0.60, 0.70, 0.65]
+    runs = [ift(s, [a, a + 0.1], [0.1, 0.9]) for s, a in enumerate(icl)]  # +10 on every seed: better
+    runs += [run("zero_shot", s, [a - 0.2 + 0.01 * s], [0.5]) for s, a in enumerate(icl)]
+    runs += [ift(s, [0.4, 0.4], [0.1, 0.9], task="trec") for s in range(2)]
+    rows = study.task_matrix(study.arm_table(study.candidates(runs))).set_index("task")
+    assert list(rows.index) == ["sst2", "trec"]
+    assert rows.loc["sst2", study.IFT_ALL] == "+10.0 ± 0.0 ▲"
+    assert rows.loc["sst2", study.ZERO].endswith("▼") and rows.loc["trec", study.ZERO] == "–"
+    assert rows.loc["sst2", "ICL acc"].startswith("65.0 ±") and rows.loc["trec", "seeds"] == 2
+    assert rows.loc["trec", study.IFT_ALL] == "+0.0 ± 0.0"
