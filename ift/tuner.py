@@ -17,6 +17,16 @@ from ift.cache import cache_tensors, fit_check, output_cache, run, uses_alibi
 from ift.prefix import TunedPrefix, _cache_dtype, model_fingerprint
 
 POSITION_MODES = ("continue", "aligned")
+# "auto": aligned where the model has absolute positions to align, else (ALiBi: BLOOM) continue
+POSITION_MODE_CHOICES = ("auto", *POSITION_MODES)
+
+
+def resolve_position_mode(model, position_mode: str) -> str:
+    """The concrete mode for this model: "auto" becomes "aligned" (the better mode in docs/results.md), or
+    "continue" for ALiBi models, which have no absolute positions to align."""
+    if position_mode != "auto":
+        return position_mode
+    return "continue" if uses_alibi(model) else "aligned"
 
 
 def validate_hparams(eta: float, beta: float, position_mode: str, T: int | None = None) -> None:
@@ -24,8 +34,8 @@ def validate_hparams(eta: float, beta: float, position_mode: str, T: int | None 
         raise ValueError(f"eta must be a finite number > 0, got {eta}")
     if not (isinstance(beta, numbers.Real) and 0 <= beta < 1):
         raise ValueError(f"beta must be a finite number in [0, 1), got {beta}")
-    if position_mode not in POSITION_MODES:
-        raise ValueError(f"position_mode={position_mode!r} is unknown; choose one of {list(POSITION_MODES)}")
+    if position_mode not in POSITION_MODE_CHOICES:
+        raise ValueError(f"position_mode={position_mode!r} is unknown; choose one of {list(POSITION_MODE_CHOICES)}")
     if T is not None and (not isinstance(T, int) or T < 1):
         raise ValueError(f"T must be an integer >= 1, got {T!r}")
 
@@ -35,11 +45,13 @@ class ForwardTuner:
 
     position_mode "continue": the re-read copy sits at positions L..2L-1 after the cached one (the
     reference code's behaviour, so G also carries a positional shift); "aligned": it is re-read at
-    positions 0..L-1, so G reflects only what the cached context adds.
+    positions 0..L-1, so G reflects only what the cached context adds; "auto": aligned unless the model
+    uses ALiBi (then continue). `self.position_mode` is always the concrete mode.
     """
 
     def __init__(self, lm, eta: float = 0.01, beta: float = 0.9, position_mode: str = "continue"):
         validate_hparams(eta, beta, position_mode)
+        position_mode = resolve_position_mode(lm.model, position_mode)
         if position_mode == "aligned" and uses_alibi(lm.model):
             raise ValueError(f"position_mode='aligned' is impossible for {lm.model.config.model_type} (ALiBi has "
                              "no absolute positions to align); use position_mode='continue'")

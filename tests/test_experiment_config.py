@@ -118,7 +118,7 @@ BAD = [
     (["optim.T=2.5"], r"optim\.T must be an integer >= 1"),
     (["n_shot=0"], r"n_shot must be an integer >= 1, got 0"),
     (["seed=-1"], r"seed must be an integer >= 0"),
-    (["optim.position_mode=sideways"], r"optim\.position_mode='sideways' is unknown; choose one of \['continue', 'aligned'\]"),
+    (["optim.position_mode=sideways"], r"optim\.position_mode='sideways' is unknown; choose one of \['auto', 'continue', 'aligned'\]"),
     (["quant.method=int4"], r"quant\.method='int4' is unknown; choose one of \['none', 'int8', 'nf4'\]"),
     (["quant.dtype=fp8"], r"quant\.dtype='fp8' is unknown; choose one of \['fp32', 'bf16', 'fp16', 'bf16-mixed'\]"),
     (["quant=int8", "device=mps", "model=hf", "model.source=/some/dir"],

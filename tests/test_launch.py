@@ -317,3 +317,16 @@ def test_a_bad_value_in_a_single_run_is_one_clear_line_and_exit_status_2(tmp_pat
     out = proc.stdout + proc.stderr
     assert "model.trust_remote_code must be true or false, got 'no'" in out
     assert "Traceback" not in out and not (tmp_path / "r").exists()
+
+
+def test_auto_position_mode_is_recorded_as_the_mode_it_ran(tiny_dir, tmp_path):
+    result = run_job(compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=2", "optim.position_mode=auto",
+                                  "logger=disabled", "eval.progress=false", f"results_dir={tmp_path}"]))
+    meta = json.loads((Path(result["store"]) / "meta.json").read_text())
+    assert result["status"] == "finished" and meta["position_mode"] == "aligned"  # a Llama has positions to align
+    aligned = run_job(compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=2",
+                                   "optim.position_mode=aligned", "logger=disabled", "eval.progress=false",
+                                   f"results_dir={tmp_path}"]))
+    assert aligned["store"] != result["store"]  # own key, same numbers
+    rows = [read_rows(Path(r["store"]) / "steps.jsonl") for r in (result, aligned)]
+    assert [r["acc"] for r in rows[0]] == [r["acc"] for r in rows[1]]

@@ -87,6 +87,18 @@ def test_aligned_mode_refused_for_alibi(tiny_lm):
         ift.ForwardTuner(tiny_lm("bloom"), position_mode="aligned")
 
 
+@pytest.mark.parametrize("arch, mode", [("llama", "aligned"), ("gpt2", "aligned"), ("bloom", "continue")])
+def test_auto_mode_is_aligned_unless_the_model_has_no_absolute_positions(arch, mode, tiny_lm, demos):
+    lm = tiny_lm(arch)
+    auto = ift.ForwardTuner(lm, eta=0.1, position_mode="auto")
+    assert auto.position_mode == mode
+    got = list(auto.steps(demos, T=2))[-1]
+    want = list(ift.ForwardTuner(lm, eta=0.1, position_mode=mode).steps(demos, T=2))[-1]
+    assert got.meta["position_mode"] == mode
+    for a, b in zip(got.keys + got.values, want.keys + want.values):
+        assert torch.equal(a, b)
+
+
 def test_resume_continues_exactly(tiny_lm, demos):
     lm = tiny_lm("llama")
     tuner = ift.ForwardTuner(lm, eta=0.2, beta=0.9)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ift.models import DTYPES, MIXED, QUANTS, check_options
-from ift.tuner import POSITION_MODES
+from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
 METHODS = ("ift", "zero_shot", "repeat", "more_demos", "grad")  # ift/experiment/methods.py
@@ -239,7 +239,7 @@ def _optim(node: dict) -> OptimConfig:
     eta = _number(node.get("eta"), "optim.eta", "> 0", lambda x: x > 0)
     beta = _number(node.get("beta"), "optim.beta", "in [0, 1)", lambda x: 0 <= x < 1)
     T = _int(node.get("T"), "optim.T", 1)
-    mode = _choice(node.get("position_mode", "continue"), "optim.position_mode", POSITION_MODES)
+    mode = _choice(node.get("position_mode", "continue"), "optim.position_mode", POSITION_MODE_CHOICES)
     patience = node.get("patience")
     if patience is not None:
         patience = _int(patience, "optim.patience (null: no early stopping)", 1)

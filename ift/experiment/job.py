@@ -33,6 +33,7 @@ from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
 from ift.tasks.sources import split_files
 from ift.tasks.task import Demonstrations
+from ift.tuner import resolve_position_mode
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,10 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
     try:
         lm = load_model_once(job.model.source, job.model.dtype, job.device, job.model.quant,
                              job.model.trust_remote_code)
+        if job.optim.position_mode == "auto":  # the key keeps "auto"; everything after uses the concrete mode
+            job.optim.position_mode = resolve_position_mode(lm.model, "auto")
+            if is_ift:
+                store.update_meta(position_mode=job.optim.position_mode)
         tracker = Tracker(job.logger, Path(output_dir or store.path), f"{job.task_name}-{job.model.name}-"
                           f"{job.hash[:8]}", {**store.meta(), "config": resolved}, job.mode)
         if job.mode == "efficiency":
