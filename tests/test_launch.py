@@ -72,7 +72,7 @@ def test_launch_writes_the_results_store_and_an_offline_wandb_run(tiny_dir, user
     (store,) = stores(results)
     meta = json.loads((store / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["task"] == "animals" and meta["model"] == "tinyllama"
-    assert (meta["T"], meta["n_shot"], meta["eta"], meta["task_type"]) == (3, 2, 0.01, "multiple_choice")
+    assert (meta["T"], meta["n_shot"], meta["eta"], meta["task_type"]) == (3, 2, 0.1, "multiple_choice")
     demos = meta["demonstrations"]
     assert len(demos["indices"]) == 2 and demos["split"] == "train" and demos["text"].endswith("\n\n")
     steps = read_rows(store / "steps.jsonl")

@@ -279,7 +279,8 @@ def rewrite_prefix_meta(path: Path, **changes) -> None:
 
 @pytest.mark.parametrize("change, said", [({"eta": 0.1}, "eta=0.1 (this job: 0.05)"),
                                           ({"beta": 0.0}, "beta=0.0 (this job: 0.9)"),
-                                          ({"position_mode": "aligned"}, "position_mode='aligned'"),
+                                          # the job's auto mode is aligned on a Llama: compared as such
+                                          ({"position_mode": "continue"}, "position_mode='continue' (this job: 'aligned')"),
                                           # TunedPrefix.load itself refuses ids that are not this text's
                                           ({"demo_text": "Q: other\nA: cat\n\n"}, "")])
 def test_a_checkpoint_tuned_otherwise_is_not_resumed(change, said, tiny_dir, tmp_path, caplog):
@@ -326,7 +327,7 @@ def test_redone_steps_are_announced(tamper, redone, said, tiny_dir, tmp_path, ca
 def test_prefix_mismatch_names_every_difference():
     from ift.experiment.job import prefix_mismatch
 
-    job = parse_config(compose_cfg(["optim.eta=0.05"]))
+    job = parse_config(compose_cfg(["optim.eta=0.05", "optim.position_mode=continue"]))
     own = {"eta": 0.05, "beta": 0.9, "position_mode": "continue", "demo_text": "d"}
     assert prefix_mismatch(own, job, "d") == ""
     assert prefix_mismatch({**own, "eta": 0.1, "demo_text": "e"}, job, "d") == \
