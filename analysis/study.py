@@ -321,6 +321,9 @@ def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
     if ift.empty:
         return None
     tasks = sorted(ift["task"].unique())
+    # one colour per setting on every panel (tasks differ in which settings they ran)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {arm: palette[i % len(palette)] for i, arm in enumerate(sorted(ift["arm"].unique()))}
     cols = min(len(tasks), 3)
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
@@ -333,7 +336,7 @@ def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
         part = part[part["seed"].isin(common)]
         for arm, g in sorted(part.groupby("arm")):
             curve = g.groupby("step")["acc"].mean()
-            ax.plot(curve.index, curve.to_numpy(), marker="o", markersize=2.5, linewidth=1.2,
+            ax.plot(curve.index, curve.to_numpy(), marker="o", markersize=2.5, linewidth=1.2, color=colour[arm],
                     label=arm.removeprefix("IFT ").removesuffix(" (T on dev)"))
         icl = part[part["step"] == 1]["acc"].mean()
         ax.axhline(icl, color="black", linestyle="--", linewidth=1, label="ICL")
@@ -341,8 +344,13 @@ def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
         ax.set_xlabel("step T (1 = ICL)")
         ax.set_ylabel("eval accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize="small", frameon=False)
+    legend = {}  # every setting once, whichever panel drew it
+    for ax in axes.flat[:len(tasks)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    labels = list(legend)
+    fig.legend(list(legend.values()), labels, loc="lower center", ncol=min(len(labels), 4), fontsize="small",
+               frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 5), 1, 1))
     return fig
 

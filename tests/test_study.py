@@ -145,3 +145,18 @@ def test_task_matrix_has_one_row_per_task_with_marks_for_significant_differences
     assert rows.loc["sst2", study.ZERO].endswith("▼") and rows.loc["trec", study.ZERO] == "–"
     assert rows.loc["sst2", "ICL acc"].startswith("65.0 ±") and rows.loc["trec", "seeds"] == 2
     assert rows.loc["trec", study.IFT_ALL] == "+0.0 ± 0.0"
+
+
+def test_curves_give_a_setting_one_colour_on_every_panel_and_list_every_setting_once():
+    runs = [ift(0, [0.5, 0.6], [0.5, 0.6], eta=0.1), ift(0, [0.5, 0.4], [0.5, 0.6], eta=0.01, mode="continue"),
+            ift(0, [0.4, 0.5], [0.5, 0.6], eta=0.01, mode="continue", task="agnews")]  # the first panel: one setting
+    fig = study.curves_figure(study.candidates(runs))
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if line.get_label() != "ICL":
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert colours.keys() == {"aligned β=0.9 η=0.1", "continue β=0.9 η=0.01"}
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 2
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["ICL", "aligned β=0.9 η=0.1",
+                                                                       "continue β=0.9 η=0.01"]
