@@ -166,8 +166,8 @@ def autocast_model(model, dtype: torch.dtype = torch.bfloat16):
     Why: on CPUs with AMX (and on GPUs) bf16 products are several times faster, and the tuner keeps its
     K̃/Ṽ and momentum in fp32 anyway, so small η·M updates are not rounded away. The output head runs in
     fp32: bf16 logits are quantised to ~0.1 at typical magnitudes, which would tie candidate scores.
-    Measured on the bundled model (SST-2, 100 rows, 4 IFT steps): 2x faster end to end, 99 of 100
-    predictions and every accuracy within one row of fp32 (docs/results.md).
+    Measured on the bundled model (bench/bench_mixed_precision.py: SST-2, 100 rows, 4 IFT steps): 2x faster
+    end to end, 99 of 100 predictions and every accuracy within one row of fp32 (docs/results.md).
     """
     if getattr(model, "_ift_autocast", None) is not None:
         raise ValueError(f"the model already runs under autocast ({model._ift_autocast})")
