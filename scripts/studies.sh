@@ -24,6 +24,7 @@ export IFT_DATA_DIR=${IFT_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 scale=full
+title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in --quick) scale=quick; shift ;; --pilot) scale=pilot; shift ;; --nine) scale=nine; shift ;; esac
 
 if [ $scale = pilot ]; then
@@ -38,6 +39,7 @@ if [ $scale = pilot ]; then
 elif [ $scale = nine ]; then
   results=${STUDY_RESULTS:-results/nine}
   out=${STUDY_OUT:-docs/results/nine}
+  title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
   common=(seed=0,1,2,3,4 quant=bf16_mixed optim.T=8 "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
   # one stream per process: classification (n_shot per class) and multiple choice (n_shot in all); AGNews and
@@ -102,5 +104,5 @@ else
     $PY launch.py experiment=$preset "results_dir=$results" task=hellaswag task.demo_split=validation n_shot=4 "$@"
   done
 fi
-$PY -m analysis.study "$results" --out "$out" --title "IFT against its baselines (bundled SmolLM2-135M)"
+$PY -m analysis.study "$results" --out "$out" --title "$title"
 exit ${failed:-0}  # a failed job (named in its sweep report) fails the script, after the page is written
