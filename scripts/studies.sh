@@ -40,7 +40,7 @@ elif [ $scale = nine ]; then
   results=${STUDY_RESULTS:-results/nine}
   out=${STUDY_OUT:-docs/results/nine}
   title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
-  common=(seed=0,1,2,3,4 quant=bf16_mixed optim.T=8 "results_dir=$results" logger=disabled)
+  common=(seed=0,1,2,3,4 quant=bf16_mixed "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
   # one stream per process: classification (n_shot per class) and multiple choice (n_shot in all); AGNews and
   # HellaSwag draw demonstrations and dev rows from their only other split, never from the evaluated rows;
@@ -49,13 +49,17 @@ elif [ $scale = nine ]; then
   choice=("task=copa,winogrande,obqa n_shot=4 $rows"
           "task=hellaswag task.demo_split=validation n_shot=4 task.eval_limit=50 task.dev_size=20")
   # the arms in order of priority (a stream runs each arm over all its task groups before the next arm)
-  arms=("experiment=study_baselines method=zero_shot"
-        "experiment=study_ift optim.eta=0.1"                                 # both position modes
-        "experiment=study_ift optim.eta=0.01 optim.position_mode=continue"   # the paper's setting
-        "experiment=study_baselines method=repeat ++method.max_repeats=4"    # re-reading alone
-        "experiment=study_momentum optim.eta=0.1 optim.position_mode=aligned"   # beta = 0 (RQ4)
-        "experiment=study_baselines method=more_demos ++method.max_factor=3"
-        "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned")
+  arms=("experiment=study_baselines method=zero_shot optim.T=8"
+        "experiment=study_ift optim.eta=0.1 optim.T=8"                                 # both position modes
+        "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=8"   # the paper's setting
+        # the true gradient on the same cache, and the cosine between it and IFT's G (the pilot's setting:
+        # 4 Adam updates at lr 0.01)
+        "experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5"
+        "experiment=study_momentum optim.eta=0.1 optim.position_mode=aligned optim.T=8"   # beta = 0 (RQ4)
+        "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8"    # re-reading alone
+        "experiment=study_baselines method=more_demos ++method.max_factor=3 optim.T=8"
+        "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=8"
+        "experiment=study_ift optim.eta=0.001 optim.position_mode=aligned optim.T=8")
   stream() {
     local arm group
     for arm in "${arms[@]}"; do

@@ -160,3 +160,19 @@ def test_curves_give_a_setting_one_colour_on_every_panel_and_list_every_setting_
     assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 2
     assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["ICL", "aligned β=0.9 η=0.1",
                                                                        "continue β=0.9 η=0.01"]
+
+
+def test_a_configuration_missing_seeds_is_left_out_and_listed(tmp_path):
+    runs = [ift(s, [0.6, 0.7], [0.5, 0.6]) for s in range(3)]
+    runs += [ift(s, [0.6, 0.9], [0.5, 0.9], eta=0.1) for s in range(2)]  # η = 0.1 stopped after seed 1
+    runs += [run("zero_shot", s, [0.4], [0.4]) for s in range(3)]
+    kept = study.drop_incomplete(list(runs))
+    assert {r.meta.get("eta") for r in kept if r.meta["method"] == "ift"} == {0.01}
+    assert len(kept) == 6 and all(r.skip is None for r in kept)
+    left = [r for r in runs if r.skip]
+    assert len(left) == 2 and "lacks seed(s) [2] of the 3" in left[0].skip
+    # η = 0.1 (better on dev) would otherwise be chosen on seeds 0-1 only, where it scores 90
+    fresh = [ift(s, [0.6, 0.7], [0.5, 0.6]) for s in range(3)] + \
+        [ift(s, [0.6, 0.9], [0.5, 0.9], eta=0.1) for s in range(2)]
+    text = study.build(fresh, tmp_path).read_text()
+    assert "2 skipped" in text and "incomplete arm" in text and "η=0.1" not in text
