@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # fp32 weights and state, matrix products in a lower precision (torch.autocast); the output head stays fp32
 MIXED = {"bf16-mixed": torch.bfloat16}
+DTYPE_CHOICES = [*DTYPES, *MIXED]  # the valid `dtype` values, in the order errors list them
 QUANTS = ("none", "int8", "nf4")
 # bitsandbytes >= 0.48 has CPU kernels; these are the device types it serves.
 BNB_DEVICE_TYPES = ("cpu", "cuda", "xpu")
@@ -70,8 +71,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def check_options(dtype: str = "fp32", quant: str = "none", device: str = "auto") -> torch.device:
     """Validate loading options before any weights are read; errors name the field and the valid choices."""
-    if dtype not in DTYPES and dtype not in MIXED:
-        raise ValueError(f"dtype={dtype!r} is unknown; choose one of {sorted(DTYPES) + sorted(MIXED)}")
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"dtype={dtype!r} is unknown; choose one of {DTYPE_CHOICES}")
     if quant not in QUANTS:
         raise ValueError(f"quant={quant!r} is unknown; choose one of {list(QUANTS)}")
     if dtype in MIXED and quant != "none":

@@ -11,7 +11,7 @@ from tiny import save_tiny_model
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(dtype="fp8"), r"dtype='fp8' is unknown; choose one of \['bf16', 'fp16', 'fp32', 'bf16-mixed'\]"),
+    (dict(dtype="fp8"), r"dtype='fp8' is unknown; choose one of \['fp32', 'bf16', 'fp16', 'bf16-mixed'\]"),
     (dict(quant="int4"), r"quant='int4' is unknown; choose one of \['none', 'int8', 'nf4'\]"),
     (dict(quant="int8", device="mps"), "quant='int8' is not available on device 'mps'"),
     (dict(device="potato"), "device='potato' is not a torch device"),

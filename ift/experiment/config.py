@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ift.models import DTYPES, MIXED, QUANTS, check_options
+from ift.models import DTYPE_CHOICES, QUANTS, check_options
 from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
@@ -213,7 +213,7 @@ def _model(node: dict, quant: dict) -> ModelConfig:
         raise ConfigError("model.source must be 'bundled', a hub id, a local model directory or a .gguf file; "
                           f"got {source!r}")
     name = node.get("name") or Path(source.rstrip("/")).name.removesuffix(".gguf")
-    dtype = _choice(quant.get("dtype", "fp32"), "quant.dtype", [*DTYPES, *MIXED])
+    dtype = _choice(quant.get("dtype", "fp32"), "quant.dtype", DTYPE_CHOICES)
     method = _choice(quant.get("method", "none"), "quant.method", QUANTS)
     if method != "none" and is_gguf(source):
         raise ConfigError(f"quant.method={method!r} cannot be used with model.source={source!r}: it is a GGUF file, "
