@@ -10,6 +10,9 @@
 #                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), repetition,
 #                                      # beta 0, more demonstrations; 100 eval + 30 dev rows, T <= 8; two processes
 #                                      # at once (NINE_PARALLEL=1 for one); docs/results/nine/ (~5 hours here)
+#   bash scripts/studies.sh --seeds    # many seeds on the binary tasks (SST-2 0-29, MR 0-19), ICL, zero-shot and the
+#                                      # default IFT setting (aligned, eta 0.1, T <= 8 on dev), bf16-mixed, the nine-task
+#                                      # study's rows: are the intervals below 3 points? docs/results/seeds/ (~1 h here)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -25,7 +28,9 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
-case "${1:-}" in --quick) scale=quick; shift ;; --pilot) scale=pilot; shift ;; --nine) scale=nine; shift ;; esac
+case "${1:-}" in
+  --quick) scale=quick; shift ;; --pilot) scale=pilot; shift ;; --nine) scale=nine; shift ;; --seeds) scale=seeds; shift ;;
+esac
 
 if [ $scale = pilot ]; then
   results=${STUDY_RESULTS:-results/pilot}
@@ -80,6 +85,19 @@ elif [ $scale = nine ]; then
   else
     stream "${classification[@]}" "${choice[@]}" || failed=1
   fi
+elif [ $scale = seeds ]; then
+  results=${STUDY_RESULTS:-results/seeds}
+  out=${STUDY_OUT:-docs/results/seeds}
+  title="Many seeds on the binary tasks: the default IFT setting against ICL (bundled SmolLM2-135M, bf16-mixed)"
+  # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them)
+  same=(n_shot=1 task.eval_limit=100 task.dev_size=30 quant=bf16_mixed "results_dir=$results" logger=disabled)
+  for group in "task=sst2 seed=range(0,30)" "task=mr seed=range(0,20)"; do
+    # shellcheck disable=SC2086
+    $PY launch.py experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8 $group "${same[@]}" "$@" \
+      || failed=1
+    # shellcheck disable=SC2086
+    $PY launch.py experiment=study_baselines method=zero_shot optim.T=8 $group "${same[@]}" "$@" || failed=1
+  done
 elif [ $scale = quick ]; then
   results=${STUDY_RESULTS:-$(mktemp -d)/studies}
   out=${STUDY_OUT:-$results/page}
