@@ -389,7 +389,7 @@ def delta_figure(table: pd.DataFrame) -> plt.Figure | None:
         return None
     arms = sorted(keep["arm"].unique(), key=_order)
     tasks = sorted(keep["task"].unique())
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(tasks) * len(arms) + 1.2))
+    fig, ax = plt.subplots(figsize=(7.5, 0.3 * (len(keep) + 0.6 * len(tasks)) + 1.2))  # one row per task and arm
     y, ticks, labels = 0, [], []
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for task in tasks:
@@ -445,7 +445,7 @@ def cosine_figure(frame: pd.DataFrame) -> plt.Figure | None:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # long tick labels would otherwise push labels off the edge
     plt.close(fig)
     return path
 
