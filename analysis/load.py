@@ -54,7 +54,12 @@ class Run:
         return str(self.meta.get("method") or "ift")
 
     def key(self) -> tuple:
-        return (self.mode,) + tuple(self.meta.get(k) for k in KEYS) + \
+        """The configuration and seed: two runs with one key computed the same numbers."""
+        return self.config_key() + (self.meta.get("seed"),)
+
+    def config_key(self) -> tuple:
+        """The configuration without the seed: the runs of one arm on one task differ only in their seed."""
+        return (self.mode,) + tuple(self.meta.get(k) for k in KEYS if k != "seed") + \
             (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:])
 
 

@@ -88,17 +88,13 @@ def drop_incomplete(runs: list[load.Run]) -> list[load.Run]:
     def task_of(r):
         return (r.meta.get("model"), r.meta.get("task"), r.meta.get("n_shot"))
 
-    def config_of(r):
-        key = r.key()
-        return key[:1 + load.KEYS.index("seed")] + key[2 + load.KEYS.index("seed"):]
-
     seeds, have = {}, {}
     for r in runs:
         seeds.setdefault(task_of(r), set()).add(r.meta.get("seed"))
-        have.setdefault(config_of(r), set()).add(r.meta.get("seed"))
+        have.setdefault(r.config_key(), set()).add(r.meta.get("seed"))
     kept = []
     for r in runs:
-        missing = seeds[task_of(r)] - have[config_of(r)]
+        missing = seeds[task_of(r)] - have[r.config_key()]
         if missing:
             r.skip = (f"incomplete arm: this configuration lacks seed(s) {sorted(missing, key=str)} of the "
                       f"{len(seeds[task_of(r)])} its task ran with")

@@ -7,9 +7,10 @@
 #                                      # method (gradient tuning and its cosine with IFT's G included), 100 eval and
 #                                      # 30 dev rows, T <= 8 (about 3 process-hours on this CPU)
 #   bash scripts/studies.sh --nine     # the nine local benchmarks x 5 seeds in bf16-mixed (quant=bf16_mixed):
-#                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), repetition,
-#                                      # beta 0, more demonstrations; 100 eval + 30 dev rows, T <= 8; two processes
-#                                      # at once (NINE_PARALLEL=1 for one); docs/results/nine/ (~5 hours here)
+#                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), gradient
+#                                      # tuning, beta 0, repetition, more demonstrations, aligned eta 0.01 and 0.001;
+#                                      # 100 eval + 30 dev rows, T <= 8; two processes at once (NINE_PARALLEL=1 for
+#                                      # one); docs/results/nine/ (~7 hours here)
 #   bash scripts/studies.sh --seeds    # many seeds on the binary tasks (SST-2 0-29, MR 0-19), ICL, zero-shot and the
 #                                      # default IFT setting (aligned, eta 0.1, T <= 8 on dev), bf16-mixed, the nine-task
 #                                      # study's rows: are the intervals below 3 points? docs/results/seeds/ (~1 h here)
