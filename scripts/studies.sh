@@ -10,10 +10,13 @@
 #                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), gradient
 #                                      # tuning, beta 0, repetition, more demonstrations, aligned eta 0.01 and 0.001;
 #                                      # 100 eval + 30 dev rows, T <= 8; two processes at once (NINE_PARALLEL=1 for
-#                                      # one); docs/results/nine/ (~7 hours here)
-#   bash scripts/studies.sh --seeds    # many seeds on the binary tasks (SST-2 0-29, MR 0-19), ICL, zero-shot and the
-#                                      # default IFT setting (aligned, eta 0.1, T <= 8 on dev), bf16-mixed, the nine-task
-#                                      # study's rows: are the intervals below 3 points? docs/results/seeds/ (~1 h here)
+#                                      # one; NINE_STREAM=classification or choice runs one task stream only);
+#                                      # docs/results/nine/ (~7 hours here)
+#   bash scripts/studies.sh --seeds    # more seeds for the headline comparison: ICL, zero-shot and the default IFT
+#                                      # setting (aligned, eta 0.1, T <= 8 on dev), bf16-mixed, the nine-task study's
+#                                      # rows; SST-2 0-29, MR 0-19, SST-5/TREC/WinoGrande 0-14, the rest 0-9 (the
+#                                      # seeds the nine-task page estimates for a 3-point interval, with margin);
+#                                      # docs/results/seeds/ (~3.5 hours here)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -77,7 +80,14 @@ elif [ $scale = nine ]; then
     return ${status:-0}
   }
   extra=("$@")
-  if [ "${NINE_PARALLEL:-2}" = 2 ]; then
+  case "${NINE_STREAM:-both}" in
+    classification) stream "${classification[@]}" || failed=1 ;;
+    choice) stream "${choice[@]}" || failed=1 ;;
+    both) ;;
+    *) echo "NINE_STREAM=${NINE_STREAM}: expected classification, choice or both" >&2; exit 2 ;;
+  esac
+  if [ "${NINE_STREAM:-both}" != both ]; then :
+  elif [ "${NINE_PARALLEL:-2}" = 2 ]; then
     threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
     OMP_NUM_THREADS=$threads stream "${classification[@]}" & first=$!
     OMP_NUM_THREADS=$threads stream "${choice[@]}" & second=$!
@@ -90,9 +100,16 @@ elif [ $scale = seeds ]; then
   results=${STUDY_RESULTS:-results/seeds}
   out=${STUDY_OUT:-docs/results/seeds}
   title="Many seeds on the binary tasks: the default IFT setting against ICL (bundled SmolLM2-135M, bf16-mixed)"
-  # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them)
-  same=(n_shot=1 task.eval_limit=100 task.dev_size=30 quant=bf16_mixed "results_dir=$results" logger=disabled)
-  for group in "task=sst2 seed=range(0,30)" "task=mr seed=range(0,20)"; do
+  # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them);
+  # cheapest tasks first, so a stopped run leaves the most tasks complete
+  same=(quant=bf16_mixed "results_dir=$results" logger=disabled)
+  rows="task.eval_limit=100 task.dev_size=30"
+  for group in "task=sst2 seed=range(0,30) n_shot=1 $rows" "task=mr seed=range(0,20) n_shot=1 $rows" \
+               "task=sst5,trec seed=range(0,15) n_shot=1 $rows" "task=copa,obqa seed=range(0,10) n_shot=4 $rows" \
+               "task=agnews task.demo_split=test seed=range(0,10) n_shot=1 $rows" \
+               "task=winogrande seed=range(0,15) n_shot=4 $rows" \
+               "task=hellaswag task.demo_split=validation seed=range(0,10) n_shot=4 task.eval_limit=50 task.dev_size=20"
+  do
     # shellcheck disable=SC2086
     $PY launch.py experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8 $group "${same[@]}" "$@" \
       || failed=1
