@@ -307,6 +307,43 @@ def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _rivals(arms) -> list[str]:
+    """The baselines IFT must beat to be worth its cost: zero-shot, re-reading, more demonstrations, the gradient."""
+    return ([a for a in (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"]) if a in arms]
+            + sorted(a for a in arms if a.startswith("gradient")))
+
+
+def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
+    """Per task: `arm`'s honest accuracy minus each baseline's, paired by seed (both chosen on dev, on the same
+    seed's demonstrations and rows), ▲ / ▼ where the 95% interval excludes 0; then a row with the mean over
+    tasks and its interval over tasks. Beating ICL is not enough when a cheaper baseline beats ICL by more."""
+    picks = choose(cands, "dev")
+    rivals = _rivals(set(picks["arm"]))
+    rows, per_rival = [], {r: [] for r in rivals}
+    for (model, task, n_shot), g in picks.groupby(["model", "task", "n_shot"], sort=True):
+        mine = g[g["arm"] == arm].set_index("seed")["acc"]
+        if mine.empty:
+            continue
+        row = {"task": task, "n_shot": n_shot, "seeds": len(mine)}
+        for rival in rivals:
+            theirs = g[g["arm"] == rival].set_index("seed")["acc"]
+            common = mine.index.intersection(theirs.index)
+            if common.empty:
+                row[f"− {rival}"] = "–"
+                continue
+            d, h, _ = interval((mine[common] - theirs[common]).tolist())
+            per_rival[rival].append(d)
+            row[f"− {rival}"] = _signed(d, h) + {"better": " ▲", "worse": " ▼"}.get(verdict(d, h), "")
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    mean = {"task": "mean over tasks", "n_shot": "", "seeds": ""}
+    for rival, deltas in per_rival.items():
+        d, h, n = interval(deltas)
+        mean[f"− {rival}"] = f"{_signed(d, h)} ({n} tasks)" if n else "–"
+    return pd.DataFrame(rows + [mean])
+
+
 def cost_table(runs: list[load.Run]) -> pd.DataFrame:
     """What each method cost here, per task: wall time of a whole run (every step tuned and scored on the
     evaluation and dev rows), per step, and the tuning tokens of its last step."""
@@ -483,6 +520,12 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
         fig = delta_figure(table)
         if fig is not None:
             md.append(f"![honest gains]({_save(fig, out / 'study_deltas.png').name})\n")
+        versus = head_to_head(cands)
+        if not versus.empty and len(versus.columns) > 3:
+            md += ["## IFT against the baselines, head to head\n",
+                   f"{IFT_ALL} minus each baseline, both chosen on dev, paired by seed (points, mean ± 95% "
+                   "interval); ▲ / ▼: IFT better / worse (the interval excludes 0). The last row: the mean of the "
+                   "tasks' differences with a t-interval over tasks.\n", markdown_table(versus) + "\n"]
         main_arms = [a for a in table["arm"].unique() if not a.startswith("IFT ") or a in (IFT_ALL, IFT_EARLY)]
         md += ["## Per task: baselines and IFT\n", markdown_table(format_arms(table, main_arms)) + "\n",
                "## IFT settings (position mode, β, η)\n",

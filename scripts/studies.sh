@@ -99,7 +99,7 @@ elif [ $scale = nine ]; then
 elif [ $scale = seeds ]; then
   results=${STUDY_RESULTS:-results/seeds}
   out=${STUDY_OUT:-docs/results/seeds}
-  title="Many seeds on the binary tasks: the default IFT setting against ICL (bundled SmolLM2-135M, bf16-mixed)"
+  title="Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, bf16-mixed)"
   # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them);
   # cheapest tasks first, so a stopped run leaves the most tasks complete
   same=(quant=bf16_mixed "results_dir=$results" logger=disabled)

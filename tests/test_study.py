@@ -100,6 +100,7 @@ def test_page_has_overview_tables_figures_and_cosines(tmp_path):
     page = study.build(runs, tmp_path)
     text = page.read_text()
     assert "## Overview" in text and "IFT (mode, η, β, T on dev)" in text and "failed: boom" in text
+    assert "## IFT against the baselines, head to head" in text and "| − gradient tuning lr=0.01" in text
     assert "| sst2 | IFT continue β=0.9 η=0.01 | 3 | 2 | 0 |" in text  # compute: 3 runs of 2 steps, no rows recorded
     for png in ("study_deltas.png", "study_curves.png", "study_cosine.png"):
         assert (tmp_path / png).stat().st_size > 1000
@@ -176,3 +177,20 @@ def test_a_configuration_missing_seeds_is_left_out_and_listed(tmp_path):
         [ift(s, [0.6, 0.9], [0.5, 0.9], eta=0.1) for s in range(2)]
     text = study.build(fresh, tmp_path).read_text()
     assert "2 skipped" in text and "incomplete arm" in text and "η=0.1" not in text
+
+
+def test_head_to_head_pairs_ift_with_each_baseline_by_seed_and_pools_tasks():
+    # sst2: IFT's dev-chosen step gains +10 over ICL; zero-shot is 5 / 25 points above ICL on seeds 0 / 1
+    icl = [0.60, 0.50]
+    runs = [ift(s, [a, a + 0.1], [0.1, 0.9]) for s, a in enumerate(icl)]
+    runs += [run("zero_shot", 0, [0.65], [0.5]), run("zero_shot", 1, [0.75], [0.5])]
+    runs += [ift(s, [0.4, 0.4], [0.1, 0.9], task="trec") for s in range(2)]
+    runs += [run("zero_shot", s, [0.3], [0.5], task="trec") for s in range(2)]
+    rows = study.head_to_head(study.candidates(runs)).set_index("task")
+    col = f"− {study.ZERO}"
+    assert list(rows.columns) == ["n_shot", "seeds", col]  # no other baseline ran
+    half = stats.t.ppf(0.975, 1) * np.std([5.0, -15.0], ddof=1) / math.sqrt(2)
+    assert rows.loc["sst2", col] == f"-5.0 ± {half:.1f}"  # IFT 70 / 60 against zero-shot 65 / 75
+    assert rows.loc["trec", col] == "+10.0 ± 0.0 ▲"
+    half = stats.t.ppf(0.975, 1) * np.std([-5.0, 10.0], ddof=1) / math.sqrt(2)
+    assert rows.loc["mean over tasks", col] == f"+2.5 ± {half:.1f} (2 tasks)"
