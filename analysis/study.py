@@ -344,6 +344,30 @@ def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
     return pd.DataFrame(rows + [mean])
 
 
+def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
+    """Does tuning past `short` steps pay? Per task and IFT setting whose runs go beyond `short` steps: the honest
+    Δ vs ICL when dev chooses among steps ≤ short and among all steps, and their paired difference."""
+    ift = cands[(cands["method"] == "ift") & cands["arm"].str.endswith("(T on dev)")]
+    icl = icl_rows(cands).set_index(["task", "n_shot", "seed"])["acc"]
+    rows = []
+    for (task, n_shot, arm), g in ift.groupby(["task", "n_shot", "arm"], sort=True):
+        longest = int(g["step"].max())
+        if longest <= short:
+            continue
+        picks = {limit: choose(g[g["step"] <= limit], "dev").set_index("seed") for limit in (short, longest)}
+        seeds = sorted(picks[longest].index.intersection(picks[short].index))
+        base = icl.reindex([(task, n_shot, s) for s in seeds]).to_numpy()
+        row = {"task": task, "setting": arm.removesuffix(" (T on dev)"), "seeds": len(seeds)}
+        for limit in (short, longest):
+            d, h, _ = interval((picks[limit].loc[seeds, "acc"].to_numpy() - base).tolist())
+            row[f"honest Δ vs ICL, T ≤ {limit}"] = _signed(d, h)
+        d, h, _ = interval((picks[longest].loc[seeds, "acc"] - picks[short].loc[seeds, "acc"]).tolist())
+        row[f"T ≤ {longest} − T ≤ {short}"] = _signed(d, h) + {"better": " ▲", "worse": " ▼"}.get(verdict(d, h), "")
+        row[f"dev-chosen steps (T ≤ {longest})"] = ", ".join(str(int(x)) for x in picks[longest].loc[seeds, "step"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def cost_table(runs: list[load.Run]) -> pd.DataFrame:
     """What each method cost here, per task: wall time of a whole run (every step tuned and scored on the
     evaluation and dev rows), per step, and the tuning tokens of its last step."""
@@ -532,6 +556,12 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                markdown_table(format_arms(table, [a for a in table["arm"].unique()
                                                    if a.startswith("IFT ") and a not in (IFT_ALL, IFT_EARLY)]))
                + "\n"]
+        longer = longer_tuning(cands)
+        if not longer.empty:
+            md += ["## Tuning longer: T ≤ 8 against all steps\n",
+                   "For IFT settings run past 8 steps: the honest Δ vs ICL when the dev rows choose among steps "
+                   "≤ 8 and among all steps, and the paired difference (▲ / ▼: the interval excludes 0).\n",
+                   markdown_table(longer) + "\n"]
         fig = curves_figure(cands)
         if fig is not None:
             md.append(f"![accuracy vs step]({_save(fig, out / 'study_curves.png').name})\n")

@@ -8,9 +8,10 @@
 #                                      # 30 dev rows, T <= 8 (about 3 process-hours on this CPU)
 #   bash scripts/studies.sh --nine     # the nine local benchmarks x 5 seeds in bf16-mixed (quant=bf16_mixed):
 #                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), gradient
-#                                      # tuning, beta 0, repetition, more demonstrations, aligned eta 0.01 and 0.001;
-#                                      # 100 eval + 30 dev rows, T <= 8; two processes at once (NINE_PARALLEL=1 for
-#                                      # one; NINE_STREAM=classification or choice runs one task stream only);
+#                                      # tuning, beta 0, repetition, more demonstrations, aligned eta 0.01 (T 8 and
+#                                      # 15) and 0.001 (T 15); 100 eval + 30 dev rows, T <= 8 otherwise; two
+#                                      # processes at once (NINE_PARALLEL=1 for one; NINE_STREAM=classification or
+#                                      # choice runs one task stream only);
 #                                      # docs/results/nine/ (~7 hours here)
 #   bash scripts/studies.sh --seeds    # more seeds for the headline comparison: ICL, zero-shot and the default IFT
 #                                      # setting (aligned, eta 0.1, T <= 8 on dev), bf16-mixed, the nine-task study's
@@ -68,7 +69,9 @@ elif [ $scale = nine ]; then
         "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8"    # re-reading alone
         "experiment=study_baselines method=more_demos ++method.max_factor=3 optim.T=8"
         "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=8"
-        "experiment=study_ift optim.eta=0.001 optim.position_mode=aligned optim.T=8")
+        # T up to 15 where the dev rows chose the last steps of T = 8 (steps 1-8 repeat the T = 8 run's)
+        "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=15"
+        "experiment=study_ift optim.eta=0.001 optim.position_mode=aligned optim.T=15")
   stream() {
     local arm group
     for arm in "${arms[@]}"; do

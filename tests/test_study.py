@@ -194,3 +194,16 @@ def test_head_to_head_pairs_ift_with_each_baseline_by_seed_and_pools_tasks():
     assert rows.loc["trec", col] == "+10.0 ± 0.0 ▲"
     half = stats.t.ppf(0.975, 1) * np.std([-5.0, 10.0], ddof=1) / math.sqrt(2)
     assert rows.loc["mean over tasks", col] == f"+2.5 ± {half:.1f} (2 tasks)"
+
+
+def test_longer_tuning_compares_dev_choices_within_8_steps_and_within_all():
+    # T = 12 runs: dev peaks at step 10 on seed 0 (eval +20 there) and at step 2 on seed 1 (+10 at step 2)
+    a = ift(0, [0.5, 0.5] + [0.5] * 7 + [0.7, 0.5, 0.5], [0.1, 0.2] + [0.2] * 7 + [0.9, 0.1, 0.1])
+    b = ift(1, [0.6, 0.7] + [0.6] * 10, [0.1, 0.9] + [0.1] * 10)
+    short = ift(0, [0.5] * 4, [0.1] * 4, eta=0.1)  # only 4 steps: not in the table
+    rows = study.longer_tuning(study.candidates([a, b, short, ift(1, [0.6] * 4, [0.1] * 4, eta=0.1)]))
+    assert list(rows["setting"]) == ["IFT aligned β=0.9 η=0.01"]
+    row = rows.iloc[0]
+    assert row["honest Δ vs ICL, T ≤ 8"].startswith("+5.0 ±")  # seed 0 picks step 2 (+0), seed 1 step 2 (+10)
+    assert row["honest Δ vs ICL, T ≤ 12"].startswith("+15.0 ±")  # seed 0 now picks step 10 (+20)
+    assert row["T ≤ 12 − T ≤ 8"].startswith("+10.0 ±") and row["dev-chosen steps (T ≤ 12)"] == "10, 2"
