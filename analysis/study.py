@@ -36,6 +36,7 @@ from analysis.tables import markdown_table, task_family  # noqa: E402
 ICL = "ICL"
 ZERO = "zero-shot"
 IFT_ALL = "IFT (mode, η, β, T on dev)"
+ETA_ARM = " (T on dev)"  # the suffix of the per-η IFT arms, where each run's steps appear exactly once
 PATIENCE = 2
 IFT_EARLY = f"IFT (mode, η, β on dev; T by early stopping, patience {PATIENCE})"
 BASELINE_ARMS = {"repeat": "ICL ×r (r on dev)", "more_demos": "ICL, k×n shots (k on dev)"}
@@ -60,7 +61,7 @@ def arms_of(run: load.Run) -> list[str]:
         return [f"{what} (run-time early stopping, patience {meta['patience']})"]
     if m == "ift":
         setting = ift_setting(meta)
-        return [f"{setting} η={float(meta.get('eta')):g} (T on dev)", f"{setting} (η, T on dev)", IFT_ALL]
+        return [f"{setting} η={float(meta.get('eta')):g}{ETA_ARM}", f"{setting} (η, T on dev)", IFT_ALL]
     if m == "zero_shot":
         return [ZERO]
     if m == "grad":
@@ -214,6 +215,11 @@ def _signed(mean: float, half: float) -> str:
     return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
 
 
+def _marked(mean: float, half: float) -> str:
+    """A signed difference with ▲ / ▼ where its 95% interval excludes 0."""
+    return _signed(mean, half) + {"better": " ▲", "worse": " ▼"}.get(verdict(mean, half), "")
+
+
 def _tokens(x: float) -> str:
     return "–" if math.isnan(x) else f"{x:,.0f}"
 
@@ -295,9 +301,7 @@ def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
             if arm not in g.index:
                 row[arm] = "–"
                 continue
-            d, h = g.loc[arm, "dev_delta"], g.loc[arm, "dev_delta_ci"]
-            mark = {"better": " ▲", "worse": " ▼"}.get(verdict(d, h), "")
-            row[arm] = _signed(d, h) + mark
+            row[arm] = _marked(g.loc[arm, "dev_delta"], g.loc[arm, "dev_delta_ci"])
         if IFT_ALL in g.index:
             r = g.loc[IFT_ALL]
             row["IFT, paper protocol Δ"] = _signed(r["eval_delta"], r["eval_delta_ci"])
@@ -333,7 +337,7 @@ def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
                 continue
             d, h, _ = interval((mine[common] - theirs[common]).tolist())
             per_rival[rival].append(d)
-            row[f"− {rival}"] = _signed(d, h) + {"better": " ▲", "worse": " ▼"}.get(verdict(d, h), "")
+            row[f"− {rival}"] = _marked(d, h)
         rows.append(row)
     if not rows:
         return pd.DataFrame()
@@ -344,10 +348,14 @@ def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
     return pd.DataFrame(rows + [mean])
 
 
+def _eta_arms(cands: pd.DataFrame) -> pd.DataFrame:
+    return cands[(cands["method"] == "ift") & cands["arm"].str.endswith(ETA_ARM)]
+
+
 def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
     """Does tuning past `short` steps pay? Per task and IFT setting whose runs go beyond `short` steps: the honest
     Δ vs ICL when dev chooses among steps ≤ short and among all steps, and their paired difference."""
-    ift = cands[(cands["method"] == "ift") & cands["arm"].str.endswith("(T on dev)")]
+    ift = _eta_arms(cands)
     icl = icl_rows(cands).set_index(["task", "n_shot", "seed"])["acc"]
     rows = []
     for (task, n_shot, arm), g in ift.groupby(["task", "n_shot", "arm"], sort=True):
@@ -357,12 +365,12 @@ def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
         picks = {limit: choose(g[g["step"] <= limit], "dev").set_index("seed") for limit in (short, longest)}
         seeds = sorted(picks[longest].index.intersection(picks[short].index))
         base = icl.reindex([(task, n_shot, s) for s in seeds]).to_numpy()
-        row = {"task": task, "setting": arm.removesuffix(" (T on dev)"), "seeds": len(seeds)}
+        row = {"task": task, "setting": arm.removesuffix(ETA_ARM), "seeds": len(seeds)}
         for limit in (short, longest):
             d, h, _ = interval((picks[limit].loc[seeds, "acc"].to_numpy() - base).tolist())
             row[f"honest Δ vs ICL, T ≤ {limit}"] = _signed(d, h)
         d, h, _ = interval((picks[longest].loc[seeds, "acc"] - picks[short].loc[seeds, "acc"]).tolist())
-        row[f"T ≤ {longest} − T ≤ {short}"] = _signed(d, h) + {"better": " ▲", "worse": " ▼"}.get(verdict(d, h), "")
+        row[f"T ≤ {longest} − T ≤ {short}"] = _marked(d, h)
         row[f"dev-chosen steps (T ≤ {longest})"] = ", ".join(str(int(x)) for x in picks[longest].loc[seeds, "step"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -401,7 +409,7 @@ def cost_table(runs: list[load.Run]) -> pd.DataFrame:
 
 def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
     """Evaluation accuracy vs step per IFT setting (mean over seeds), one panel per task, ICL dashed."""
-    ift = cands[(cands["method"] == "ift") & cands["arm"].str.endswith("(T on dev)")]
+    ift = _eta_arms(cands)
     if ift.empty:
         return None
     tasks = sorted(ift["task"].unique())
@@ -421,7 +429,7 @@ def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
         for arm, g in sorted(part.groupby("arm")):
             curve = g.groupby("step")["acc"].mean()
             ax.plot(curve.index, curve.to_numpy(), marker="o", markersize=2.5, linewidth=1.2, color=colour[arm],
-                    label=arm.removeprefix("IFT ").removesuffix(" (T on dev)"))
+                    label=arm.removeprefix("IFT ").removesuffix(ETA_ARM))
         icl = part[part["step"] == 1]["acc"].mean()
         ax.axhline(icl, color="black", linestyle="--", linewidth=1, label="ICL")
         ax.set_title(f"{task} ({len(common)} seeds)")

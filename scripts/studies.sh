@@ -86,19 +86,18 @@ elif [ $scale = nine ]; then
   case "${NINE_STREAM:-both}" in
     classification) stream "${classification[@]}" || failed=1 ;;
     choice) stream "${choice[@]}" || failed=1 ;;
-    both) ;;
+    both)
+      if [ "${NINE_PARALLEL:-2}" = 2 ]; then
+        threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+        OMP_NUM_THREADS=$threads stream "${classification[@]}" & first=$!
+        OMP_NUM_THREADS=$threads stream "${choice[@]}" & second=$!
+        wait $first || failed=1
+        wait $second || failed=1
+      else
+        stream "${classification[@]}" "${choice[@]}" || failed=1
+      fi ;;
     *) echo "NINE_STREAM=${NINE_STREAM}: expected classification, choice or both" >&2; exit 2 ;;
   esac
-  if [ "${NINE_STREAM:-both}" != both ]; then :
-  elif [ "${NINE_PARALLEL:-2}" = 2 ]; then
-    threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
-    OMP_NUM_THREADS=$threads stream "${classification[@]}" & first=$!
-    OMP_NUM_THREADS=$threads stream "${choice[@]}" & second=$!
-    wait $first || failed=1
-    wait $second || failed=1
-  else
-    stream "${classification[@]}" "${choice[@]}" || failed=1
-  fi
 elif [ $scale = seeds ]; then
   results=${STUDY_RESULTS:-results/seeds}
   out=${STUDY_OUT:-docs/results/seeds}
