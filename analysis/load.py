@@ -15,8 +15,11 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from analysis import archive
 
 # meta.json keys that identify a run's configuration (a tuning run needs all of them)
 KEYS = ("model", "task", "eta", "beta", "T", "position_mode", "n_shot", "seed")
@@ -65,11 +68,9 @@ class Run:
 
 # ---------------------------------------------------------------- local results store
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _parse_jsonl(text: str) -> list[dict]:
     """Lines of a JSONL file; a torn last line (job killed mid-write) is dropped, a torn middle line is an error."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     rows = []
     for i, line in enumerate(lines):
         try:
@@ -80,26 +81,47 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def load_job(job_dir: Path) -> Run:
-    """One job directory of the results store (the directory holding meta.json)."""
-    rid = str(job_dir)
+def _parse_job(rid: str, text: Callable[[str], str | None]) -> Run:
+    """One job from its files' text (`text(name)`: None for a missing file)."""
     try:
-        meta = json.loads((job_dir / "meta.json").read_text())
-        steps = sorted(_read_jsonl(job_dir / "steps.jsonl"), key=lambda r: r["step"])
-        summary_path = job_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        efficiency = _read_jsonl(job_dir / "efficiency.jsonl")
+        meta = json.loads(text("meta.json"))
+        steps = sorted(_parse_jsonl(text("steps.jsonl") or ""), key=lambda r: r["step"])
+        summary_text = text("summary.json")
+        summary = json.loads(summary_text) if summary_text is not None else None
+        efficiency = _parse_jsonl(text("efficiency.jsonl") or "")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Run(rid, {}, skip=f"unreadable: {type(exc).__name__}: {exc}")
     return Run(rid, meta, steps, summary, efficiency)
 
 
+def load_job(job_dir: Path) -> Run:
+    """One job directory of the results store (the directory holding meta.json)."""
+    def text(name: str) -> str | None:
+        path = job_dir / name
+        return path.read_text() if path.exists() else None
+    return _parse_job(str(job_dir), text)
+
+
+def load_archive(path: Path) -> list[Run]:
+    """Every job of a study archive (`python -m analysis.archive pack`), read without unpacking it."""
+    members = archive.read(path)
+    jobs = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith("/meta.json")})
+    return [_parse_job(f"{path}:{job}", lambda name, job=job: _decoded(members.get(f"{job}/{name}")))
+            for job in jobs]
+
+
+def _decoded(data: bytes | None) -> str | None:
+    return None if data is None else data.decode()
+
+
 def load_local(root: str | Path) -> list[Run]:
-    """Every job under `root` (a job dir itself, or any tree of them such as the results store
-    `results/<task>/<model>/<hash>/`)."""
+    """Every job under `root`: a job dir itself, any tree of them such as the results store
+    `results/<task>/<model>/<hash>/`, or a study archive (`*.tar.gz`)."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"results directory {root} does not exist")
+    if root.is_file() and root.name.endswith(".tar.gz"):
+        return load_archive(root)
     metas = [root / "meta.json"] if (root / "meta.json").exists() else sorted(root.rglob("meta.json"))
     return [load_job(m.parent) for m in metas]
 

@@ -146,7 +146,8 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
 
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
-    ap.add_argument("sources", nargs="+", help="results directories (job dirs or trees) and/or wandb:<entity>/<project>")
+    ap.add_argument("sources", nargs="+",
+                    help="results directories (job dirs or trees), study archives (*.tar.gz), wandb:<entity>/<project>")
     ap.add_argument("--out", default="reports", help="output directory for report.md and the figures")
     ap.add_argument("--metric", default="acc", choices=["acc", "acc_norm"],
                     help="acc = summed log-probability; acc_norm = per-token mean")

@@ -597,7 +597,8 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
 
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m analysis.study", description=__doc__.splitlines()[0])
-    ap.add_argument("sources", nargs="+", help="results directories (job dirs or trees) and/or wandb:<entity>/<project>")
+    ap.add_argument("sources", nargs="+",
+                    help="results directories (job dirs or trees), study archives (*.tar.gz), wandb:<entity>/<project>")
     ap.add_argument("--out", default="reports", help="output directory for study.md and its figures")
     ap.add_argument("--metric", default="acc", choices=["acc", "acc_norm"])
     ap.add_argument("--title", default="Study results")

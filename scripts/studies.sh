@@ -2,7 +2,8 @@
 # The studies of issue 10 on the bundled model and the local benchmark mirror, then their results page.
 #
 #   bash scripts/studies.sh            # the full study: 9 tasks x 5 seeds, every method (days on a 2-core CPU,
-#                                      # hours on one GPU; see docs/results.md for the measured cost)
+#                                      # hours on one GPU; see docs/results.md for the measured cost);
+#                                      # docs/results/full/
 #   bash scripts/studies.sh --pilot    # the fp32 pilot behind docs/results/study.md: SST-2 and TREC x 5 seeds, every
 #                                      # method (gradient tuning and its cosine with IFT's G included), 100 eval and
 #                                      # 30 dev rows, T <= 8 (about 3 process-hours on this CPU)
@@ -13,6 +14,8 @@
 #                                      # processes at once (NINE_PARALLEL=1 for one; NINE_STREAM=classification or
 #                                      # choice runs one task stream only);
 #                                      # docs/results/nine/ (~7 hours here)
+#   bash scripts/studies.sh --eta      # the step size: aligned IFT with eta 0.001, 0.01 and 0.1 up to T = 15 (the
+#                                      # same rows, streams and store keys as --nine); docs/results/eta/
 #   bash scripts/studies.sh --seeds    # more seeds for the headline comparison: ICL, zero-shot and the default IFT
 #                                      # setting (aligned, eta 0.1, T <= 8 on dev), bf16-mixed, the nine-task study's
 #                                      # rows; SST-2 0-29, MR 0-19, SST-5/TREC/WinoGrande 0-14, the rest 0-9 (the
@@ -22,9 +25,12 @@
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
 # both). Re-running skips finished jobs and resumes killed ones, so the full study can be run in pieces.
-# Environment: IFT_DATA_DIR (default ../shared/data), STUDY_RESULTS (default results/studies),
-# STUDY_OUT (default docs/results), and any extra launch.py overrides as arguments after the scale flag
-# (e.g. `bash scripts/studies.sh quant=bf16_mixed`: about 2x faster on a CPU with AMX or on a GPU).
+# Finished runs are packed into <page directory>/runs.tar.gz (commit it with the page: no benchmark text,
+# no checkpoints) and restored from it on the next run, so a study continues on another machine and its page
+# is rebuilt from a clone: `python -m analysis.study docs/results/nine/runs.tar.gz --out DIR`.
+# Environment: IFT_DATA_DIR (default ../shared/data), STUDY_RESULTS (the store; default results/<scale>),
+# STUDY_OUT (the page; default docs/results/<scale>, the pilot's docs/results), and any extra launch.py
+# overrides as arguments after the scale flag (e.g. `bash scripts/studies.sh quant=bf16_mixed`: about 2x faster on a CPU with AMX or on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -34,21 +40,27 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
-  --quick) scale=quick; shift ;; --pilot) scale=pilot; shift ;; --nine) scale=nine; shift ;; --seeds) scale=seeds; shift ;;
+  --quick|--pilot|--nine|--eta|--seeds) scale=${1#--}; shift ;;
 esac
+case $scale in
+  pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
+  full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
+  quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
+  *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
+esac
+# the study's finished runs from earlier sessions or machines (committed beside its page): skipped, not re-run
+if [ -f "$out/runs.tar.gz" ]; then
+  $PY -m analysis.archive unpack "$out/runs.tar.gz" "$results"
+fi
 
 if [ $scale = pilot ]; then
-  results=${STUDY_RESULTS:-results/pilot}
-  out=${STUDY_OUT:-docs/results}
   pilot=(task=sst2,trec seed=0,1,2,3,4 n_shot=1 task.eval_limit=100 task.dev_size=30 "results_dir=$results"
          logger=disabled)
   # fp32; grad: lr 0.01 for 4 Adam steps (the pilot's setting; the default is now 0.001, see docs/results.md)
   $PY launch.py experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
       ++method.lr=0.01 "$@"
   $PY launch.py experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
-elif [ $scale = nine ]; then
-  results=${STUDY_RESULTS:-results/nine}
-  out=${STUDY_OUT:-docs/results/nine}
+elif [ $scale = nine ] || [ $scale = eta ]; then
   title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
   common=(seed=0,1,2,3,4 quant=bf16_mixed "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
@@ -72,6 +84,14 @@ elif [ $scale = nine ]; then
         # T up to 15 where the dev rows chose the last steps of T = 8 (steps 1-8 repeat the T = 8 run's)
         "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=15"
         "experiment=study_ift optim.eta=0.001 optim.position_mode=aligned optim.T=15")
+  if [ $scale = eta ]; then
+    # the step size, tuned to T = 15 in the default position mode, smallest first (the nine-task page lacks it);
+    # the same rows and keys as --nine, so its ICL (step 1) must equal that page's
+    title="The step size: IFT with eta 0.001, 0.01 and 0.1 up to T = 15 on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
+    arms=("experiment=study_ift optim.eta=0.001 optim.position_mode=aligned optim.T=15"
+          "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=15"
+          "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15")
+  fi
   stream() {
     local arm group
     for arm in "${arms[@]}"; do
@@ -99,8 +119,6 @@ elif [ $scale = nine ]; then
     *) echo "NINE_STREAM=${NINE_STREAM}: expected classification, choice or both" >&2; exit 2 ;;
   esac
 elif [ $scale = seeds ]; then
-  results=${STUDY_RESULTS:-results/seeds}
-  out=${STUDY_OUT:-docs/results/seeds}
   title="Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, bf16-mixed)"
   # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them);
   # cheapest tasks first, so a stopped run leaves the most tasks complete
@@ -119,8 +137,6 @@ elif [ $scale = seeds ]; then
     $PY launch.py experiment=study_baselines method=zero_shot optim.T=8 $group "${same[@]}" "$@" || failed=1
   done
 elif [ $scale = quick ]; then
-  results=${STUDY_RESULTS:-$(mktemp -d)/studies}
-  out=${STUDY_OUT:-$results/page}
   # 2 tasks (binary classification, multiple choice) x 2 seeds, 8 eval and 4 dev rows, 3 steps
   # (a sweep value on the command line replaces the preset's list for that key)
   small=(seed=0,1 task.eval_limit=8 task.dev_size=4 optim.T=3 "results_dir=$results" logger=disabled)
@@ -134,8 +150,6 @@ elif [ $scale = quick ]; then
     $PY launch.py experiment=study_baselines "${small[@]}" $group ++method.max_repeats=2 ++method.max_factor=2 "$@"
   done
 else
-  results=${STUDY_RESULTS:-results/studies}
-  out=${STUDY_OUT:-docs/results}
   for preset in study_baselines study_ift study_momentum; do
     # classification (n_shot per class): the preset's own tasks, and AGNews, whose train split the local mirror
     # lacks (demonstrations and dev rows then come from its test split, never from the evaluated rows)
@@ -146,5 +160,8 @@ else
     $PY launch.py experiment=$preset "results_dir=$results" task=hellaswag task.demo_split=validation n_shot=4 "$@"
   done
 fi
+# the finished runs beside the page (no benchmark text, no checkpoints): the page is rebuilt from a clone with
+# `python -m analysis.study $out/runs.tar.gz`, and the next run of this script restores them and skips them
+$PY -m analysis.archive pack "$results" "$out/runs.tar.gz"
 $PY -m analysis.study "$results" --out "$out" --title "$title"
 exit ${failed:-0}  # a failed job (named in its sweep report) fails the script, after the page is written

@@ -227,7 +227,7 @@ def wandb_runs_from(store: Path) -> list[FakeWandbRun]:
             meta = json.loads(job.read_text())
         except ValueError:
             continue
-        steps = load._read_jsonl(job.parent / "steps.jsonl")
+        steps = load._parse_jsonl((job.parent / "steps.jsonl").read_text())
         history = []
         for s in steps:
             row = {k: v for k, v in s.items() if not k.startswith("grad_norm")}

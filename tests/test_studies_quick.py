@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import ift
+from analysis import study
 from analysis.load import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +39,8 @@ def test_the_quick_study_runs_every_method_and_writes_the_page(tmp_path):
                 "Does the pseudo-gradient point where the true gradient does?"):
         assert arm in page, arm
     assert (out / "study_cosine.png").exists() and (out / "study_curves.png").exists()
+    # the finished runs are packed beside the page, and the page is rebuilt from that file alone
+    title = "IFT against its baselines (bundled SmolLM2-135M)"  # the --quick page's
+    rebuilt = study.main([str(out / "runs.tar.gz"), "--out", str(tmp_path / "rebuilt"), "--title", title])
+    assert len(load([out / "runs.tar.gz"])) == len(runs)
+    assert rebuilt.read_text() == page

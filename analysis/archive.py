@@ -1,0 +1,149 @@
+"""A study's finished runs as one small file to commit beside its page, and back into a results store.
+
+The results store is local (`results/`, not in git) and a study takes days of CPU, spread over many sessions
+and machines: a store lost with its machine takes the page's evidence with it, and a half-done study starts
+over. `pack` writes the finished (and diverged) runs of a store -- config.yaml, meta.json, steps.jsonl,
+summary.json per job directory; no resume checkpoint, no predictions -- into a `.tar.gz`; `unpack` puts them
+back into a store, where the launcher skips them as finished. `python -m analysis.study` and
+`analysis.report` also read an archive directly, so a committed page is rebuilt from a clone in seconds.
+
+Benchmark text never enters the repository: meta.json keeps the demonstrations' indices, split and the sha256
+of their text, not the text. Packing merges into an existing archive (a run only the archive holds is kept),
+and the file is deterministic (sorted members, fixed times), so re-packing the same runs changes nothing in git.
+
+    python -m analysis.archive pack results/eta docs/results/eta/runs.tar.gz
+    python -m analysis.archive unpack docs/results/eta/runs.tar.gz results/eta
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path, PurePosixPath
+
+FILES = ("config.yaml", "meta.json", "steps.jsonl", "summary.json")
+ENDED = ("finished", "diverged")
+
+
+def ended(job_dir: Path) -> bool:
+    """The launcher's test for a job to skip (ift.experiment.store.JobStore.ended): meta and summary agree
+    that it ran to its end."""
+    try:
+        status = json.loads((job_dir / "meta.json").read_text()).get("status")
+        summary = json.loads((job_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return status in ENDED and summary.get("status") == status
+
+
+def without_text(meta: dict) -> dict:
+    """meta.json with the demonstration text replaced by its sha256 (the indices and split stay)."""
+    demos = dict(meta.get("demonstrations") or {})
+    if "text" in demos:
+        demos["text_sha256"] = hashlib.sha256(demos.pop("text").encode()).hexdigest()
+    return {**meta, "demonstrations": demos} if demos else meta
+
+
+def _job_members(store: Path, job_dir: Path) -> dict[str, bytes]:
+    rel = job_dir.relative_to(store).as_posix()
+    members = {}
+    for name in FILES:
+        path = job_dir / name
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        if name == "meta.json":
+            data = (json.dumps(without_text(json.loads(data)), indent=1, allow_nan=False) + "\n").encode()
+        members[f"{rel}/{name}"] = data
+    return members
+
+
+def read(archive: Path) -> dict[str, bytes]:
+    """Every file of an archive by its path (`<task>/<model>/<hash>/<file>`); unsafe paths are refused."""
+    out = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for info in tar.getmembers():
+            path = PurePosixPath(info.name)
+            if not info.isfile() or path.is_absolute() or ".." in path.parts or path.name not in FILES:
+                raise ValueError(f"{archive}: unexpected member {info.name!r} (an archive holds only "
+                                 f"{', '.join(FILES)} of job directories)")
+            out[info.name] = tar.extractfile(info).read()
+    return out
+
+
+def _job_dirs(members: dict[str, bytes]) -> set[str]:
+    return {name.rsplit("/", 1)[0] for name in members}
+
+
+def pack(store: Path, archive: Path) -> tuple[int, int]:
+    """Write the ended runs of `store` (merged with those only `archive` already holds) to `archive`.
+    Returns (runs from the store, runs kept from the archive)."""
+    store, archive = Path(store), Path(archive)
+    if not store.is_dir():
+        raise FileNotFoundError(f"results store {store} does not exist")
+    members: dict[str, bytes] = {}
+    jobs = [m.parent for m in sorted(store.rglob("meta.json")) if ended(m.parent)]
+    for job_dir in jobs:
+        members.update(_job_members(store, job_dir))
+    kept = 0
+    if archive.exists():
+        old = read(archive)
+        ours = _job_dirs(members)
+        only_there = _job_dirs(old) - ours
+        members.update({name: data for name, data in old.items() if name.rsplit("/", 1)[0] in only_there})
+        kept = len(only_there)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(members[name]), 0, 0o644
+            tar.addfile(info, io.BytesIO(members[name]))
+    tmp = archive.with_name(archive.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(archive)
+    return len(jobs), kept
+
+
+def unpack(archive: Path, store: Path) -> tuple[int, int]:
+    """Put an archive's runs into `store`; a job directory the store already has is left as it is (it is
+    either the same run or a newer attempt). Returns (runs written, runs already there)."""
+    members = read(Path(archive))
+    store = Path(store)
+    written = present = 0
+    for job in sorted(_job_dirs(members)):
+        target = store / job
+        if (target / "meta.json").exists():
+            present += 1
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        # meta.json last: a directory with meta.json is a complete run to everything that reads the store
+        for name in sorted((n for n in members if n.rsplit("/", 1)[0] == job), key=lambda n: n.endswith("meta.json")):
+            (store / name).write_bytes(members[name])
+        written += 1
+    return written, present
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m analysis.archive", description=__doc__.splitlines()[0])
+    verbs = ap.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("pack", help="a store's finished runs into an archive (merged with what it holds)")
+    p.add_argument("store")
+    p.add_argument("archive")
+    u = verbs.add_parser("unpack", help="an archive's runs into a store (existing job directories are kept)")
+    u.add_argument("archive")
+    u.add_argument("store")
+    args = ap.parse_args(argv)
+    if args.verb == "pack":
+        new, kept = pack(Path(args.store), Path(args.archive))
+        print(f"{args.archive}: {new} run(s) from {args.store}, {kept} kept from the archive")
+    else:
+        written, present = unpack(Path(args.archive), Path(args.store))
+        print(f"{args.store}: {written} run(s) restored from {args.archive}, {present} already there")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Study archives (analysis.archive): the finished runs of a store, without benchmark text, read by analysis as
+the store itself is, and restored into a store where the launcher skips them. Tiny random model."""
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from analysis import archive
+from analysis.load import load as load_runs
+from ift.experiment import job as job_module
+from ift.experiment import run_job
+from tiny import save_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so the job records nothing on its way out."""
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_cache():
+    job_module.load_model_once.cache_clear()
+    yield
+    job_module.load_model_once.cache_clear()
+
+
+def run(tiny_dir, results, seed, on_step=None):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=hf", f"model.source={tiny_dir}", "logger=disabled",
+                                           "eval.progress=false", "eval.save_predictions=true", "optim.T=2",
+                                           f"seed={seed}", f"results_dir={results}"])
+    return run_job(cfg, on_step=on_step)
+
+
+def killed_at_step_2(row):
+    if row["step"] == 2:
+        raise Killed
+
+
+@pytest.fixture(scope="module")
+def store(tiny_dir, tmp_path_factory):
+    """Two finished runs (seeds 0, 1) and one killed after its first step (seed 2)."""
+    results = tmp_path_factory.mktemp("store") / "results"
+    job_module.load_model_once.cache_clear()
+    for seed in (0, 1):
+        assert run(tiny_dir, results, seed)["status"] == "finished"
+    with pytest.raises(Killed):
+        run(tiny_dir, results, 2, on_step=killed_at_step_2)
+    return results
+
+
+def metas(results: Path) -> dict[int, dict]:
+    return {json.loads(m.read_text())["seed"]: json.loads(m.read_text()) for m in results.rglob("meta.json")}
+
+
+def test_only_finished_runs_are_packed_with_their_records_and_no_demonstration_text(store, tmp_path):
+    path = tmp_path / "runs.tar.gz"
+    assert archive.pack(store, path) == (2, 0)
+    members = archive.read(path)
+    by_job = {}
+    for name in members:
+        job, file = name.rsplit("/", 1)
+        by_job.setdefault(job, set()).add(file)
+    assert len(by_job) == 2 and all(files == set(archive.FILES) for files in by_job.values())  # no checkpoint, predictions
+    assert {json.loads(members[f"{job}/meta.json"])["seed"] for job in by_job} == {0, 1}  # not the killed seed 2
+
+    local = metas(store)
+    for job in by_job:
+        packed = json.loads(members[f"{job}/meta.json"])
+        text = local[packed["seed"]]["demonstrations"]["text"]
+        assert "text" not in packed["demonstrations"]
+        assert packed["demonstrations"]["text_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        assert packed["demonstrations"]["indices"] == local[packed["seed"]]["demonstrations"]["indices"]
+        assert all(text.encode() not in data for data in members.values())
+        assert members[f"{job}/steps.jsonl"] == (store / job / "steps.jsonl").read_bytes()
+
+
+def test_analysis_reads_an_archive_as_it_reads_the_store(store, tmp_path):
+    path = tmp_path / "runs.tar.gz"
+    archive.pack(store, path)
+    from_store = {r.key(): r for r in load_runs([str(store)]) if r.skip is None}
+    from_archive = {r.key(): r for r in load_runs([str(path)]) if r.skip is None}
+    assert len(from_store) == 2 and from_archive.keys() == from_store.keys()
+    for key, run_ in from_archive.items():
+        assert (run_.steps, run_.summary) == (from_store[key].steps, from_store[key].summary)
+
+
+def test_a_restored_run_is_skipped_by_the_launcher(store, tiny_dir, tmp_path):
+    path = tmp_path / "runs.tar.gz"
+    archive.pack(store, path)
+    restored = tmp_path / "elsewhere"
+    assert archive.unpack(path, restored) == (2, 0)
+    assert archive.unpack(path, restored) == (0, 2)  # nothing is overwritten
+    again = run(tiny_dir, restored, 0)
+    assert again["skipped"] and again["status"] == "finished"
+    fresh = run(tiny_dir, restored, 2)  # the killed run was not archived: it runs here
+    assert not fresh["skipped"] and fresh["status"] == "finished"
+
+
+def test_packing_is_deterministic_and_keeps_runs_only_the_archive_holds(store, tiny_dir, tmp_path):
+    path = tmp_path / "runs.tar.gz"
+    archive.pack(store, path)
+    first = path.read_bytes()
+    assert archive.pack(store, path) == (2, 0) and path.read_bytes() == first  # same runs, same bytes
+    other = tmp_path / "other"
+    assert run(tiny_dir, other, 3)["status"] == "finished"
+    assert archive.pack(other, path) == (1, 2)  # seed 3 from the store, seeds 0 and 1 kept
+    assert {json.loads(d)["seed"] for n, d in archive.read(path).items() if n.endswith("meta.json")} == {0, 1, 3}
+
+
+def test_an_archive_with_other_files_or_paths_is_refused(tmp_path):
+    for name in ("../escape/meta.json", "sst2/model/abc/prefix.safetensors"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+        bad = tmp_path / "bad.tar.gz"
+        bad.write_bytes(buf.getvalue())
+        with pytest.raises(ValueError, match="unexpected member"):
+            archive.read(bad)
