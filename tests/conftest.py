@@ -6,7 +6,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import ift  # noqa: E402
-from tiny import make_tiny_model, make_tokenizer  # noqa: E402
+from tiny import make_tiny_model, make_tokenizer, save_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama saved in HF format, for tests that load a model by path (read only)."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
+
+
+@pytest.fixture
+def fresh_model_cache():
+    """Jobs load their model through a per-process cache; a test that counts or breaks loads starts empty."""
+    from ift.experiment import job
+    job.load_model_once.cache_clear()
+    yield
+    job.load_model_once.cache_clear()
 
 
 @pytest.fixture

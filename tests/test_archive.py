@@ -13,25 +13,13 @@ from analysis import archive
 from analysis.load import load as load_runs
 from ift.experiment import job as job_module
 from ift.experiment import run_job
-from tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fresh_model_cache")
 
 
 class Killed(BaseException):
     """Stands for SIGKILL: not an Exception, so the job records nothing on its way out."""
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
-
-
-@pytest.fixture(autouse=True)
-def fresh_model_cache():
-    job_module.load_model_once.cache_clear()
-    yield
-    job_module.load_model_once.cache_clear()
 
 
 def run(tiny_dir, results, seed, on_step=None):

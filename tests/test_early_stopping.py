@@ -12,12 +12,6 @@ from analysis.load import load as load_runs
 from ift.experiment import run_job
 from ift.experiment.config import ConfigError
 from ift.experiment.job import prepare
-from tiny import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
 
 
 def stop_step(dev: list, patience: int) -> int:

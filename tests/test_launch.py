@@ -13,14 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from analysis.load import load as load_runs
 from ift.experiment import run_job
-from tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
 
 
 def launch(args, cwd=ROOT, timeout=300, env=None):

@@ -14,14 +14,8 @@ from ift.baselines import repeat_demonstrations
 from ift.experiment import run_job
 from ift.experiment.job import load_model_once, prepare
 from ift.tasks import load_task
-from tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
 
 
 def cfg(tiny_dir, results, *overrides):

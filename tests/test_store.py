@@ -23,21 +23,9 @@ from ift.experiment.config import parse_config
 from ift.experiment.hydra_app import SweepReport
 from ift.experiment.job import prepare
 from ift.experiment.store import JobStore, StoreLocked
-from tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tinyllama", "llama")
-
-
-@pytest.fixture(autouse=True)
-def fresh_model_cache():
-    job_module.load_model_once.cache_clear()
-    yield
-    job_module.load_model_once.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_model_cache")
 
 
 def compose_cfg(overrides):
