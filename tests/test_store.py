@@ -312,6 +312,43 @@ def test_redone_steps_are_announced(tamper, redone, said, tiny_dir, tmp_path, ca
     assert [r["step"] for r in strict_rows(steps)] == [1, 2, 3, 4]
 
 
+def steps_without_timing(store: Path) -> list[dict]:
+    drop = ("time_s", "tune_s", "peak_mem_mb")
+    return [{k: v for k, v in r.items() if k not in drop} for r in strict_rows(store / "steps.jsonl")]
+
+
+def test_a_longer_run_continues_from_the_finished_shorter_one(tiny_dir, tmp_path, caplog):
+    results = tmp_path / "results"
+    short = run_job(tiny_cfg(tiny_dir, results, "optim.T=2", "optim.eta=0.05", "eval.save_predictions=true"))
+    seen = []
+    with caplog.at_level("INFO"):
+        longer = run_job(tiny_cfg(tiny_dir, results, "optim.T=4", "optim.eta=0.05", "eval.save_predictions=true"),
+                         on_step=seen.append)
+    assert [r["step"] for r in seen] == [3, 4] and "continuing from the finished T=2 run" in caplog.text
+    assert meta_of(Path(longer["store"]))["continued_from"] == short["store"]
+    fresh = run_job(tiny_cfg(tiny_dir, tmp_path / "fresh", "optim.T=4", "optim.eta=0.05",
+                             "eval.save_predictions=true"))
+    assert steps_without_timing(Path(longer["store"])) == steps_without_timing(Path(fresh["store"]))
+    assert strict_rows(Path(longer["store"]) / "predictions.jsonl") == \
+           strict_rows(Path(fresh["store"]) / "predictions.jsonl")
+    assert longer["summary"] == fresh["summary"]
+    assert len(strict_rows(Path(short["store"]) / "steps.jsonl")) == 2  # the shorter run is left as it was
+
+
+@pytest.mark.parametrize("shorter", ["optim.eta=0.1", "killed", "optim.patience=1"])
+def test_a_longer_run_does_not_continue_from_another_or_an_unfinished_run(shorter, tiny_dir, tmp_path):
+    results, same = tmp_path / "results", ["optim.eta=0.05", "optim.patience=1"] if "patience" in shorter else \
+        ["optim.eta=0.05"]
+    if shorter == "killed":
+        with pytest.raises(Killed):
+            run_job(tiny_cfg(tiny_dir, results, "optim.T=3", *same), on_step=kill_at(3))
+    else:
+        run_job(tiny_cfg(tiny_dir, results, "optim.T=2", "optim.eta=0.05", shorter))
+    seen = []
+    run_job(tiny_cfg(tiny_dir, results, "optim.T=4", *same), on_step=seen.append)
+    assert [r["step"] for r in seen][:2] == [1, 2]
+
+
 def test_prefix_mismatch_names_every_difference():
     from ift.experiment.job import prefix_mismatch
 

@@ -8,6 +8,7 @@ checkpointed step when the checkpoint matches the job (else it starts clean, wit
 """
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import logging
@@ -15,6 +16,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -27,7 +29,7 @@ import yaml
 import ift
 from ift.baselines import repeat_demonstrations
 from ift.experiment import methods
-from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
+from ift.experiment.config import ConfigError, JobConfig, config_hash, parse_config, to_plain
 from ift.experiment.store import PREFIX_FILE, JobStore, StoreLocked, summarize
 from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
@@ -266,6 +268,8 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             "n_eval": len(examples), "n_dev": len(dev), "versions": versions()}
     store.begin(meta, yaml.safe_dump(resolved, sort_keys=False))
     log.info("job %s -> %s", job.hash[:16], store.path)
+    if is_ift and job.mode == "tune":
+        _continue_shorter_run(job, store)
     tracker = None
     try:
         lm = load_model_once(job.model.source, job.model.dtype, job.device, job.model.quant,
@@ -357,6 +361,41 @@ def _resume(job: JobConfig, lm, store: JobStore, tracker: Tracker, demo_text: st
     for row in rows:  # a new wandb run must show the whole curve
         tracker.log_step(row)
     return prefix, rows
+
+
+def shorter_run(job: JobConfig) -> JobStore | None:
+    """The finished store of this same job with a smaller T, checkpoint kept, longest first; None if none.
+
+    IFT's steps 1..T' do not depend on T (a step reads only the steps before it; the scorer's batches do not
+    change), so a longer run continues from the shorter one's last checkpoint instead of redoing its steps.
+    Not for early-stopped runs (patience), whose last step is not T'."""
+    if job.method.name != "ift" or job.method.patience(job.optim) is not None or not job.content:
+        return None
+    for shorter in range(job.optim.T - 1, 0, -1):
+        other = copy.deepcopy(job)
+        other.optim.T = shorter
+        other.hash = config_hash(other.identity())
+        store = JobStore(other)
+        if store.ended() == "finished" and store.file(PREFIX_FILE).exists() and \
+                (not job.save_predictions or store.file("predictions.jsonl").exists()):
+            return store
+    return None
+
+
+def _continue_shorter_run(job: JobConfig, store: JobStore) -> None:
+    """Start a fresh job from a finished shorter run of it (`shorter_run`): its step rows, predictions and
+    checkpoint are copied in, `_resume` checks them as for any resumed attempt, and meta names the source."""
+    if store.steps() or store.file(PREFIX_FILE).exists():
+        return  # an attempt of this job itself: resume that
+    source = shorter_run(job)
+    if source is None:
+        return
+    names = (PREFIX_FILE, "steps.jsonl") + (("predictions.jsonl",) if job.save_predictions else ())
+    for name in names:
+        shutil.copyfile(source.file(name), store.file(name))
+    store.update_meta(continued_from=str(source.path))
+    log.info("continuing from the finished T=%d run %s (its steps 1-%d are this job's)", len(source.steps()),
+             source.path, len(source.steps()))
 
 
 def non_finite(row: dict) -> str | None:
