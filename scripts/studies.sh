@@ -81,7 +81,7 @@ elif [ $scale = nine ] || [ $scale = eta ]; then
         "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8"    # re-reading alone
         "experiment=study_baselines method=more_demos ++method.max_factor=3 optim.T=8"
         "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=8"
-        # T up to 15 where the dev rows chose the last steps of T = 8 (steps 1-8 repeat the T = 8 run's)
+        # T up to 15 where the dev rows chose the last steps of T = 8 (it continues the T = 8 run: steps 9-15)
         "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=15"
         "experiment=study_ift optim.eta=0.001 optim.position_mode=aligned optim.T=15")
   if [ $scale = eta ]; then
