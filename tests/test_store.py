@@ -335,17 +335,19 @@ def test_a_longer_run_continues_from_the_finished_shorter_one(tiny_dir, tmp_path
     assert len(strict_rows(Path(short["store"]) / "steps.jsonl")) == 2  # the shorter run is left as it was
 
 
-@pytest.mark.parametrize("shorter", ["optim.eta=0.1", "killed", "optim.patience=1"])
-def test_a_longer_run_does_not_continue_from_another_or_an_unfinished_run(shorter, tiny_dir, tmp_path):
-    results, same = tmp_path / "results", ["optim.eta=0.05", "optim.patience=1"] if "patience" in shorter else \
-        ["optim.eta=0.05"]
+@pytest.mark.parametrize("shorter, longer", [(["optim.eta=0.1"], []),  # another η
+                                            ("killed", []),  # not finished
+                                            (["optim.patience=1"], ["optim.patience=1"]),  # early stopping
+                                            ([], ["skip_finished=false"])])  # a forced re-run computes all
+def test_a_longer_run_does_not_continue_from_another_or_an_unfinished_run(shorter, longer, tiny_dir, tmp_path):
+    results = tmp_path / "results"
     if shorter == "killed":
         with pytest.raises(Killed):
-            run_job(tiny_cfg(tiny_dir, results, "optim.T=3", *same), on_step=kill_at(3))
+            run_job(tiny_cfg(tiny_dir, results, "optim.T=3", "optim.eta=0.05"), on_step=kill_at(3))
     else:
-        run_job(tiny_cfg(tiny_dir, results, "optim.T=2", "optim.eta=0.05", shorter))
+        run_job(tiny_cfg(tiny_dir, results, "optim.T=2", "optim.eta=0.05", *shorter))
     seen = []
-    run_job(tiny_cfg(tiny_dir, results, "optim.T=4", *same), on_step=seen.append)
+    run_job(tiny_cfg(tiny_dir, results, "optim.T=4", "optim.eta=0.05", *longer), on_step=seen.append)
     assert [r["step"] for r in seen][:2] == [1, 2]
 
 

@@ -268,10 +268,10 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             "n_eval": len(examples), "n_dev": len(dev), "versions": versions()}
     store.begin(meta, yaml.safe_dump(resolved, sort_keys=False))
     log.info("job %s -> %s", job.hash[:16], store.path)
-    if is_ift and job.mode == "tune":
-        _continue_shorter_run(job, store)
     tracker = None
     try:
+        if is_ift and job.mode == "tune" and job.skip_finished:  # skip_finished=false: compute every step
+            _continue_shorter_run(job, store)
         lm = load_model_once(job.model.source, job.model.dtype, job.device, job.model.quant,
                              job.model.trust_remote_code)
         if job.optim.position_mode == "auto":  # the key keeps "auto"; everything after uses the concrete mode
