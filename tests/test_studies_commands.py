@@ -1,0 +1,73 @@
+"""Every launch of every scale of `scripts/studies.sh` is a valid config, checked without running it: the script
+runs with a stand-in interpreter that records its arguments, and each recorded launch composes and passes
+`parse_config` with the first value of every sweep. A typo in a study arm fails here, not hours into a study."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from ift.experiment.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDER = f"""#!/bin/sh
+exec {sys.executable} -c 'import json, os, sys; open(os.environ["CALLS"], "a").write(json.dumps(sys.argv[1:]) + "\\n")' "$@"
+"""
+
+
+def recorded_calls(scale: str, tmp_path: Path, *extra: str, **env) -> list[list[str]]:
+    fake = tmp_path / "python"
+    fake.write_text(RECORDER)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    proc = subprocess.run(["bash", "scripts/studies.sh", *([scale] if scale else []), *extra], cwd=ROOT,
+                          env={**os.environ, "PY": str(fake), "CALLS": str(calls), **env,
+                               "STUDY_RESULTS": str(tmp_path / "results"), "STUDY_OUT": str(tmp_path / "page")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+def first_of_each_sweep(overrides: list[str]) -> list[str]:
+    out = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        value = next(iter(override.sweep_iterator())) if override.is_sweep_override() else override.value()
+        out.append(f"{override.get_key_element()}={value}")
+    return out
+
+
+@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", ""])
+def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
+    calls = recorded_calls(scale, tmp_path)
+    launches = [c[1:] for c in calls if c[0] == "launch.py"]
+    assert launches, calls
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for overrides in launches:
+            job = parse_config(compose("config", overrides=first_of_each_sweep(overrides)))
+            assert job.results_dir == tmp_path / "results", overrides
+    # then the runs are packed beside the page, and the page is built
+    assert calls[-2][:3] == ["-m", "analysis.archive", "pack"] and calls[-1][:2] == ["-m", "analysis.study"]
+
+
+def test_the_eta_study_sweeps_the_three_step_sizes_to_15_steps(tmp_path):
+    launches = [c[1:] for c in recorded_calls("--eta", tmp_path) if c[0] == "launch.py"]
+    settings = {tuple(o for o in call if o.startswith(("optim.eta=", "optim.position_mode=", "optim.T=")))
+                for call in launches}
+    assert settings == {(f"optim.eta={eta}", "optim.position_mode=aligned", "optim.T=15")
+                        for eta in ("0.001", "0.01", "0.1")}
+
+
+def test_a_bad_stream_is_refused_before_any_launch(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(RECORDER)
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", "scripts/studies.sh", "--nine"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PY": str(fake), "CALLS": str(tmp_path / "calls.jsonl"),
+                               "NINE_STREAM": "both-ish", "STUDY_RESULTS": str(tmp_path / "r"),
+                               "STUDY_OUT": str(tmp_path / "p")}, timeout=60)
+    assert proc.returncode == 2 and "NINE_STREAM=both-ish: expected classification, choice or both" in proc.stderr
+    assert not (tmp_path / "calls.jsonl").exists()
