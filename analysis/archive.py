@@ -47,9 +47,8 @@ def without_text(meta: dict) -> dict:
     return {**meta, "demonstrations": demos} if demos else meta
 
 
-def _job_members(store: Path, job_dir: Path) -> dict[str, bytes]:
-    rel = job_dir.relative_to(store).as_posix()
-    members = {}
+def _job_files(job_dir: Path) -> dict[str, bytes]:
+    files = {}
     for name in FILES:
         path = job_dir / name
         if not path.exists():
@@ -57,25 +56,21 @@ def _job_members(store: Path, job_dir: Path) -> dict[str, bytes]:
         data = path.read_bytes()
         if name == "meta.json":
             data = (json.dumps(without_text(json.loads(data)), indent=1, allow_nan=False) + "\n").encode()
-        members[f"{rel}/{name}"] = data
-    return members
+        files[name] = data
+    return files
 
 
-def read(archive: Path) -> dict[str, bytes]:
-    """Every file of an archive by its path (`<task>/<model>/<hash>/<file>`); unsafe paths are refused."""
-    out = {}
+def read(archive: Path) -> dict[str, dict[str, bytes]]:
+    """An archive's files by job directory (`<task>/<model>/<hash>`) and file name; unsafe paths are refused."""
+    jobs: dict[str, dict[str, bytes]] = {}
     with tarfile.open(archive, "r:gz") as tar:
         for info in tar.getmembers():
             path = PurePosixPath(info.name)
             if not info.isfile() or path.is_absolute() or ".." in path.parts or path.name not in FILES:
                 raise ValueError(f"{archive}: unexpected member {info.name!r} (an archive holds only "
                                  f"{', '.join(FILES)} of job directories)")
-            out[info.name] = tar.extractfile(info).read()
-    return out
-
-
-def _job_dirs(members: dict[str, bytes]) -> set[str]:
-    return {name.rsplit("/", 1)[0] for name in members}
+            jobs.setdefault(path.parent.as_posix(), {})[path.name] = tar.extractfile(info).read()
+    return jobs
 
 
 def pack(store: Path, archive: Path) -> tuple[int, int]:
@@ -84,45 +79,39 @@ def pack(store: Path, archive: Path) -> tuple[int, int]:
     store, archive = Path(store), Path(archive)
     if not store.is_dir():
         raise FileNotFoundError(f"results store {store} does not exist")
-    members: dict[str, bytes] = {}
-    jobs = [m.parent for m in sorted(store.rglob("meta.json")) if ended(m.parent)]
-    for job_dir in jobs:
-        members.update(_job_members(store, job_dir))
-    kept = 0
-    if archive.exists():
-        old = read(archive)
-        ours = _job_dirs(members)
-        only_there = _job_dirs(old) - ours
-        members.update({name: data for name, data in old.items() if name.rsplit("/", 1)[0] in only_there})
-        kept = len(only_there)
+    jobs = {m.parent.relative_to(store).as_posix(): _job_files(m.parent)
+            for m in sorted(store.rglob("meta.json")) if ended(m.parent)}
+    new = len(jobs)
+    for job, files in (read(archive) if archive.exists() else {}).items():
+        jobs.setdefault(job, files)
     archive.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for name in sorted(members):
+        members = ((f"{job}/{name}", data) for job, files in jobs.items() for name, data in files.items())
+        for name, data in sorted(members):
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(members[name]), 0, 0o644
-            tar.addfile(info, io.BytesIO(members[name]))
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
     tmp = archive.with_name(archive.name + ".tmp")
     tmp.write_bytes(buf.getvalue())
     tmp.replace(archive)
-    return len(jobs), kept
+    return new, len(jobs) - new
 
 
 def unpack(archive: Path, store: Path) -> tuple[int, int]:
     """Put an archive's runs into `store`; a job directory the store already has is left as it is (it is
     either the same run or a newer attempt). Returns (runs written, runs already there)."""
-    members = read(Path(archive))
     store = Path(store)
     written = present = 0
-    for job in sorted(_job_dirs(members)):
+    for job, files in sorted(read(Path(archive)).items()):
         target = store / job
         if (target / "meta.json").exists():
             present += 1
             continue
         target.mkdir(parents=True, exist_ok=True)
         # meta.json last: a directory with meta.json is a complete run to everything that reads the store
-        for name in sorted((n for n in members if n.rsplit("/", 1)[0] == job), key=lambda n: n.endswith("meta.json")):
-            (store / name).write_bytes(members[name])
+        for name in sorted(files, key=lambda n: n == "meta.json"):
+            (target / name).write_bytes(files[name])
         written += 1
     return written, present
 

@@ -104,10 +104,8 @@ def load_job(job_dir: Path) -> Run:
 
 def load_archive(path: Path) -> list[Run]:
     """Every job of a study archive (`python -m analysis.archive pack`), read without unpacking it."""
-    members = archive.read(path)
-    jobs = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith("/meta.json")})
-    return [_parse_job(f"{path}:{job}", lambda name, job=job: _decoded(members.get(f"{job}/{name}")))
-            for job in jobs]
+    return [_parse_job(f"{path}:{job}", lambda name, files=files: _decoded(files.get(name)))
+            for job, files in sorted(archive.read(path).items()) if "meta.json" in files]
 
 
 def _decoded(data: bytes | None) -> str | None:

@@ -54,23 +54,19 @@ def metas(results: Path) -> dict[int, dict]:
 def test_only_finished_runs_are_packed_with_their_records_and_no_demonstration_text(store, tmp_path):
     path = tmp_path / "runs.tar.gz"
     assert archive.pack(store, path) == (2, 0)
-    members = archive.read(path)
-    by_job = {}
-    for name in members:
-        job, file = name.rsplit("/", 1)
-        by_job.setdefault(job, set()).add(file)
-    assert len(by_job) == 2 and all(files == set(archive.FILES) for files in by_job.values())  # no checkpoint, predictions
-    assert {json.loads(members[f"{job}/meta.json"])["seed"] for job in by_job} == {0, 1}  # not the killed seed 2
+    jobs = archive.read(path)
+    assert len(jobs) == 2 and all(set(files) == set(archive.FILES) for files in jobs.values())  # no checkpoint, predictions
+    assert {json.loads(files["meta.json"])["seed"] for files in jobs.values()} == {0, 1}  # not the killed seed 2
 
     local = metas(store)
-    for job in by_job:
-        packed = json.loads(members[f"{job}/meta.json"])
+    for job, files in jobs.items():
+        packed = json.loads(files["meta.json"])
         text = local[packed["seed"]]["demonstrations"]["text"]
         assert "text" not in packed["demonstrations"]
         assert packed["demonstrations"]["text_sha256"] == hashlib.sha256(text.encode()).hexdigest()
         assert packed["demonstrations"]["indices"] == local[packed["seed"]]["demonstrations"]["indices"]
-        assert all(text.encode() not in data for data in members.values())
-        assert members[f"{job}/steps.jsonl"] == (store / job / "steps.jsonl").read_bytes()
+        assert all(text.encode() not in data for other in jobs.values() for data in other.values())
+        assert files["steps.jsonl"] == (store / job / "steps.jsonl").read_bytes()
 
 
 def test_analysis_reads_an_archive_as_it_reads_the_store(store, tmp_path):
@@ -103,7 +99,7 @@ def test_packing_is_deterministic_and_keeps_runs_only_the_archive_holds(store, t
     other = tmp_path / "other"
     assert run(tiny_dir, other, 3)["status"] == "finished"
     assert archive.pack(other, path) == (1, 2)  # seed 3 from the store, seeds 0 and 1 kept
-    assert {json.loads(d)["seed"] for n, d in archive.read(path).items() if n.endswith("meta.json")} == {0, 1, 3}
+    assert {json.loads(files["meta.json"])["seed"] for files in archive.read(path).values()} == {0, 1, 3}
 
 
 def test_an_archive_with_other_files_or_paths_is_refused(tmp_path):

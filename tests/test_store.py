@@ -44,6 +44,12 @@ def stores(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.rglob("meta.json"))
 
 
+def steps_without_timing(store: Path) -> list[dict]:
+    """A job's step rows without what varies between identical runs (wall time, memory)."""
+    drop = ("time_s", "tune_s", "peak_mem_mb")
+    return [{k: v for k, v in r.items() if k not in drop} for r in strict_rows(store / "steps.jsonl")]
+
+
 def meta_of(store: Path) -> dict:
     return json.loads((store / "meta.json").read_text())
 
@@ -286,9 +292,7 @@ def test_a_checkpoint_tuned_otherwise_is_not_resumed(change, said, tiny_dir, tmp
         return
     run_job(tiny_cfg(tiny_dir, tmp_path / "b", "optim.T=3", "optim.eta=0.05"))
     (fresh,) = stores(tmp_path / "b")
-    drop = ("time_s", "tune_s", "peak_mem_mb")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in strict_rows(store / "steps.jsonl")] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in strict_rows(fresh / "steps.jsonl")]
+    assert steps_without_timing(store) == steps_without_timing(fresh)
 
 
 @pytest.mark.parametrize("tamper, redone, said", [
@@ -310,11 +314,6 @@ def test_redone_steps_are_announced(tamper, redone, said, tiny_dir, tmp_path, ca
         assert run_job(cfg, on_step=seen.append)["status"] == "finished"
     assert [r["step"] for r in seen] == redone and said in caplog.text
     assert [r["step"] for r in strict_rows(steps)] == [1, 2, 3, 4]
-
-
-def steps_without_timing(store: Path) -> list[dict]:
-    drop = ("time_s", "tune_s", "peak_mem_mb")
-    return [{k: v for k, v in r.items() if k not in drop} for r in strict_rows(store / "steps.jsonl")]
 
 
 def test_a_longer_run_continues_from_the_finished_shorter_one(tiny_dir, tmp_path, caplog):

@@ -394,8 +394,8 @@ def _continue_shorter_run(job: JobConfig, store: JobStore) -> None:
     for name in names:
         shutil.copyfile(source.file(name), store.file(name))
     store.update_meta(continued_from=str(source.path))
-    log.info("continuing from the finished T=%d run %s (its steps 1-%d are this job's)", len(source.steps()),
-             source.path, len(source.steps()))
+    done = len(source.steps())
+    log.info("continuing from the finished T=%d run %s (its steps 1-%d are this job's)", done, source.path, done)
 
 
 def non_finite(row: dict) -> str | None:
