@@ -20,7 +20,8 @@
 #                                      # setting (aligned, eta 0.1, T <= 8 on dev), bf16-mixed, the nine-task study's
 #                                      # rows; SST-2 0-29, MR 0-19, SST-5/TREC/WinoGrande 0-14, the rest 0-9 (the
 #                                      # seeds the nine-task page estimates for a 3-point interval, with margin);
-#                                      # docs/results/seeds/ (~3.5 hours here)
+#                                      # docs/results/seeds/ (~3.5 hours here); SEEDS_TASKS=winogrande,hellaswag
+#                                      # runs those tasks only (same seeds and store), page docs/results/seeds_<tasks>/
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -42,12 +43,25 @@ title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
   --quick|--pilot|--nine|--eta|--seeds) scale=${1#--}; shift ;;
 esac
+# the many-seeds study's tasks, cheapest first, so a stopped run leaves the most tasks complete
+seeds_tasks=(sst2 mr sst5 trec copa obqa agnews winogrande hellaswag)
+if [ $scale = seeds ] && [ -n "${SEEDS_TASKS:-}" ]; then
+  for task in ${SEEDS_TASKS//,/ }; do
+    if [[ " ${seeds_tasks[*]} " != *" $task "* ]]; then
+      echo "SEEDS_TASKS=${SEEDS_TASKS}: '$task' is not one of: ${seeds_tasks[*]}" >&2; exit 2
+    fi
+  done
+fi
 case $scale in
   pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
   full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
   quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
   *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
 esac
+# a subset of the many-seeds tasks gets a page of its own (the store is shared, so no run is done twice)
+if [ $scale = seeds ] && [ -n "${SEEDS_TASKS:-}" ]; then
+  out=${STUDY_OUT:-docs/results/seeds_${SEEDS_TASKS//,/_}}
+fi
 # the study's finished runs from earlier sessions or machines (committed beside its page): skipped, not re-run
 if [ -f "$out/runs.tar.gz" ]; then
   $PY -m analysis.archive unpack "$out/runs.tar.gz" "$results"
@@ -120,16 +134,20 @@ elif [ $scale = nine ] || [ $scale = eta ]; then
   esac
 elif [ $scale = seeds ]; then
   title="Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, bf16-mixed)"
-  # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them);
-  # cheapest tasks first, so a stopped run leaves the most tasks complete
+  [ -n "${SEEDS_TASKS:-}" ] && title="$title: ${SEEDS_TASKS//,/, }"
+  # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them)
   same=(quant=bf16_mixed "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
-  for group in "task=sst2 seed=range(0,30) n_shot=1 $rows" "task=mr seed=range(0,20) n_shot=1 $rows" \
-               "task=sst5,trec seed=range(0,15) n_shot=1 $rows" "task=copa,obqa seed=range(0,10) n_shot=4 $rows" \
-               "task=agnews task.demo_split=test seed=range(0,10) n_shot=1 $rows" \
-               "task=winogrande seed=range(0,15) n_shot=4 $rows" \
-               "task=hellaswag task.demo_split=validation seed=range(0,10) n_shot=4 task.eval_limit=50 task.dev_size=20"
-  do
+  declare -A group_of=(
+    [sst2]="seed=range(0,30) n_shot=1 $rows" [mr]="seed=range(0,20) n_shot=1 $rows"
+    [sst5]="seed=range(0,15) n_shot=1 $rows" [trec]="seed=range(0,15) n_shot=1 $rows"
+    [copa]="seed=range(0,10) n_shot=4 $rows" [obqa]="seed=range(0,10) n_shot=4 $rows"
+    [agnews]="task.demo_split=test seed=range(0,10) n_shot=1 $rows"
+    [winogrande]="seed=range(0,15) n_shot=4 $rows"
+    [hellaswag]="task.demo_split=validation seed=range(0,10) n_shot=4 task.eval_limit=50 task.dev_size=20")
+  for task in "${seeds_tasks[@]}"; do
+    if [ -n "${SEEDS_TASKS:-}" ] && [[ ",$SEEDS_TASKS," != *",$task,"* ]]; then continue; fi
+    group="task=$task ${group_of[$task]}"
     # shellcheck disable=SC2086
     $PY launch.py experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8 $group "${same[@]}" "$@" \
       || failed=1

@@ -25,8 +25,9 @@ def recorded_calls(scale: str, tmp_path: Path, *extra: str, **env) -> list[list[
     fake.chmod(0o755)
     calls = tmp_path / "calls.jsonl"
     proc = subprocess.run(["bash", "scripts/studies.sh", *([scale] if scale else []), *extra], cwd=ROOT,
-                          env={**os.environ, "PY": str(fake), "CALLS": str(calls), **env,
-                               "STUDY_RESULTS": str(tmp_path / "results"), "STUDY_OUT": str(tmp_path / "page")},
+                          env={**os.environ, "PY": str(fake), "CALLS": str(calls),
+                               "STUDY_RESULTS": str(tmp_path / "results"), "STUDY_OUT": str(tmp_path / "page"),
+                               **env},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in calls.read_text().splitlines()]
@@ -70,4 +71,32 @@ def test_a_bad_stream_is_refused_before_any_launch(tmp_path):
                                "NINE_STREAM": "both-ish", "STUDY_RESULTS": str(tmp_path / "r"),
                                "STUDY_OUT": str(tmp_path / "p")}, timeout=60)
     assert proc.returncode == 2 and "NINE_STREAM=both-ish: expected classification, choice or both" in proc.stderr
+    assert not (tmp_path / "calls.jsonl").exists()
+
+
+def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
+    (tmp_path / "all").mkdir(), (tmp_path / "some").mkdir()
+    every = [c[1:] for c in recorded_calls("--seeds", tmp_path / "all") if c[0] == "launch.py"]
+    # an empty STUDY_OUT leaves the default page directory (the recorder writes nothing there)
+    calls = recorded_calls("--seeds", tmp_path / "some", SEEDS_TASKS="hellaswag,winogrande", STUDY_OUT="")
+    some = [c[1:] for c in calls if c[0] == "launch.py"]
+    assert {o for call in some for o in call if o.startswith("task=")} == {"task=winogrande", "task=hellaswag"}
+    results = str(tmp_path / "some" / "results")
+    assert [[o for o in call if not o.startswith("results_dir=")] for call in some] == \
+        [[o for o in call if not o.startswith("results_dir=")] for call in every
+         if "task=winogrande" in call or "task=hellaswag" in call]
+    assert calls[-2][3:] == [results, "docs/results/seeds_hellaswag_winogrande/runs.tar.gz"]
+    assert calls[-1][2:4] == [results, "--out"] and calls[-1][4] == "docs/results/seeds_hellaswag_winogrande"
+
+
+def test_a_bad_seeds_task_is_refused_before_any_launch(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(RECORDER)
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", "scripts/studies.sh", "--seeds"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PY": str(fake), "CALLS": str(tmp_path / "calls.jsonl"),
+                               "SEEDS_TASKS": "winogrande,hellaswg", "STUDY_RESULTS": str(tmp_path / "r"),
+                               "STUDY_OUT": str(tmp_path / "p")}, timeout=60)
+    assert proc.returncode == 2
+    assert "SEEDS_TASKS=winogrande,hellaswg: 'hellaswg' is not one of: sst2 mr sst5 trec" in proc.stderr
     assert not (tmp_path / "calls.jsonl").exists()
