@@ -19,18 +19,22 @@ exec {sys.executable} -c 'import json, os, sys; open(os.environ["CALLS"], "a").w
 """
 
 
-def recorded_calls(scale: str, tmp_path: Path, *extra: str, **env) -> list[list[str]]:
+def run_script(scale: str, tmp_path: Path, *extra: str, **env) -> subprocess.CompletedProcess:
+    """studies.sh with the stand-in interpreter, which appends each call's arguments to tmp_path/calls.jsonl."""
     fake = tmp_path / "python"
     fake.write_text(RECORDER)
     fake.chmod(0o755)
-    calls = tmp_path / "calls.jsonl"
-    proc = subprocess.run(["bash", "scripts/studies.sh", *([scale] if scale else []), *extra], cwd=ROOT,
-                          env={**os.environ, "PY": str(fake), "CALLS": str(calls),
+    return subprocess.run(["bash", "scripts/studies.sh", *([scale] if scale else []), *extra], cwd=ROOT,
+                          env={**os.environ, "PY": str(fake), "CALLS": str(tmp_path / "calls.jsonl"),
                                "STUDY_RESULTS": str(tmp_path / "results"), "STUDY_OUT": str(tmp_path / "page"),
                                **env},
                           capture_output=True, text=True, timeout=60)
+
+
+def recorded_calls(scale: str, tmp_path: Path, *extra: str, **env) -> list[list[str]]:
+    proc = run_script(scale, tmp_path, *extra, **env)
     assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in calls.read_text().splitlines()]
+    return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
 
 
 def first_of_each_sweep(overrides: list[str]) -> list[str]:
@@ -62,18 +66,6 @@ def test_the_eta_study_sweeps_the_three_step_sizes_to_15_steps(tmp_path):
                         for eta in ("0.001", "0.01", "0.1")}
 
 
-def test_a_bad_stream_is_refused_before_any_launch(tmp_path):
-    fake = tmp_path / "python"
-    fake.write_text(RECORDER)
-    fake.chmod(0o755)
-    proc = subprocess.run(["bash", "scripts/studies.sh", "--nine"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PY": str(fake), "CALLS": str(tmp_path / "calls.jsonl"),
-                               "NINE_STREAM": "both-ish", "STUDY_RESULTS": str(tmp_path / "r"),
-                               "STUDY_OUT": str(tmp_path / "p")}, timeout=60)
-    assert proc.returncode == 2 and "NINE_STREAM=both-ish: expected classification, choice or both" in proc.stderr
-    assert not (tmp_path / "calls.jsonl").exists()
-
-
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
     (tmp_path / "all").mkdir(), (tmp_path / "some").mkdir()
     every = [c[1:] for c in recorded_calls("--seeds", tmp_path / "all") if c[0] == "launch.py"]
@@ -89,14 +81,13 @@ def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_the
     assert calls[-1][2:4] == [results, "--out"] and calls[-1][4] == "docs/results/seeds_hellaswag_winogrande"
 
 
-def test_a_bad_seeds_task_is_refused_before_any_launch(tmp_path):
-    fake = tmp_path / "python"
-    fake.write_text(RECORDER)
-    fake.chmod(0o755)
-    proc = subprocess.run(["bash", "scripts/studies.sh", "--seeds"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PY": str(fake), "CALLS": str(tmp_path / "calls.jsonl"),
-                               "SEEDS_TASKS": "winogrande,hellaswg", "STUDY_RESULTS": str(tmp_path / "r"),
-                               "STUDY_OUT": str(tmp_path / "p")}, timeout=60)
-    assert proc.returncode == 2
-    assert "SEEDS_TASKS=winogrande,hellaswg: 'hellaswg' is not one of: sst2 mr sst5 trec" in proc.stderr
+@pytest.mark.parametrize("scale,env,message", [
+    ("--nine", {"NINE_STREAM": "both-ish"}, "NINE_STREAM=both-ish: expected classification, choice or both"),
+    ("--seeds", {"SEEDS_TASKS": "winogrande,hellaswg"},
+     "SEEDS_TASKS=winogrande,hellaswg: 'hellaswg' is not one of: sst2 mr sst5 trec copa obqa agnews winogrande "
+     "hellaswag"),
+])
+def test_a_bad_setting_is_refused_before_any_launch(scale, env, message, tmp_path):
+    proc = run_script(scale, tmp_path, **env)
+    assert proc.returncode == 2 and message in proc.stderr
     assert not (tmp_path / "calls.jsonl").exists()
