@@ -92,7 +92,9 @@ elif [ $scale = nine ] || [ $scale = eta ]; then
         # 4 Adam updates at lr 0.01)
         "experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5"
         "experiment=study_momentum optim.eta=0.1 optim.position_mode=aligned optim.T=8"   # beta = 0 (RQ4)
-        "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8"    # re-reading alone
+        # re-reading alone; 8 queries a batch (32 ran out of memory on HellaSwag's 4 x 1,300-token prefix beside a
+        # second process; the batch size changes no number and no store key)
+        "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8 eval.batch_size=8"
         "experiment=study_baselines method=more_demos ++method.max_factor=3 optim.T=8"
         "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=8"
         # T up to 15 where the dev rows chose the last steps of T = 8 (it continues the T = 8 run: steps 9-15)
