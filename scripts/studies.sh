@@ -43,7 +43,15 @@ title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
   --quick|--pilot|--nine|--eta|--seeds) scale=${1#--}; shift ;;
 esac
-# the many-seeds study's tasks, cheapest first, so a stopped run leaves the most tasks complete
+case $scale in
+  pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
+  full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
+  quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
+  *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
+esac
+# the many-seeds study's tasks, cheapest first, so a stopped run leaves the most tasks complete; a subset
+# (SEEDS_TASKS) is checked before anything runs and gets a page of its own (the store is shared, so no run is
+# done twice)
 seeds_tasks=(sst2 mr sst5 trec copa obqa agnews winogrande hellaswag)
 if [ $scale = seeds ] && [ -n "${SEEDS_TASKS:-}" ]; then
   for task in ${SEEDS_TASKS//,/ }; do
@@ -51,15 +59,6 @@ if [ $scale = seeds ] && [ -n "${SEEDS_TASKS:-}" ]; then
       echo "SEEDS_TASKS=${SEEDS_TASKS}: '$task' is not one of: ${seeds_tasks[*]}" >&2; exit 2
     fi
   done
-fi
-case $scale in
-  pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
-  full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
-  quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
-  *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
-esac
-# a subset of the many-seeds tasks gets a page of its own (the store is shared, so no run is done twice)
-if [ $scale = seeds ] && [ -n "${SEEDS_TASKS:-}" ]; then
   out=${STUDY_OUT:-docs/results/seeds_${SEEDS_TASKS//,/_}}
 fi
 # the study's finished runs from earlier sessions or machines (committed beside its page): skipped, not re-run

@@ -67,7 +67,8 @@ def test_the_eta_study_sweeps_the_three_step_sizes_to_15_steps(tmp_path):
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
-    (tmp_path / "all").mkdir(), (tmp_path / "some").mkdir()
+    (tmp_path / "all").mkdir()
+    (tmp_path / "some").mkdir()
     every = [c[1:] for c in recorded_calls("--seeds", tmp_path / "all") if c[0] == "launch.py"]
     # an empty STUDY_OUT leaves the default page directory (the recorder writes nothing there)
     calls = recorded_calls("--seeds", tmp_path / "some", SEEDS_TASKS="hellaswag,winogrande", STUDY_OUT="")
