@@ -13,6 +13,7 @@ and the file is deterministic (sorted members, fixed times), so re-packing the s
 
     python -m analysis.archive pack results/eta docs/results/eta/runs.tar.gz
     python -m analysis.archive unpack docs/results/eta/runs.tar.gz results/eta
+    python -m analysis.archive pack results/seeds docs/results/seeds_sst2/runs.tar.gz --tasks sst2
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 FILES = ("config.yaml", "meta.json", "steps.jsonl", "summary.json")
@@ -73,14 +75,16 @@ def read(archive: Path) -> dict[str, dict[str, bytes]]:
     return jobs
 
 
-def pack(store: Path, archive: Path) -> tuple[int, int]:
-    """Write the ended runs of `store` (merged with those only `archive` already holds) to `archive`.
+def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None) -> tuple[int, int]:
+    """Write the ended runs of `store` (merged with those only `archive` already holds) to `archive`; with
+    `tasks`, only the runs under those task directories (a store shared by several pages, one per subset).
     Returns (runs from the store, runs kept from the archive)."""
     store, archive = Path(store), Path(archive)
     if not store.is_dir():
         raise FileNotFoundError(f"results store {store} does not exist")
+    roots = [store / task for task in tasks] if tasks is not None else [store]
     jobs = {m.parent.relative_to(store).as_posix(): _job_files(m.parent)
-            for m in sorted(store.rglob("meta.json")) if ended(m.parent)}
+            for root in roots for m in sorted(root.rglob("meta.json")) if ended(m.parent)}
     new = len(jobs)
     for job, files in (read(archive) if archive.exists() else {}).items():
         jobs.setdefault(job, files)
@@ -122,12 +126,14 @@ def main(argv=None) -> None:
     p = verbs.add_parser("pack", help="a store's finished runs into an archive (merged with what it holds)")
     p.add_argument("store")
     p.add_argument("archive")
+    p.add_argument("--tasks", help="comma-separated task directories of the store to pack (default: all)")
     u = verbs.add_parser("unpack", help="an archive's runs into a store (existing job directories are kept)")
     u.add_argument("archive")
     u.add_argument("store")
     args = ap.parse_args(argv)
     if args.verb == "pack":
-        new, kept = pack(Path(args.store), Path(args.archive))
+        tasks = args.tasks.split(",") if args.tasks else None
+        new, kept = pack(Path(args.store), Path(args.archive), tasks)
         print(f"{args.archive}: {new} run(s) from {args.store}, {kept} kept from the archive")
     else:
         written, present = unpack(Path(args.archive), Path(args.store))

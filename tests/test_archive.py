@@ -3,6 +3,7 @@ the store itself is, and restored into a store where the launcher skips them. Ti
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -100,6 +101,17 @@ def test_packing_is_deterministic_and_keeps_runs_only_the_archive_holds(store, t
     assert run(tiny_dir, other, 3)["status"] == "finished"
     assert archive.pack(other, path) == (1, 2)  # seed 3 from the store, seeds 0 and 1 kept
     assert {json.loads(files["meta.json"])["seed"] for files in archive.read(path).values()} == {0, 1, 3}
+
+
+def test_packing_some_tasks_of_a_shared_store_leaves_the_others_out(store, tmp_path):
+    shared = tmp_path / "shared"
+    (task,) = [d.name for d in store.iterdir()]
+    shutil.copytree(store / task, shared / task)
+    shutil.copytree(store / task, shared / "other")  # another page's task in the same store
+    path = tmp_path / "runs.tar.gz"
+    assert archive.pack(shared, path, tasks=[task]) == (2, 0)
+    assert {job.split("/")[0] for job in archive.read(path)} == {task}
+    assert archive.pack(shared, tmp_path / "all.tar.gz") == (4, 0)
 
 
 def test_an_archive_with_other_files_or_paths_is_refused(tmp_path):

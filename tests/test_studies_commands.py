@@ -58,12 +58,13 @@ def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
     assert calls[-2][:3] == ["-m", "analysis.archive", "pack"] and calls[-1][:2] == ["-m", "analysis.study"]
 
 
-def test_the_eta_study_sweeps_the_three_step_sizes_to_15_steps(tmp_path):
+def test_the_eta_study_sweeps_the_three_step_sizes_and_the_papers_setting_to_15_steps(tmp_path):
     launches = [c[1:] for c in recorded_calls("--eta", tmp_path) if c[0] == "launch.py"]
     settings = {tuple(o for o in call if o.startswith(("optim.eta=", "optim.position_mode=", "optim.T=")))
                 for call in launches}
     assert settings == {(f"optim.eta={eta}", "optim.position_mode=aligned", "optim.T=15")
-                        for eta in ("0.001", "0.01", "0.1")}
+                        for eta in ("0.001", "0.01", "0.1")} | \
+        {("optim.eta=0.01", "optim.position_mode=continue", "optim.T=15")}
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
@@ -71,15 +72,18 @@ def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_the
     (tmp_path / "some").mkdir()
     every = [c[1:] for c in recorded_calls("--seeds", tmp_path / "all") if c[0] == "launch.py"]
     # an empty STUDY_OUT leaves the default page directory (the recorder writes nothing there)
+    results = tmp_path / "some" / "results"
+    (results / "hellaswag").mkdir(parents=True)  # the shared store's runs of hellaswag; none of winogrande yet
+    (results / "mr").mkdir()  # another subset's runs: neither packed nor reported here
     calls = recorded_calls("--seeds", tmp_path / "some", SEEDS_TASKS="hellaswag,winogrande", STUDY_OUT="")
     some = [c[1:] for c in calls if c[0] == "launch.py"]
     assert {o for call in some for o in call if o.startswith("task=")} == {"task=winogrande", "task=hellaswag"}
-    results = str(tmp_path / "some" / "results")
     assert [[o for o in call if not o.startswith("results_dir=")] for call in some] == \
         [[o for o in call if not o.startswith("results_dir=")] for call in every
          if "task=winogrande" in call or "task=hellaswag" in call]
-    assert calls[-2][3:] == [results, "docs/results/seeds_hellaswag_winogrande/runs.tar.gz"]
-    assert calls[-1][2:4] == [results, "--out"] and calls[-1][4] == "docs/results/seeds_hellaswag_winogrande"
+    assert calls[-2][3:] == [str(results), "docs/results/seeds_hellaswag_winogrande/runs.tar.gz",
+                             "--tasks", "hellaswag,winogrande"]
+    assert calls[-1][2:5] == [str(results / "hellaswag"), "--out", "docs/results/seeds_hellaswag_winogrande"]
 
 
 @pytest.mark.parametrize("scale,env,message", [
