@@ -4,7 +4,10 @@ Tunes the same demonstrations for T steps in both precisions and scores the same
 each step; prints wall time, accuracy per step and how many predictions agree. bf16-mixed keeps fp32
 weights and tuning state and runs the products under torch.autocast (fast on CPUs with AMX and on GPUs).
 
-    python bench/bench_mixed_precision.py [--task sst2] [--n-shot 1] [--limit 100] [--T 4] [--eta 0.1]
+    python bench/bench_mixed_precision.py [--model bundled|gemma3-270m|PATH] [--task sst2] [--limit 100] [--T 4]
+
+Run it once per machine (and model) to choose the studies' precision: on CPUs without AMX bf16-mixed is no
+faster than fp32 (docs/results.md, *Precision*).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def curve(lm, demo_text, examples, T, eta, mode):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bundled", help="any ift.load_model source")
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--data-dir", default=os.environ.get("IFT_DATA_DIR", "../shared/data"))
     ap.add_argument("--n-shot", type=int, default=1)
@@ -43,9 +47,9 @@ def main() -> None:
     examples = task.eval_examples(seed=0, limit=args.limit)
     rows = {}
     for dtype in ("fp32", "bf16-mixed"):
-        lm = ift.load_model("bundled", dtype=dtype, device="cpu")
+        lm = ift.load_model(args.model, dtype=dtype, device="cpu")
         rows[dtype] = curve(lm, demos.text, examples, args.T, args.eta, args.mode)
-    print(f"{args.task}: {len(examples)} rows, T={args.T}, eta={args.eta}, {args.mode}, {args.threads} thread(s)")
+    print(f"{args.model} on {args.task}: {len(examples)} rows, T={args.T}, eta={args.eta}, {args.mode}, {args.threads} thread(s)")
     print("| precision | seconds | accuracy per step |\n|---|---:|---|")
     for dtype, (accs, _, seconds) in rows.items():
         print(f"| {dtype} | {seconds:.1f} | {' '.join(f'{a:.3f}' for a in accs)} |")

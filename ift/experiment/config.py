@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ift.models import DTYPE_CHOICES, QUANTS, check_options
+from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options
 from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
@@ -224,9 +224,9 @@ def _model(node: dict, quant: dict) -> ModelConfig:
 
 
 def is_gguf(source: str) -> bool:
-    """The sources the engine loads as GGUF: "bundled", a .gguf file, or a directory holding .gguf files but no
+    """The sources the engine loads as GGUF: "bundled" and the packaged models, a .gguf file, or a directory holding .gguf files but no
     config.json (ift.models._split_gguf)."""
-    if source == "bundled" or source.lower().endswith(".gguf"):
+    if source in NAMED_SOURCES or source.lower().endswith(".gguf"):
         return True
     path = Path(source).expanduser()
     try:
