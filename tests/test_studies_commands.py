@@ -45,7 +45,7 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", ""])
+@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", "--gemma", ""])
 def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
     calls = recorded_calls(scale, tmp_path)
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
@@ -65,6 +65,19 @@ def test_the_eta_study_sweeps_the_three_step_sizes_and_the_papers_setting_to_15_
     assert settings == {(f"optim.eta={eta}", "optim.position_mode=aligned", "optim.T=15")
                         for eta in ("0.001", "0.01", "0.1")} | \
         {("optim.eta=0.01", "optim.position_mode=continue", "optim.T=15")}
+
+
+def test_the_gemma_study_runs_every_headline_arm_of_a_task_before_the_next_task_on_the_nine_task_rows(tmp_path):
+    launches = [c[1:] for c in recorded_calls("--gemma", tmp_path, NINE_STREAM="classification") if c[0] == "launch.py"]
+    assert all("model=gemma3_270m" in call and "quant=none" in call and "seed=0,1,2,3,4" in call for call in launches)
+    tasks = [next(o for o in call if o.startswith("task=")) for call in launches]
+    order = ["task=sst2", "task=mr", "task=sst5", "task=trec", "task=agnews"]
+    assert tasks == [t for t in order for _ in range(3)] + order * 2  # 3 headline arms per task, then 2 passes
+    arms = [" ".join(o for o in call if o.startswith(("method=", "optim.eta=", "optim.position_mode=", "optim.T=")))
+            for call in launches[:3]]
+    assert arms == ["method=zero_shot optim.T=8", "optim.eta=0.1 optim.position_mode=aligned optim.T=15",
+                    "optim.eta=0.01 optim.position_mode=continue optim.T=15"]
+    assert "task.eval_limit=100" in launches[0] and "task.dev_size=30" in launches[0]
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
