@@ -27,8 +27,9 @@
 #   bash scripts/studies.sh --gemma    # the second model family (issue 19): Gemma-3-270m base (model=gemma3_270m, fp32:
 #                                      # this study's CPUs have no AMX, where bf16-mixed is no faster), the nine-task
 #                                      # rows and seeds 0-4; per task, cheapest first: zero-shot, IFT default (aligned,
-#                                      # eta 0.1) and the paper's setting (continue, eta 0.01) both to T = 15, then
-#                                      # gradient tuning and repetition; two single-thread streams as --nine;
+#                                      # eta 0.1) and the paper's setting (continue, eta 0.01) to T = 8; then both
+#                                      # continued to T = 15, gradient tuning and repetition, each over every task;
+#                                      # two single-thread streams as --nine;
 #                                      # docs/results/gemma/ (GEMMA_QUANT=bf16_mixed on an AMX CPU or a GPU)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice (what CI runs, ~5 min)
 #
@@ -129,10 +130,14 @@ elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ]; then
                     "task=trec n_shot=1 $rows" "task=agnews task.demo_split=test n_shot=1 $rows")
     choice=("task=copa n_shot=4 $rows" "task=winogrande n_shot=4 $rows" "task=obqa n_shot=4 $rows"
             "task=hellaswag task.demo_split=validation n_shot=4 task.eval_limit=50 task.dev_size=20")
+    # IFT to T = 8 on every task first, then the same runs continued to T = 15 (a longer run continues its
+    # finished shorter one: steps 9-15 only), so a stopped study covers the most tasks
     headline=("experiment=study_baselines method=zero_shot optim.T=8"
-              "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15"
-              "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=15")
-    arms=("experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5"
+              "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8"
+              "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=8")
+    arms=("experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15"
+          "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=15"
+          "experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5"
           "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8 eval.batch_size=8")
   fi
   stream() {

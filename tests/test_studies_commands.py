@@ -72,11 +72,12 @@ def test_the_gemma_study_runs_every_headline_arm_of_a_task_before_the_next_task_
     assert all("model=gemma3_270m" in call and "quant=none" in call and "seed=0,1,2,3,4" in call for call in launches)
     tasks = [next(o for o in call if o.startswith("task=")) for call in launches]
     order = ["task=sst2", "task=mr", "task=sst5", "task=trec", "task=agnews"]
-    assert tasks == [t for t in order for _ in range(3)] + order * 2  # 3 headline arms per task, then 2 passes
+    assert tasks == [t for t in order for _ in range(3)] + order * 4  # 3 headline arms per task, then 4 passes
     arms = [" ".join(o for o in call if o.startswith(("method=", "optim.eta=", "optim.position_mode=", "optim.T=")))
-            for call in launches[:3]]
-    assert arms == ["method=zero_shot optim.T=8", "optim.eta=0.1 optim.position_mode=aligned optim.T=15",
-                    "optim.eta=0.01 optim.position_mode=continue optim.T=15"]
+            for call in launches[:3] + launches[15::5]]
+    ift8 = ["optim.eta=0.1 optim.position_mode=aligned", "optim.eta=0.01 optim.position_mode=continue"]
+    assert arms == ["method=zero_shot optim.T=8", *(f"{a} optim.T=8" for a in ift8),  # then continued to 15
+                    *(f"{a} optim.T=15" for a in ift8), "method=grad optim.T=5", "method=repeat optim.T=8"]
     assert "task.eval_limit=100" in launches[0] and "task.dev_size=30" in launches[0]
 
 
