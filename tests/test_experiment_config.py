@@ -32,7 +32,7 @@ def test_the_groups_the_docs_promise_exist():
     assert {"bundled", "gpt2", "opt", "gpt_neo", "gptj", "gpt_neox", "bloom", "hf", "gguf"} <= set(options("model"))
     assert set(ift.tasks.list_tasks()) | {"file"} == set(options("task"))
     assert {"default", "no_momentum", "paper"} == set(options("optim"))
-    assert {"none", "int8", "nf4", "fp16", "bf16", "bf16_mixed"} == set(options("quant"))
+    assert {"none", "int8", "nf4", "fp16", "bf16", "bf16_mixed", "auto"} == set(options("quant"))
     assert {"wandb_offline", "wandb_online", "disabled"} == set(options("logger"))
     assert {"rq1_icl_vs_tuned", "rq2_efficiency", "rq3_steps_eta", "rq4_momentum"} <= set(options("experiment"))
 
@@ -44,7 +44,8 @@ def test_every_option_composes_and_validates(group, option):
     job = parse_config(cfg)
     assert len(job.hash) == 64
     if group == "quant":
-        assert (job.model.dtype, job.model.quant) == (cfg.quant.dtype, cfg.quant.method)
+        dtype = ift.models.fast_dtype(cfg.device) if cfg.quant.dtype == "auto" else cfg.quant.dtype
+        assert (job.model.dtype, job.model.quant) == (dtype, cfg.quant.method)
 
 
 def test_defaults_are_the_offline_demo_experiment():

@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options
+from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options, fast_dtype
 from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
@@ -306,7 +306,13 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
     seed = _int(c.get("seed", 0), "seed", 0)
     n_shot = _int(c.get("n_shot", 1), "n_shot", 1)
     device = str(c.get("device", "auto"))
-    model = _model(_need(c, "model", "config"), c.get("quant") or {})
+    quant = dict(c.get("quant") or {})
+    if quant.get("dtype") == "auto":  # quant=auto: the faster precision on this machine, recorded as resolved
+        try:
+            quant["dtype"] = fast_dtype(device)
+        except ValueError as err:
+            raise ConfigError(f"device: {err}") from None
+    model = _model(_need(c, "model", "config"), quant)
     try:  # dtype / quantisation / device compatibility, with the engine's own rules
         check_options(model.dtype, model.quant, device)
     except ValueError as err:
