@@ -52,22 +52,27 @@ def _task_index(include_path: str | None):
     return TaskManager(include_path=include_path).task_index  # indexes ~15k YAMLs: seconds, once
 
 
-def harness_config(name_or_path: str, include_path: str | None = None) -> dict:
-    """The harness's own config of a task (includes and !function resolved), from its name or a YAML path."""
+def harness_yaml(name_or_path: str, include_path: str | None = None) -> Path:
+    """The YAML file of a harness task: a path as given, or the harness's index entry of a task name."""
     require_lm_eval()
-    from lm_eval.tasks._yaml_loader import load_yaml  # what TaskManager uses; lm-eval pinned <0.5
-
     path = Path(str(name_or_path)).expanduser()
     if str(name_or_path).endswith((".yaml", ".yml")):
         if not path.is_file():
             raise TaskError(f"harness task file {path} does not exist")
-    else:
-        entry = _task_index(str(include_path) if include_path else None).get(str(name_or_path))
-        if entry is None or entry.yaml_path is None:
-            raise TaskError(f"unknown lm-eval task {name_or_path!r} (not a single YAML task in the harness"
-                            + (f" or in {include_path}" if include_path else "")
-                            + "); `lm_eval ls tasks` lists them, or give a path to a task YAML")
-        path = entry.yaml_path
+        return path
+    entry = _task_index(str(include_path) if include_path else None).get(str(name_or_path))
+    if entry is None or entry.yaml_path is None:
+        raise TaskError(f"unknown lm-eval task {name_or_path!r} (not a single YAML task in the harness"
+                        + (f" or in {include_path}" if include_path else "")
+                        + "); `lm_eval ls tasks` lists them, or give a path to a task YAML")
+    return Path(entry.yaml_path)
+
+
+def harness_config(name_or_path: str, include_path: str | None = None) -> dict:
+    """The harness's own config of a task (includes and !function resolved), from its name or a YAML path."""
+    from lm_eval.tasks._yaml_loader import load_yaml  # what TaskManager uses; lm-eval pinned <0.5
+
+    path = harness_yaml(name_or_path, include_path)
     cfg = dict(load_yaml(path, resolve_func=True))
     if isinstance(cfg.get("task"), list) or "group" in cfg:
         raise TaskError(f"{name_or_path}: is a harness group; give one of its tasks")
@@ -203,7 +208,7 @@ def load_harness_task(name_or_path: str, data_dir=None, *, include_path: str | N
     spec = TaskSpec(name=name, formatter="lmeval", template=json.dumps(key, sort_keys=True),
                     label_words=[str(w) for w in constant] if constant else None, eval_split=eval_split,
                     demo_split=demo_split, eval_limit=eval_limit, dev_size=dev_size, data_dir=str(data_dir), dir=dir,
-                    description=f"lm-eval task {name} ({cfg.get('metadata', {}).get('config_source', name_or_path)})")
+                    description=f"lm-eval task {name} ({harness_yaml(name_or_path, include_path)})")
     task = HarnessTask(spec, harness, data_dir)
     task.split("eval_split")
     return task
