@@ -44,7 +44,7 @@ def hflm(lm, batch_size: int = 32):
 
 def requests(examples, demonstrations: str = "") -> list[Instance]:
     """One harness loglikelihood request per candidate: (demonstrations + context, continuation)."""
-    return [Instance("loglikelihood", {}, (demonstrations + c, k), j, (None, "ift", e, 1))
+    return [Instance("loglikelihood", {}, (demonstrations + c, k), j, ("ift", e, 1))
             for e, ex in enumerate(examples) for j, (c, k) in enumerate(zip(ex.contexts, ex.continuations))]
 
 
