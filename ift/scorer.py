@@ -8,6 +8,9 @@ Work is done once: every distinct query (demonstrations-or-nothing + context) is
 similar length, and its cache is shared by all its candidates; only continuation tokens after the first
 are run again. Queries are right-padded and every pass gets explicit positions and a 2-D mask over
 [prefix ‖ query ‖ continuation], so padding changes nothing.
+
+`tokenization="harness"` encodes each (context, continuation) pair as lm-evaluation-harness does
+(`_harness_pair`, docs/lmeval.md); the default keeps ift's rule (docs/design.md).
 """
 from __future__ import annotations
 
@@ -70,7 +73,19 @@ class _Plan:
     longest: tuple[int, int, int] = (0, 0, -1)  # (context, continuation tokens, example index), for fit_check
 
 
-def _plan(tok, examples: Sequence[Example], base_ids: list[int]) -> _Plan:
+def _harness_pair(tok, context: str, continuation: str, special: bool) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness's `TemplateLM._encode_pair`: trailing whitespace moves from the context to the
+    continuation, and the continuation is whatever follows len(tok(context)) tokens in tok(context +
+    continuation), with no check that tok(context) is a prefix of it."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    ctx_ids = tok(context, add_special_tokens=special).input_ids
+    return ctx_ids, tok(context + continuation, add_special_tokens=special).input_ids[len(ctx_ids):]
+
+
+def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None = None) -> _Plan:
+    """joint=(text, special): harness tokenization of text + context as one string (see score_examples)."""
     rows: dict[tuple[int, ...], int] = {}
     cands = []
     ctx_cache: dict[str, list[int]] = {}
@@ -78,13 +93,17 @@ def _plan(tok, examples: Sequence[Example], base_ids: list[int]) -> _Plan:
     for ex in examples:
         per = []
         for j, (ctx, cont) in enumerate(zip(ex.contexts, ex.continuations)):
-            if ctx not in ctx_cache:
-                ctx_cache[ctx] = tok(ctx, add_special_tokens=False).input_ids
-            ctx_ids = ctx_cache[ctx]
-            cont_ids = _continuation_ids(tok, ctx, cont, ctx_ids)
+            if joint is not None:
+                ctx_ids, cont_ids = _harness_pair(tok, joint[0] + ctx, cont, joint[1])
+                query = tuple(ctx_ids)
+            else:
+                if ctx not in ctx_cache:
+                    ctx_cache[ctx] = tok(ctx, add_special_tokens=False).input_ids
+                ctx_ids = ctx_cache[ctx]
+                cont_ids = _continuation_ids(tok, ctx, cont, ctx_ids)
+                query = tuple(base_ids + ctx_ids)
             if not cont_ids:
                 raise ValueError(f"example {ex.index}: candidate {j} ({cont!r}) tokenises to no tokens")
-            query = tuple(base_ids + ctx_ids)
             if not query:
                 raise ValueError(f"example {ex.index}: empty context and no prefix: nothing to condition on")
             per.append((rows.setdefault(query, len(rows)), cont_ids))
@@ -96,22 +115,31 @@ def _plan(tok, examples: Sequence[Example], base_ids: list[int]) -> _Plan:
 
 @torch.no_grad()
 def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations: str | None = None,
-                   batch_size: int = 32, progress: bool = False, stats: dict | None = None) -> list[ExampleScore]:
+                   batch_size: int = 32, progress: bool = False, stats: dict | None = None,
+                   tokenization: str = "ift") -> list[ExampleScore]:
     """Score every candidate of every example.
 
     prefix: a `TunedPrefix` (inference without demonstrations in the input);
     demonstrations: a string read before every query (the vanilla ICL baseline);
     neither: zero-shot (the tokenizer's BOS, if any, starts each query).
     stats, if given, receives the number of queries and of tokens the model processed.
+    tokenization: "ift" (docs/design.md: demonstrations, context and continuation tokenised apart) or
+    "harness" (lm-evaluation-harness's rule: demonstrations + context tokenised as one string, trailing
+    whitespace moved to the continuation; with a prefix only the query side can follow it).
     """
     if prefix is not None and demonstrations is not None:
         raise ValueError("give either a tuned prefix or demonstrations, not both")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tokenization not in ("ift", "harness"):
+        raise ValueError(f"tokenization must be 'ift' or 'harness', got {tokenization!r}")
     tok, model, device = lm.tokenizer, lm.model, lm.device
     base_ids = [] if prefix is not None else tok(demonstrations or "", add_special_tokens=True).input_ids
     offset = prefix.length if prefix is not None else 0
-    plan = _plan(tok, examples, base_ids)
+    joint = None
+    if tokenization == "harness":
+        joint, base_ids = (demonstrations or "", prefix is None), []
+    plan = _plan(tok, examples, base_ids, joint)
 
     # first-token log-probs come from the query pass; later continuation tokens from a second pass
     by_row: dict[int, list[tuple[int, int, list[int]]]] = {}

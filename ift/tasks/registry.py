@@ -96,9 +96,13 @@ def load_task(name_or_spec, data_dir=None, **overrides) -> Task:
     """Build a task and load (and check) its evaluation split, so bad input fails before any model loads.
 
     name_or_spec: a built-in name (`list_tasks()`), a path to a task YAML file, a mapping (dict or Hydra
-    node) or a `TaskSpec`. data_dir: local data root (else the spec's, else $IFT_DATA_DIR, else the hub).
+    node; `source: lmeval` makes it an lm-evaluation-harness task, ift/tasks/harness.py) or a `TaskSpec`. data_dir: local data root (else the spec's, else $IFT_DATA_DIR, else the hub).
     overrides: spec keys, e.g. eval_limit=500, demo_split="test".
     """
+    if hasattr(name_or_spec, "items") and _to_dict(name_or_spec).get("source") == "lmeval":
+        from ift.tasks.harness import load_from_mapping  # an lm-eval task (conf/task/lmeval.yaml)
+
+        return load_from_mapping({**_to_dict(name_or_spec), **overrides}, data_dir)
     spec = resolve_spec(name_or_spec, overrides)
     task = Task(spec, data_dir)
     task.split("eval_split")
