@@ -184,3 +184,5 @@ def test_launch_runs_a_harness_task_with_the_accuracy_of_the_projects_spec(tiny_
     (a,), (b,) = stores(tmp_path / "a"), stores(tmp_path / "b")
     steps = [[(r["step"], r["acc"], r["acc_norm"], r["dev_acc"]) for r in read_rows(s / "steps.jsonl")] for s in (a, b)]
     assert steps[0] == steps[1] and len(steps[0]) == 3
+    # the harness's prompt is not the spec's: its runs live apart, never pooled with the built-in task's
+    assert (a.parent.parent.name, b.parent.parent.name) == ("lmeval-sst2", "sst2")

@@ -117,7 +117,10 @@ class JobConfig:
 
     @property
     def task_name(self) -> str:
-        return str(self.task.get("name") or Path(str(self.task.get("file", "task"))).stem)
+        """The task's name in the store and in analysis. A harness task is `lmeval-<name>`: its prompt is the
+        harness's, so its runs must never be pooled with the built-in task of the same name."""
+        name = str(self.task.get("name") or Path(str(self.task.get("file", "task"))).stem)
+        return f"lmeval-{name}" if self.task.get("source") == "lmeval" else name
 
     def identity(self) -> dict:
         """What determines the numbers a job produces, and so its results-store key (`config_hash`).
