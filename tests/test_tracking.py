@@ -152,3 +152,36 @@ def test_the_reader_refuses_what_is_not_a_wandb_run(tmp_path):
         list(records(bad))
     with pytest.raises(OfflineRunError, match="no .wandb file"):
         read_run(tmp_path / "empty")
+
+
+def test_efficiency_runs_chart_each_method_against_the_batch(tiny_dir, tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    cfg = compose_cfg(tiny(tiny_dir, results, "mode=efficiency", "n_shot=1", "optim.T=2",
+                           "efficiency.batch_sizes=[1,2]", "efficiency.n_examples=4"))
+    assert run_job(cfg, output_dir=out)["status"] == "finished"
+    (store,) = stores(results)
+    run = read_run(*offline_runs(out))
+    assert run.job_type == "efficiency" and "mode:efficiency" in run.tags
+    assert run.step_metric("icl/peak_mem_mb") == run.step_metric("tuned/queries_per_s") == "batch_size"
+    assert run.hidden("queries_per_s") and not run.hidden("tuned/peak_mem_mb")
+    rows = read_rows(store / "efficiency.jsonl")
+    logged = [r for r in run.history if "batch_size" in r and "method" in r]
+    assert [(r["method"], r["batch_size"], r[f"{r['method']}/peak_mem_mb"]) for r in logged] == \
+        [(r["method"], r["batch_size"], r["peak_mem_mb"]) for r in rows]
+    (tab,) = [r["efficiency"] for r in run.history if "efficiency" in r]
+    assert tab["nrows"] == len(rows) == 4
+    summary = json.loads((store / "summary.json").read_text())
+    assert run.summary["icl_queries_per_s"] == summary["icl_queries_per_s"] and run.summary["status"] == "finished"
+
+
+def test_the_tuned_prefix_is_an_artifact_only_when_asked(tiny_dir, tmp_path):
+    results = tmp_path / "results"
+    run_job(compose_cfg(tiny(tiny_dir, results, "optim.T=2")), output_dir=tmp_path / "plain")
+    run_job(compose_cfg(tiny(tiny_dir, results, "optim.T=2", "optim.eta=0.05", "logger.log_artifacts=true",
+                             "eval.save_predictions=true")), output_dir=tmp_path / "asked")
+    def prefixes(run):
+        return [a for a in run.artifacts if a["type"] == "tuned-prefix"]  # (tables are run_table artifacts)
+
+    assert prefixes(read_run(*offline_runs(tmp_path / "plain"))) == []
+    (artifact,) = prefixes(read_run(*offline_runs(tmp_path / "asked")))
+    assert {"prefix.safetensors", "predictions.jsonl", "summary.json"} <= set(artifact["files"])

@@ -40,8 +40,9 @@ RUN_STATE = ("status", "error", "started", "finished", "attempts", "host", "slur
              "lengths", "pseudo_grad_cosine")
 # how each per-step key sums up a run in the wandb summary (wandb's default is the last value)
 STEP_SUMMARY = {"peak_mem_mb": "max", "time_s": "mean", "tune_s": "mean"}
-# the research question each preset answers (docs/experiments.md); rqN_* presets name theirs
-PRESET_RQ = {"study_ift": "rq3", "study_baselines": "rq1", "study_momentum": "rq4", "smoke": None}
+# the research questions each preset's runs answer (analysis.dashboard filters its views on them); rqN_*
+# presets name theirs. study_ift's β = 0.9 runs are RQ4's other arm, beside study_momentum's β = 0
+PRESET_RQ = {"study_ift": ["rq1", "rq3", "rq4"], "study_baselines": ["rq1"], "study_momentum": ["rq4"]}
 SUMMARY_KEYS = ("icl_acc", "icl_acc_norm", "best_eval_step", "best_eval_acc", "dev_step", "dev_step_acc",
                 "last_step", "stopped_early", "status", "diverged", "error")
 
@@ -119,13 +120,13 @@ def sweep_group(ctx: dict) -> str:
     return f"{label}-{stamp}-{digest}"[:128]
 
 
-def research_question(preset: str | None) -> str | None:
+def research_questions(preset: str | None) -> list[str]:
     if not preset:
-        return None
+        return []
     if preset in PRESET_RQ:
         return PRESET_RQ[preset]
     m = re.match(r"(rq\d+)", preset)
-    return m.group(1) if m else None
+    return [m.group(1)] if m else []
 
 
 def job_tags(meta: dict, preset: str | None, extra) -> list[str]:
@@ -137,9 +138,7 @@ def job_tags(meta: dict, preset: str | None, extra) -> list[str]:
         tags.append("mode:efficiency")
     if preset:
         tags.append(f"experiment:{preset}")
-    rq = research_question(preset)
-    if rq:
-        tags.append(rq)
+    tags += research_questions(preset)
     return list(dict.fromkeys(t[:64] for t in [*tags, *(extra or [])]))
 
 
@@ -284,7 +283,7 @@ class Tracker:
         final = {**(summary or {}), "status": status, "diverged": status == "diverged"}
         if error:
             final["error"] = error
-        self._call("summary", lambda: self.run.summary.update({k: v for k, v in final.items() if v is not None}))
+        self._call("summary", lambda: self.run.summary.update(final))  # null stays: every run has the same keys
         if self.cfg.log_artifacts and status != "failed" and self.store is not None:
             self._call("artifact", self._log_artifact)
         run, self.run = self.run, None
