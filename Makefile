@@ -25,7 +25,7 @@ bench: setup
 	$(BIN)/python bench/bench_scoring.py
 
 sync: setup  ## upload every offline wandb run under outputs/ and multirun/ (DIRS=... for others)
-	$(BIN)/python -m analysis.sync $(or $(DIRS),$(wildcard outputs multirun))
+	$(BIN)/python -m analysis.sync $(DIRS)
 
 dashboard: setup  ## the RQ1-RQ4 wandb views of PROJECT (ENTITY=me); offline it writes reports/dashboard/
 	$(BIN)/python -m analysis.dashboard --project $(or $(PROJECT),ift) $(if $(ENTITY),--entity $(ENTITY))

@@ -1,6 +1,7 @@
 """Upload every offline wandb run under results stores, `outputs/` or `multirun/` directories: one command.
 
-    python -m analysis.sync outputs multirun            # what `wandb sync` needs, found at any depth
+    python -m analysis.sync                             # outputs/ and multirun/ here (make sync)
+    python -m analysis.sync results/ /scratch/multirun  # results stores, sweeps: found at any depth
     python -m analysis.sync multirun/2026-05-06 --dry-run   # list the runs and print the command only
 
 Offline runs live in each job's Hydra directory (`outputs/<date>/<time>/wandb/offline-run-*`,
@@ -84,13 +85,17 @@ def sync_command(runs: list[OfflineAttempt], project: str | None = None, entity:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.sync", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dirs", nargs="+", help="results stores, outputs/, multirun/ or sweep directories")
+    parser.add_argument("dirs", nargs="*", help="results stores, outputs/, multirun/ or sweep directories "
+                        "(default: outputs and multirun, those that exist)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and print the command, upload nothing")
     parser.add_argument("--all-attempts", action="store_true", help="also every older attempt of a resumed job")
     parser.add_argument("--include-synced", action="store_true", help="also runs already synced")
     parser.add_argument("--project", help="upload into this project instead of the one each run names")
     parser.add_argument("--entity", help="upload under this entity")
     args = parser.parse_args(argv)
+    args.dirs = args.dirs or [d for d in ("outputs", "multirun") if Path(d).is_dir()]
+    if not args.dirs:
+        parser.error("no outputs/ or multirun/ here: name the directories to search")
     try:
         attempts = find_offline_runs(args.dirs)
     except FileNotFoundError as err:
