@@ -126,10 +126,14 @@ def read_run(path: str | Path) -> OfflineRun:
     run = OfflineRun(files[0].parent)
     for record in records(files[0]):
         kind = record.WhichOneof("record_type")
-        if kind == "run":
+        if kind == "run":  # the first one opens the run; later ones (run.tags = ...) carry only what changed
             r = record.run
-            run.id, run.project, run.group, run.name = r.run_id, r.project, r.run_group, r.display_name
-            run.tags, run.job_type = list(r.tags), r.job_type
+            for attr, value in (("id", r.run_id), ("project", r.project), ("group", r.run_group),
+                                ("name", r.display_name), ("job_type", r.job_type)):
+                if value:
+                    setattr(run, attr, value)
+            if r.tags:
+                run.tags = list(r.tags)
             for item in r.config.update:
                 run.config[_item_key(item)] = json.loads(item.value_json)
         elif kind == "config":
@@ -159,6 +163,19 @@ def read_run(path: str | Path) -> OfflineRun:
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
     return run
+
+
+def read_finished_run(path: str | Path, timeout: float = 60.0) -> OfflineRun:
+    """`read_run` once the file holds the run's exit record: wandb's core process may still be writing the
+    file's last records (an artifact, the summary, the exit) after `run.finish()` has returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        run = read_run(path)
+        if run.exit_code is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ from test_launch import compose_cfg, stores
 from test_tracking import offline_runs, tiny
 
 from analysis import dashboard, sync
-from analysis.wandb_offline import read_run
+from analysis.wandb_offline import read_finished_run as read_run
 from ift.experiment import run_job
 from ift.experiment.tracking import job_tags
 

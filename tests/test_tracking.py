@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from test_launch import compose_cfg, launch, read_rows, stores
 
-from analysis.wandb_offline import OfflineRunError, read_run, records
+from analysis.wandb_offline import OfflineRunError, records
+from analysis.wandb_offline import read_finished_run as read_run
 from ift.experiment import run_job
 from ift.experiment.tracking import NORM_IMAGE, NORM_TABLE, job_tags, run_id, run_name, sweep_group
 
