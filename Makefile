@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean sync dashboard
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: setup  ## unit tests + real-model end-to-end + real SLURM sweep (when slur
 
 bench: setup
 	$(BIN)/python bench/bench_scoring.py
+
+sync: setup  ## upload every offline wandb run under outputs/ and multirun/ (DIRS=... for others)
+	$(BIN)/python -m analysis.sync $(DIRS)
+
+dashboard: setup  ## the RQ1-RQ4 wandb views of PROJECT (ENTITY=me); offline it writes reports/dashboard/
+	$(BIN)/python -m analysis.dashboard --project $(or $(PROJECT),ift) $(if $(ENTITY),--entity $(ENTITY))
 
 clean:
 	rm -rf $(VENV) outputs multirun wandb

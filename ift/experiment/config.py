@@ -90,6 +90,7 @@ class LoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 30.0
+    log_artifacts: bool = False  # the tuned prefix and predictions as a wandb Artifact (size: the K/V cache)
 
 
 @dataclass
@@ -266,7 +267,8 @@ def _logger(node: dict) -> LoggerConfig:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise ConfigError(f"logger.init_timeout must be a finite number of seconds > 0, got {timeout!r}")
     return LoggerConfig(mode, str(node.get("project") or "ift"), node.get("entity"), node.get("group"),
-                        [str(t) for t in tags], float(timeout))
+                        [str(t) for t in tags], float(timeout),
+                        _bool(node, "log_artifacts", "logger.log_artifacts", False))
 
 
 def _task(node, base: Path) -> dict:

@@ -19,7 +19,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd
-from omegaconf import open_dict
 
 from ift.experiment.config import ConfigError
 from ift.experiment.job import run_job
@@ -35,9 +34,6 @@ def run_hydra_job(cfg) -> dict:
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     record = {"overrides": list(hc.overrides.task), "output_dir": str(out)}
-    if hc.mode == RunMode.MULTIRUN and cfg.get("logger", {}).get("group") is None:
-        with open_dict(cfg):  # one wandb group per sweep
-            cfg.logger.group = str(Path(hc.sweep.dir).name)
     try:
         result = run_job(cfg, base_dir=get_original_cwd(), output_dir=out)
     except Exception as err:

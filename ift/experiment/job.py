@@ -268,7 +268,7 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             "n_eval": len(examples), "n_dev": len(dev), "versions": versions()}
     store.begin(meta, yaml.safe_dump(resolved, sort_keys=False))
     log.info("job %s -> %s", job.hash[:16], store.path)
-    tracker = None
+    tracker = Tracker.for_job(job, store, output_dir, resolved)  # before the model loads: a failed load shows
     try:
         if is_ift and job.mode == "tune" and job.skip_finished:  # skip_finished=false: compute every step
             _continue_shorter_run(job, store)
@@ -278,8 +278,6 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             job.optim.position_mode = resolve_position_mode(lm.model, "auto")
             if is_ift:
                 store.update_meta(position_mode=job.optim.position_mode)
-        tracker = Tracker(job.logger, Path(output_dir or store.path), f"{job.task_name}-{job.model.name}-"
-                          f"{job.hash[:8]}", {**store.meta(), "config": resolved}, job.mode)
         if job.mode == "efficiency":
             status, summary, error = _efficiency(job, lm, demos.text, examples, store, tracker)
         else:
@@ -292,10 +290,9 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
         store.fail(error, traceback.format_exc())  # best effort, never raises: the job's own error goes on
-        if tracker is not None:
-            tracker.finish({"status": "failed", "error": error}, failed=True)
+        tracker.finish(store.summary(), "failed", error)
         raise
-    tracker.finish({**summary, "status": status})
+    tracker.finish(summary, status, error)
     log.info("%s: %s", status, {k: v for k, v in summary.items() if v is not None})
     return {"status": status, "skipped": False, "store": str(store.path), "summary": {**summary, "status": status}}
 
