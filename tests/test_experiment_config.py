@@ -13,7 +13,7 @@ from ift.experiment import ConfigError, parse_config, run_job
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # options that need a value the config cannot know
 REQUIRED = {("model", "hf"): ["model.source=/some/dir"], ("model", "gguf"): ["model.source=/some/model.gguf"],
-            ("task", "file"): ["task.file=my_tasks/animals.yaml"],
+            ("task", "file"): ["task.file=my_tasks/animals.yaml"], ("task", "lmeval"): ["task.name=sst2"],
             # bitsandbytes cannot quantise a GGUF file (the default model is the bundled GGUF)
             ("quant", "int8"): ["model=hf", "model.source=/some/dir"],
             ("quant", "nf4"): ["model=hf", "model.source=/some/dir"]}
@@ -30,7 +30,7 @@ def options(group):
 
 def test_the_groups_the_docs_promise_exist():
     assert {"bundled", "gpt2", "opt", "gpt_neo", "gptj", "gpt_neox", "bloom", "hf", "gguf"} <= set(options("model"))
-    assert set(ift.tasks.list_tasks()) | {"file"} == set(options("task"))
+    assert set(ift.tasks.list_tasks()) | {"file", "lmeval"} == set(options("task"))
     assert {"default", "no_momentum", "paper"} == set(options("optim"))
     assert {"none", "int8", "nf4", "fp16", "bf16", "bf16_mixed", "auto"} == set(options("quant"))
     assert {"wandb_offline", "wandb_online", "disabled"} == set(options("logger"))
