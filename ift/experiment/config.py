@@ -9,17 +9,19 @@ fingerprint of its data files and the demonstration text; ift.experiment.job.pre
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ift.experiment.methods import REGISTRY, Ift, Method
 from ift.models import DTYPE_CHOICES, QUANTS, check_options
 from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
-METHODS = ("ift", "zero_shot", "repeat", "more_demos", "grad")  # ift/experiment/methods.py
+METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad
 LOGGER_MODES = ("offline", "online", "disabled")
 
 
@@ -78,43 +80,6 @@ class EfficiencyConfig:
 
 
 @dataclass
-class MethodConfig:
-    """What a job computes along its steps (ift/experiment/methods.py): IFT, or a baseline beside it."""
-
-    name: str = "ift"
-    max_repeats: int = 5    # repeat: steps r = 1..max_repeats copies of the demonstrations
-    max_factor: int = 5     # more_demos: steps k = 1..max_factor times n_shot demonstrations
-    lr: float = 0.001       # grad: Adam's learning rate on the K/V cache
-
-    def steps(self, optim: OptimConfig) -> int:
-        """How many steps (rows) the method records: T for the iterative methods."""
-        return {"zero_shot": 1, "repeat": self.max_repeats, "more_demos": self.max_factor}.get(self.name, optim.T)
-
-    def settings(self) -> dict:
-        """The method's own settings that it reads (none for ift, whose settings are `optim`)."""
-        return {"ift": {}, "zero_shot": {}, "repeat": {"max_repeats": self.max_repeats},
-                "more_demos": {"max_factor": self.max_factor}, "grad": {"lr": self.lr}}[self.name]
-
-    @property
-    def iterative(self) -> bool:
-        """Whether step t builds on step t-1 (ift, grad), so that early stopping (optim.patience) applies."""
-        return self.name in ("ift", "grad")
-
-    def patience(self, optim: OptimConfig) -> int | None:
-        """The early-stopping patience this method uses: optim.patience for an iterative method, else None."""
-        return optim.patience if self.iterative else None
-
-    def identity(self, optim: OptimConfig) -> dict:
-        """Only the settings this method reads: a baseline's result does not depend on η, β or position mode.
-        An unset patience is left out, so runs of every T steps keep the keys they had before it existed."""
-        stop = {"patience": optim.patience} if self.patience(optim) is not None else {}
-        if self.name == "ift":
-            return {"optim": {k: v for k, v in asdict(optim).items() if k != "patience"} | stop}
-        steps = {"T": optim.T, **stop} if self.name == "grad" else {}
-        return {"method": {"name": self.name, **self.settings(), **steps}}
-
-
-@dataclass
 class LoggerConfig:
     mode: str = "offline"
     project: str = "ift"
@@ -141,7 +106,7 @@ class JobConfig:
     progress: bool = True
     skip_finished: bool = True
     efficiency: dict = field(default_factory=dict)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: Method = field(default_factory=Ift)  # ift/experiment/methods.py
     # what the opened task contributes to the key: {task: resolved spec, data: fingerprint, demonstrations: text}
     # (`bind`); empty until the task is opened, and then the config's `task` node stands in for it
     content: dict = field(default_factory=dict)
@@ -314,14 +279,42 @@ def _optim(node) -> OptimConfig:
     return OptimConfig(eta, beta, T, mode, patience)
 
 
-def _method(node, mode: str) -> MethodConfig:
+def _method(node, mode: str) -> Method:
+    """The registered method (ift/experiment/methods.py) a config names, by `_target_` (conf/method/*.yaml) or
+    `name` (a plain dict); its `_target_` stays out of the store key (the identity is the method's own)."""
     node = {"name": node} if isinstance(node, str) else dict(node or {"name": "ift"})
-    name = _choice(node.get("name", "ift"), "method.name", METHODS)
-    if mode == "efficiency" and name != "ift":
-        raise ConfigError(f"method={name} cannot run in mode=efficiency (it measures the tuned prefix); use method=ift")
-    return MethodConfig(name, _int(node.get("max_repeats", 5), "method.max_repeats", 1),
-                        _int(node.get("max_factor", 5), "method.max_factor", 1),
-                        _number(node.get("lr", 0.001), "method.lr", "> 0", lambda x: x > 0))
+    target = node.pop("_target_", None)
+    if node.get("name") is not None:
+        _choice(node["name"], "method.name", METHODS)
+    if target is not None:
+        module, _, attr = str(target).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(f"method._target_={target!r} cannot be imported; it must name a Method class, "
+                              f"e.g. ift.experiment.methods.Repeat") from None
+        if not (isinstance(cls, type) and issubclass(cls, Method) and cls.name):
+            raise ConfigError(f"method._target_={target!r} is not a registered Method (ift/experiment/methods.py)")
+        if node.get("name", cls.name) != cls.name:
+            raise ConfigError(f"method.name={node['name']!r} disagrees with method._target_={target!r} "
+                              f"(its name is {cls.name!r})")
+    else:
+        cls = REGISTRY[_choice(node.get("name", "ift"), "method.name", METHODS)]
+    if mode == "efficiency" and cls is not Ift:
+        raise ConfigError(f"method={cls.name} cannot run in mode=efficiency (it measures the tuned prefix); "
+                          "use method=ift")
+    return cls.from_config(node, _setting)
+
+
+def _setting(value, field_name: str, default):
+    """A method setting, checked by the type of its default: an integer >= 1 or a finite number > 0."""
+    if isinstance(default, bool):
+        return _bool({"v": value}, "v", field_name, default)
+    if isinstance(default, int):
+        return _int(value, field_name, 1)
+    if isinstance(default, float):
+        return _number(value, field_name, "> 0", lambda x: x > 0)
+    return value
 
 
 def _logger(node) -> LoggerConfig:
