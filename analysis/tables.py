@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import KEYS, Run
+from ift.protocol import EARLIEST, pick, pick_frame
 
 # configuration keys besides model and task; those that vary across the runs become table columns
 CONFIG_KEYS = ("beta", "position_mode", "n_shot", "T")
@@ -78,9 +79,10 @@ def run_results(runs: list[Run], metric: str = "acc") -> pd.DataFrame:
         if s.empty or s["acc"].isna().all():
             continue  # e.g. --metric acc_norm on runs that did not record it
         first = s[s["step"] == s["step"].min()].iloc[0]
-        best = s.loc[s["acc"].idxmax()]  # idxmax returns the first, i.e. earliest, maximum
-        if s["dev_acc"].notna().any():
-            dev = s.loc[s["dev_acc"].idxmax()]
+        records = s.to_dict("records")
+        best = pick(records, "acc", EARLIEST)  # ift/protocol.py: ties go to the earliest step
+        dev = pick(records, "dev_acc", EARLIEST)
+        if dev is not None:
             dev_step, dev_acc, dev_eval = int(dev["step"]), dev["dev_acc"], dev["acc"]
         else:
             dev_step, dev_acc, dev_eval = np.nan, np.nan, np.nan
@@ -109,9 +111,8 @@ def choose(per_run: pd.DataFrame, protocol: str) -> pd.DataFrame:
         raise ValueError(f"protocol must be 'eval' or 'dev', got {protocol!r}")
     if per_run.empty:
         return per_run.assign(acc=[], step=[])
-    # best score first; ties: the earlier step, then the smaller eta
-    ranked = per_run.sort_values([score, step, "eta"], ascending=[False, True, True], kind="mergesort")
-    picked = ranked.groupby(group, dropna=False, sort=False).head(1)
+    # best score first; ties: the earlier step, then the smaller eta (ift/protocol.py)
+    picked = pick_frame(per_run, score, group, tie=(step, "eta"))
     return picked.assign(acc=picked[acc], step=picked[step].astype(int))
 
 

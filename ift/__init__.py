@@ -18,6 +18,6 @@ __all__ = ["Example", "ExampleScore", "ForwardTuner", "LoadedModel", "TunedPrefi
            "check_lengths", "from_objects", "load_model", "score_examples"]
 from ift.baselines import icl_prefix, repeat_demonstrations  # noqa: E402  (issue 10: baselines)
 from ift.gradient import GradientTuner, pseudo_gradient_cosine  # noqa: E402
-from ift.stopping import EarlyStopping  # noqa: E402
+from ift.protocol import EarlyStopping  # noqa: E402
 
 __all__ += ["EarlyStopping", "GradientTuner", "icl_prefix", "pseudo_gradient_cosine", "repeat_demonstrations"]

@@ -28,10 +28,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from ift.example import SEPARATOR
 from ift.prefix import TunedPrefix
 from ift.tuner import ForwardTuner
-
-SEPARATOR = "\n\n"
 
 
 def icl_prefix(lm, demo_text: str) -> TunedPrefix:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SEPARATOR = "\n\n"  # between demonstrations, and after the last one (a query follows it directly)
+
 
 @dataclass(frozen=True)
 class Example:

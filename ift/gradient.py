@@ -25,11 +25,10 @@ import torch
 
 from ift.baselines import gradient_step_costs, icl_prefix
 from ift.cache import fit_check, make_cache, run
-from ift.example import Example
+from ift.example import SEPARATOR, Example
 from ift.prefix import TunedPrefix, _cache_dtype, model_fingerprint
+from ift.scorer import continuation_ids
 from ift.tuner import ForwardTuner
-
-SEPARATOR = "\n\n"
 
 
 def demonstration_text(demo_examples: Sequence[Example]) -> str:
@@ -52,14 +51,6 @@ def _check_examples(demo_examples, minimum: int) -> None:
         if ex.gold < 0:
             raise ValueError(f"demo_examples[{n}] (row {ex.index}) is unlabelled (gold=-1) and cannot serve as a "
                              "demonstration")
-
-
-def _continuation_ids(tok, context: str, continuation: str, ctx_ids: list[int]) -> list[int]:
-    """The answer's tokens as the model reads them after the context (the scorer's rule, docs/design.md)."""
-    full = tok(context + continuation, add_special_tokens=False).input_ids
-    if full[: len(ctx_ids)] == ctx_ids:
-        return full[len(ctx_ids):]
-    return tok(continuation, add_special_tokens=False).input_ids
 
 
 def _master_dtype(model) -> torch.dtype:
@@ -113,7 +104,7 @@ class LeaveOneOut:
             start = end + len(SEPARATOR)
             context, answer = ex.contexts[ex.gold], ex.continuations[ex.gold]
             ctx_ids = tok(context, add_special_tokens=False).input_ids
-            ans_ids = _continuation_ids(tok, context, answer, ctx_ids)
+            ans_ids = continuation_ids(tok, context, answer, ctx_ids)
             if not ctx_ids:
                 raise ValueError(f"demo_examples[{n}] (row {ex.index}): empty context, nothing to predict from")
             if not ans_ids:

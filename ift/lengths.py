@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from ift.cache import fit_check
 from ift.example import Example
-from ift.scorer import _continuation_ids
+from ift.scorer import continuation_ids
 
 
 def longest_example(tok, examples: Sequence[Example]) -> tuple[int, int, int]:
@@ -21,7 +21,7 @@ def longest_example(tok, examples: Sequence[Example]) -> tuple[int, int, int]:
             if ctx not in ctx_ids:
                 ctx_ids[ctx] = tok(ctx, add_special_tokens=False).input_ids
             q = len(ctx_ids[ctx])
-            a = len(_continuation_ids(tok, ctx, cont, ctx_ids[ctx]))
+            a = len(continuation_ids(tok, ctx, cont, ctx_ids[ctx]))
             if q + a > best[0] + best[1]:
                 best = (q, a, ex.index)
     return best

@@ -58,8 +58,10 @@ def accuracy(scores: Sequence[ExampleScore]) -> tuple[float, float]:
     return sum(s.correct for s in labelled) / n, sum(s.correct_norm for s in labelled) / n
 
 
-def _continuation_ids(tok, context: str, continuation: str, ctx_ids: list[int]) -> list[int]:
-    """Tokens of the continuation as the model would read them after the context."""
+def continuation_ids(tok, context: str, continuation: str, ctx_ids: list[int]) -> list[int]:
+    """Tokens of the continuation as the model would read them after the context: those of
+    tok(context + continuation) after ctx_ids when that is a prefix of it, else tok(continuation). The one rule
+    for the scorer and the gradient objective (ift/gradient.py), so both tokenise answers identically."""
     full = tok(context + continuation, add_special_tokens=False).input_ids
     if full[: len(ctx_ids)] == ctx_ids:
         return full[len(ctx_ids):]
@@ -100,7 +102,7 @@ def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[st
                 if ctx not in ctx_cache:
                     ctx_cache[ctx] = tok(ctx, add_special_tokens=False).input_ids
                 ctx_ids = ctx_cache[ctx]
-                cont_ids = _continuation_ids(tok, ctx, cont, ctx_ids)
+                cont_ids = continuation_ids(tok, ctx, cont, ctx_ids)
                 query = tuple(base_ids + ctx_ids)
             if not cont_ids:
                 raise ValueError(f"example {ex.index}: candidate {j} ({cont!r}) tokenises to no tokens")

@@ -149,3 +149,22 @@ def test_the_gradient_baseline_refuses_a_single_demonstration_before_the_store(t
     with pytest.raises(ValueError, match="method=grad needs at least 2 demonstrations"):
         run_job(c)
     assert not (tmp_path / "r").exists()
+
+
+def test_every_method_yaml_names_its_registered_class_and_the_target_stays_out_of_the_key():
+    from pathlib import Path
+
+    import yaml
+
+    from ift.experiment.config import METHODS, parse_config
+    from ift.experiment.methods import REGISTRY
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "method"
+    assert {p.stem for p in conf.glob("*.yaml")} == set(METHODS) == set(REGISTRY)
+    for path in conf.glob("*.yaml"):
+        node = yaml.safe_load(path.read_text())
+        cls = REGISTRY[node["name"]]
+        assert node["_target_"] == f"{cls.__module__}.{cls.__qualname__}"
+        base = {"model": {"source": "bundled"}, "task": "demo"}
+        by_target, by_name = (parse_config({**base, "method": m}) for m in (node, {"name": node["name"]}))
+        assert type(by_target.method) is cls and by_target.hash == by_name.hash

@@ -9,17 +9,19 @@ fingerprint of its data files and the demonstration text; ift.experiment.job.pre
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ift.experiment.methods import REGISTRY, Ift, Method
 from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options, fast_dtype
 from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
-METHODS = ("ift", "zero_shot", "repeat", "more_demos", "grad")  # ift/experiment/methods.py
+METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad
 LOGGER_MODES = ("offline", "online", "disabled")
 
 
@@ -36,50 +38,45 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
+# The defaults of every typed config node live here and only here: Hydra composes conf/ onto these dataclasses
+# (registered below as structured configs, so a wrong type fails at composition, naming its key), and
+# `parse_config` fills a plain dict's missing keys from them. The hand checks below are ranges and cross-field
+# rules only. conf/optim/paper.yaml and the other presets hold differences from these defaults.
+
+
 @dataclass
 class OptimConfig:
-    eta: float = 0.01
-    beta: float = 0.9
-    T: int = 15
-    position_mode: str = "continue"
+    """IFT's optimiser; the recommended setting (docs/results.md). The paper's: conf/optim/paper.yaml."""
+
+    eta: float = 0.1             # step size η of K̃ₜ = K̃ₜ₋₁ + η·M
+    beta: float = 0.9            # momentum β of M = G + β·M (M starts as the first G)
+    T: int = 8                   # tuning steps; evaluation after each, step 1 = plain ICL
+    position_mode: str = "auto"  # auto: aligned, or continue for ALiBi models; continue: re-read at L..2L-1
     patience: int | None = None  # early stopping on the dev accuracy (ift and grad); None: run all T steps
 
 
 @dataclass
-class MethodConfig:
-    """What a job computes along its steps (ift/experiment/methods.py): IFT, or a baseline beside it."""
+class EvalConfig:
+    batch_size: int = 32          # queries per forward pass (results do not depend on it)
+    save_predictions: bool = False  # also write per-example predictions for every step
+    save_prefix: bool = True      # keep the last tuned prefix: resume checkpoint, reusable (TunedPrefix.load)
+    progress: bool = True         # tqdm bars while scoring
 
-    name: str = "ift"
-    max_repeats: int = 5    # repeat: steps r = 1..max_repeats copies of the demonstrations
-    max_factor: int = 5     # more_demos: steps k = 1..max_factor times n_shot demonstrations
-    lr: float = 0.001       # grad: Adam's learning rate on the K/V cache
 
-    def steps(self, optim: OptimConfig) -> int:
-        """How many steps (rows) the method records: T for the iterative methods."""
-        return {"zero_shot": 1, "repeat": self.max_repeats, "more_demos": self.max_factor}.get(self.name, optim.T)
+@dataclass
+class QuantConfig:
+    dtype: str = "fp32"    # fp32 | fp16 | bf16 | bf16-mixed (compute dtype for int8/nf4)
+    method: str = "none"   # none | int8 | nf4
 
-    def settings(self) -> dict:
-        """The method's own settings that it reads (none for ift, whose settings are `optim`)."""
-        return {"ift": {}, "zero_shot": {}, "repeat": {"max_repeats": self.max_repeats},
-                "more_demos": {"max_factor": self.max_factor}, "grad": {"lr": self.lr}}[self.name]
 
-    @property
-    def iterative(self) -> bool:
-        """Whether step t builds on step t-1 (ift, grad), so that early stopping (optim.patience) applies."""
-        return self.name in ("ift", "grad")
+@dataclass
+class EfficiencyConfig:
+    """mode=efficiency (experiment=rq2_efficiency): ICL against the tuned prefix, per query."""
 
-    def patience(self, optim: OptimConfig) -> int | None:
-        """The early-stopping patience this method uses: optim.patience for an iterative method, else None."""
-        return optim.patience if self.iterative else None
-
-    def identity(self, optim: OptimConfig) -> dict:
-        """Only the settings this method reads: a baseline's result does not depend on η, β or position mode.
-        An unset patience is left out, so runs of every T steps keep the keys they had before it existed."""
-        stop = {"patience": optim.patience} if self.patience(optim) is not None else {}
-        if self.name == "ift":
-            return {"optim": {k: v for k, v in asdict(optim).items() if k != "patience"} | stop}
-        steps = {"T": optim.T, **stop} if self.name == "grad" else {}
-        return {"method": {"name": self.name, **self.settings(), **steps}}
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])  # measured on CPU
+    max_batch_limit: int = 4096   # upper end of the GPU search for the largest batch that fits
+    n_examples: int = 256         # evaluation examples scored per measurement
+    search: bool | None = None    # null: search on GPU only; true/false forces it
 
 
 @dataclass
@@ -110,7 +107,7 @@ class JobConfig:
     progress: bool = True
     skip_finished: bool = True
     efficiency: dict = field(default_factory=dict)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: Method = field(default_factory=Ift)  # ift/experiment/methods.py
     # what the opened task contributes to the key: {task: resolved spec, data: fingerprint, demonstrations: text}
     # (`bind`); empty until the task is opened, and then the config's `task` node stands in for it
     content: dict = field(default_factory=dict)
@@ -147,6 +144,41 @@ class JobConfig:
         self.content = {"task": task, "data": data, "demonstrations": demonstrations}
         self.hash = config_hash(self.identity())
         return self
+
+
+SCHEMAS = {"optim": OptimConfig, "eval": EvalConfig, "logger": LoggerConfig, "quant": QuantConfig,
+           "efficiency": EfficiencyConfig}
+
+
+def register_configs() -> None:
+    """The typed nodes as Hydra structured configs: `schema/<node>` (conf/config.yaml's defaults list puts each
+    under its node, before the YAML that sets it). Called on import of the experiment layer."""
+    try:
+        from hydra.core.config_store import ConfigStore
+    except ImportError:  # plain dicts need no Hydra
+        return
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(group=f"schema/{name}", name="base", node=schema)
+
+
+register_configs()
+
+
+def typed(node, name: str) -> dict:
+    """A config node on its dataclass (SCHEMAS): missing keys take the dataclass default, values its type.
+
+    A composed config is already typed by Hydra; a plain dict (run_job({...})) is typed here, the same way."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if node is not None and not isinstance(node, dict):
+        raise ConfigError(f"{name} must be a mapping, got {node!r}")
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SCHEMAS[name]), node or {}))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or ""
+        raise ConfigError(f"{name}.{key}: {str(err).splitlines()[0]}") from None
 
 
 def config_hash(identity: dict) -> str:
@@ -217,8 +249,8 @@ def _model(node: dict, quant: dict) -> ModelConfig:
         raise ConfigError("model.source must be 'bundled', a hub id, a local model directory or a .gguf file; "
                           f"got {source!r}")
     name = node.get("name") or Path(source.rstrip("/")).name.removesuffix(".gguf")
-    dtype = _choice(quant.get("dtype", "fp32"), "quant.dtype", DTYPE_CHOICES)
-    method = _choice(quant.get("method", "none"), "quant.method", QUANTS)
+    dtype = _choice(quant["dtype"], "quant.dtype", DTYPE_CHOICES)
+    method = _choice(quant["method"], "quant.method", QUANTS)
     if method != "none" and is_gguf(source):
         raise ConfigError(f"quant.method={method!r} cannot be used with model.source={source!r}: it is a GGUF file, "
                           f"and GGUF files are dequantised on load (to quant.dtype), so bitsandbytes never sees "
@@ -239,36 +271,61 @@ def is_gguf(source: str) -> bool:
         return False
 
 
-def _optim(node: dict) -> OptimConfig:
-    eta = _number(node.get("eta"), "optim.eta", "> 0", lambda x: x > 0)
-    beta = _number(node.get("beta"), "optim.beta", "in [0, 1)", lambda x: 0 <= x < 1)
-    T = _int(node.get("T"), "optim.T", 1)
-    mode = _choice(node.get("position_mode", "continue"), "optim.position_mode", POSITION_MODE_CHOICES)
+def _optim(node) -> OptimConfig:
+    node = typed(node, "optim")
+    eta = _number(node["eta"], "optim.eta", "> 0", lambda x: x > 0)
+    beta = _number(node["beta"], "optim.beta", "in [0, 1)", lambda x: 0 <= x < 1)
+    T = _int(node["T"], "optim.T", 1)
+    mode = _choice(node["position_mode"], "optim.position_mode", POSITION_MODE_CHOICES)
     patience = node.get("patience")
     if patience is not None:
         patience = _int(patience, "optim.patience (null: no early stopping)", 1)
     return OptimConfig(eta, beta, T, mode, patience)
 
 
-def _method(node, mode: str) -> MethodConfig:
+def _method(node, mode: str) -> Method:
+    """The registered method (ift/experiment/methods.py) a config names, by `_target_` (conf/method/*.yaml) or
+    `name` (a plain dict); its `_target_` stays out of the store key (the identity is the method's own)."""
     node = {"name": node} if isinstance(node, str) else dict(node or {"name": "ift"})
-    name = _choice(node.get("name", "ift"), "method.name", METHODS)
-    if mode == "efficiency" and name != "ift":
-        raise ConfigError(f"method={name} cannot run in mode=efficiency (it measures the tuned prefix); use method=ift")
-    return MethodConfig(name, _int(node.get("max_repeats", 5), "method.max_repeats", 1),
-                        _int(node.get("max_factor", 5), "method.max_factor", 1),
-                        _number(node.get("lr", 0.001), "method.lr", "> 0", lambda x: x > 0))
+    target = node.pop("_target_", None)
+    if node.get("name") is not None:
+        _choice(node["name"], "method.name", METHODS)
+    if target is not None:
+        module, _, attr = str(target).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(f"method._target_={target!r} cannot be imported; it must name a Method class, "
+                              f"e.g. ift.experiment.methods.Repeat") from None
+        if not (isinstance(cls, type) and issubclass(cls, Method) and cls.name):
+            raise ConfigError(f"method._target_={target!r} is not a registered Method (ift/experiment/methods.py)")
+        if node.get("name", cls.name) != cls.name:
+            raise ConfigError(f"method.name={node['name']!r} disagrees with method._target_={target!r} "
+                              f"(its name is {cls.name!r})")
+    else:
+        cls = REGISTRY[_choice(node.get("name", "ift"), "method.name", METHODS)]
+    if mode == "efficiency" and cls is not Ift:
+        raise ConfigError(f"method={cls.name} cannot run in mode=efficiency (it measures the tuned prefix); "
+                          "use method=ift")
+    return cls.from_config(node, _setting)
 
 
-def _logger(node: dict) -> LoggerConfig:
-    mode = _choice(node.get("mode", "offline"), "logger.mode", LOGGER_MODES)
-    tags = node.get("tags") or []
-    timeout = node.get("init_timeout", 30)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-        raise ConfigError(f"logger.init_timeout must be a finite number of seconds > 0, got {timeout!r}")
-    return LoggerConfig(mode, str(node.get("project") or "ift"), node.get("entity"), node.get("group"),
-                        [str(t) for t in tags], float(timeout),
-                        _bool(node, "log_artifacts", "logger.log_artifacts", False))
+def _setting(value, field_name: str, default):
+    """A method setting, checked by the type of its default: an integer >= 1 or a finite number > 0."""
+    if isinstance(default, bool):
+        return _bool({"v": value}, "v", field_name, default)
+    if isinstance(default, int):
+        return _int(value, field_name, 1)
+    if isinstance(default, float):
+        return _number(value, field_name, "> 0", lambda x: x > 0)
+    return value
+
+
+def _logger(node) -> LoggerConfig:
+    node = typed(node, "logger")
+    _choice(node["mode"], "logger.mode", LOGGER_MODES)
+    _number(node["init_timeout"], "logger.init_timeout", "of seconds > 0", lambda x: x > 0)
+    return LoggerConfig(**node)
 
 
 def _task(node, base: Path) -> dict:
@@ -284,19 +341,15 @@ def _task(node, base: Path) -> dict:
     return node
 
 
-def _efficiency(node: dict) -> dict:
-    sizes = node.get("batch_sizes", [1, 4, 16])
-    if not isinstance(sizes, list) or not sizes:
-        raise ConfigError(f"efficiency.batch_sizes must be a non-empty list of integers, got {sizes!r}")
-    for s in sizes:
+def _efficiency(node) -> dict:
+    node = typed(node, "efficiency")
+    if not node["batch_sizes"]:
+        raise ConfigError(f"efficiency.batch_sizes must be a non-empty list of integers, got {node['batch_sizes']!r}")
+    for s in node["batch_sizes"]:
         _int(s, "efficiency.batch_sizes[]", 1)
-    search = node.get("search")
-    if search is not None and not isinstance(search, bool):
-        raise ConfigError(f"efficiency.search must be true, false or null, got {search!r}")
-    return {"batch_sizes": sizes,
-            "max_batch_limit": _int(node.get("max_batch_limit", 4096), "efficiency.max_batch_limit", 1),
-            "n_examples": _int(node.get("n_examples", 256), "efficiency.n_examples", 1),
-            "search": search}
+    for key in ("max_batch_limit", "n_examples"):
+        _int(node[key], f"efficiency.{key}", 1)
+    return node
 
 
 def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
@@ -311,8 +364,8 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
     seed = _int(c.get("seed", 0), "seed", 0)
     n_shot = _int(c.get("n_shot", 1), "n_shot", 1)
     device = str(c.get("device", "auto"))
-    quant = dict(c.get("quant") or {})
-    if quant.get("dtype") == "auto":  # quant=auto: the faster precision on this machine, recorded as resolved
+    quant = typed(c.get("quant"), "quant")
+    if quant["dtype"] == "auto":  # quant=auto: the faster precision on this machine, recorded as resolved
         try:
             quant["dtype"] = fast_dtype(device)
         except ValueError as err:
@@ -322,19 +375,17 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
         check_options(model.dtype, model.quant, device)
     except ValueError as err:
         raise ConfigError(f"quant.method / device: {err}") from None
-    optim = _optim(_need(c, "optim", "config"))
-    ev = c.get("eval") or {}
+    optim = _optim(c.get("optim"))
+    ev = typed(c.get("eval"), "eval")
     results_dir = c.get("results_dir") or os.environ.get("IFT_RESULTS_DIR") or "results"
     job = JobConfig(
         mode=mode, seed=seed, n_shot=n_shot, device=device, model=model,
         task=_task(_need(c, "task", "config"), base), optim=optim, logger=_logger(c.get("logger") or {}),
         results_dir=(base / Path(str(results_dir)).expanduser()).resolve(),
-        batch_size=_int(ev.get("batch_size", 32), "eval.batch_size", 1),
-        save_predictions=_bool(ev, "save_predictions", "eval.save_predictions", False),
-        save_prefix=_bool(ev, "save_prefix", "eval.save_prefix", True),
-        progress=_bool(ev, "progress", "eval.progress", True),
+        batch_size=_int(ev["batch_size"], "eval.batch_size", 1),
+        save_predictions=ev["save_predictions"], save_prefix=ev["save_prefix"], progress=ev["progress"],
         skip_finished=_bool(c, "skip_finished", "skip_finished", True),
-        efficiency=_efficiency(c.get("efficiency") or {}) if mode == "efficiency" else {},
+        efficiency=_efficiency(c.get("efficiency")) if mode == "efficiency" else {},
         method=_method(c.get("method"), mode),
     )
     job.hash = config_hash(job.identity())  # provisional: run_job re-keys it with the task's content (`bind`)

@@ -8,41 +8,32 @@ checkpointed step when the checkpoint matches the job (else it starts clean, wit
 """
 from __future__ import annotations
 
-import copy
-import gc
-import hashlib
 import logging
 import math
 import os
 import platform
 import resource
-import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
 import ift
-from ift.baselines import repeat_demonstrations
-from ift.experiment import methods
-from ift.experiment.config import ConfigError, JobConfig, config_hash, parse_config, to_plain
+from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
+from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
+from ift.experiment.modelcache import load_model_once
+from ift.experiment.resume import continue_shorter_run, prefix_mismatch, shorter_run  # noqa: F401 - re-exported
 from ift.experiment.store import PREFIX_FILE, JobStore, StoreLocked, summarize
 from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
-from ift.tasks.sources import split_files
 from ift.tasks.task import Demonstrations
 from ift.tuner import resolve_position_mode
 
 log = logging.getLogger(__name__)
-
-# TaskSpec fields that say where the data lives or describe the task, not what it computes: the data
-# fingerprint stands for them in the store key, so a moved mirror with the same bytes keeps its results
-SPEC_LOCATION_FIELDS = ("base_dir", "data_dir", "dir", "description")
-
 
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
@@ -63,41 +54,6 @@ def open_task(job: JobConfig) -> Task:
     if path:
         return load_task(path, **{k: v for k, v in node.items() if k != "name" and v is not None})
     return load_task(node)
-
-
-_SHA256: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, cached per (path, size, mtime) so the jobs of a sweep hash each file once."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA256[key] = digest.hexdigest()
-    return _SHA256[key]
-
-
-def task_identity(task: Task) -> dict:
-    """The resolved task spec (after its YAML is read and overrides applied), minus where its data lives."""
-    return {k: v for k, v in asdict(task.spec).items() if k not in SPEC_LOCATION_FIELDS}
-
-
-def data_fingerprint(task: Task) -> dict:
-    """What the data of the splits a job reads holds: local files by sha256, hub data by its id, revision and
-    the `datasets` fingerprint of each split."""
-    spec = task.spec
-    roles = {getattr(spec, role): role for role in ("eval_split", "demo_split")}
-    if task.data_dir is not None:
-        files = split_files(Path(task.data_dir) / (spec.dir or spec.name))
-        return {"source": "local", "splits": {split: file_sha256(files[split]) for split in sorted(roles)}}
-    hub = spec.hub or {}
-    return {"source": "hub", "path": hub.get("path"), "name": hub.get("name"), "revision": hub.get("revision"),
-            "splits": {split: getattr(task.split(role), "_fingerprint", None) for split, role in sorted(roles.items())}}
 
 
 @dataclass
@@ -123,19 +79,13 @@ def prepare(cfg, base_dir=None) -> Prepared:
     else:
         examples = task.eval_examples(job.seed)
         dev = task.dev_examples(seed=job.seed) if task.spec.dev_size else []
-    if job.method.name == "grad" and len(demos.indices) < 2:
-        raise ConfigError(f"method=grad needs at least 2 demonstrations (each one's answer is predicted from the "
-                          f"others: leave-one-out), but n_shot={job.n_shot} gives {len(demos.indices)} on "
-                          f"{task.name}; raise n_shot (multiple-choice tasks count demonstrations in all)")
+    job.method.check(job, task, demos)
     if job.method.patience(job.optim) is not None and not dev:
         raise ConfigError(f"optim.patience={job.optim.patience} stops tuning on the dev accuracy, but {task.name} has "
                           f"no dev rows (task.dev_size={task.spec.dev_size}); set task.dev_size (e.g. 100) or "
                           "optim.patience=null")
     job.bind(task_identity(task), data_fingerprint(task), demos.text)
-    longest = {"zero_shot": None, "repeat": repeat_demonstrations(demos.text, job.method.max_repeats),
-               # drawn here so that a class too small for k·n_shot demonstrations fails before the store
-               "more_demos": task.demonstrations(job.method.max_factor * job.n_shot, job.seed).text
-               if job.method.name == "more_demos" else None}.get(job.method.name, demos.text)
+    longest = job.method.longest_demo_text(job, task, demos)
     return Prepared(job, task, demos, examples, dev, longest)
 
 
@@ -153,50 +103,6 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-_LOADED: dict[tuple, object] = {}          # the last model loaded (one kept)
-_FAILED_LOADS: dict[tuple, Exception] = {}  # loads that failed in this process, by their exact arguments
-
-
-def load_model_once(source: str, dtype: str, device: str, quant: str, trust_remote_code: bool):
-    """The jobs of a local sweep run in one process: the model is frozen, so the next job with the same
-    model reuses it instead of loading it again (the bundled GGUF takes ~20 s). One model is kept, and the
-    previous one is dropped before another loads.
-
-    A load that failed is not tried again with the same arguments in this process: the next jobs of the sweep
-    fail at once with the same error instead of each waiting for the same hub timeout (out-of-memory errors
-    excepted; `load_model_once.cache_clear()` forgets both the model and the failures).
-    """
-    key = (source, dtype, device, quant, trust_remote_code)
-    if key in _LOADED:
-        return _LOADED[key]
-    failed = _FAILED_LOADS.get(key)
-    if failed is not None:
-        log.error("model %s failed to load earlier in this process; not trying again: %s: %s", source,
-                  type(failed).__name__, failed)
-        raise failed
-    if _LOADED:
-        _LOADED.clear()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    try:
-        lm = ift.load_model(source, dtype=dtype, device=device, quant=quant, trust_remote_code=trust_remote_code)
-    except Exception as err:
-        if not isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):  # memory may be free next time
-            _FAILED_LOADS[key] = err
-        raise
-    _LOADED[key] = lm
-    return lm
-
-
-def _forget_models() -> None:
-    _LOADED.clear()
-    _FAILED_LOADS.clear()
-
-
-load_model_once.cache_clear = _forget_models
 
 
 def _fit_threads_to_allocation() -> None:
@@ -253,7 +159,7 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
         return done
 
     resolved = to_plain(cfg)
-    is_ift = job.method.name == "ift"
+    is_ift = job.method.reads_optim
     meta = {"config_hash": job.hash, "mode": job.mode, "model": job.model.name, "model_source": job.model.source,
             "dtype": job.model.dtype, "quant": job.model.quant, "task": job.task_name,
             "task_type": "classification" if task.spec.is_classification else "multiple_choice",
@@ -270,8 +176,8 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
     log.info("job %s -> %s", job.hash[:16], store.path)
     tracker = Tracker.for_job(job, store, output_dir, resolved)  # before the model loads: a failed load shows
     try:
-        if is_ift and job.mode == "tune" and job.skip_finished:  # skip_finished=false: compute every step
-            _continue_shorter_run(job, store)
+        if job.method.checkpoints and job.mode == "tune" and job.skip_finished:  # false: compute every step
+            continue_shorter_run(job, store)
         lm = load_model_once(job.model.source, job.model.dtype, job.device, job.model.quant,
                              job.model.trust_remote_code)
         if job.optim.position_mode == "auto":  # the key keeps "auto"; everything after uses the concrete mode
@@ -283,7 +189,7 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
         else:
             # before any work: the longest prefix this method reads + the longest query and answer must fit
             store.update_meta(lengths=ift.check_lengths(
-                lm, ready.longest_demo_text, examples + dev, T=job.optim.T if is_ift else 1,
+                lm, ready.longest_demo_text, examples + dev, T=job.method.checks_length_for_T(job),
                 position_mode=job.optim.position_mode))
             status, summary, error = _tune(job, lm, ready, store, tracker, on_step)
         store.end(status, summary, error)
@@ -297,104 +203,6 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
     return {"status": status, "skipped": False, "store": str(store.path), "summary": {**summary, "status": status}}
 
 
-def _span(steps: list[int]) -> str:
-    if not steps:
-        return "none"
-    return f"{steps[0]}-{steps[-1]}" if steps == list(range(steps[0], steps[-1] + 1)) and len(steps) > 1 \
-        else ", ".join(map(str, steps))
-
-
-def prefix_mismatch(prefix_meta: dict, job: JobConfig, demo_text: str) -> str:
-    """How a checkpoint's own record (TunedPrefix.meta) differs from this job; "" when it matches."""
-    want = {"eta": job.optim.eta, "beta": job.optim.beta, "position_mode": job.optim.position_mode}
-    diffs = [f"{key}={prefix_meta.get(key)!r} (this job: {value!r})" for key, value in want.items()
-             if prefix_meta.get(key) != value]
-    if prefix_meta.get("demo_text") != demo_text:
-        diffs.append("other demonstration text")
-    return ", ".join(diffs)
-
-
-def _resume(job: JobConfig, lm, store: JobStore, tracker: Tracker, demo_text: str):
-    """(checkpoint prefix, its step rows) from an earlier attempt of this job, or (None, []) to start clean.
-
-    The checkpoint must be this job's: its own meta (η, β, position mode, demonstration text) and the model
-    must match, and steps.jsonl must hold exactly steps 1..its step. Otherwise, and whenever recorded steps
-    are redone, a WARNING says which steps and why.
-    """
-    path = store.file(PREFIX_FILE)
-    recorded = [r["step"] for r in store.steps()]
-
-    def start_clean(why: str):
-        log.warning("%s: %s; starting clean from step 1%s", store.path, why,
-                    f" (redoing recorded step(s) {_span(recorded)})" if recorded else "")
-        store.reset()
-        return None, []
-
-    if not path.exists():
-        if recorded:
-            return start_clean("no checkpoint to resume from" + ("" if job.save_prefix else
-                                                                  " (eval.save_prefix=false keeps none)"))
-        store.reset()
-        return None, []
-    try:
-        prefix = ift.TunedPrefix.load(path, lm)
-    except Exception as err:  # noqa: BLE001 - a torn or foreign checkpoint: start again
-        return start_clean(f"cannot resume from {path} ({type(err).__name__}: {err})")
-    differs = prefix_mismatch(prefix.meta, job, demo_text)
-    if differs:
-        return start_clean(f"the checkpoint {path.name} was tuned with {differs}")
-    if not 1 <= prefix.step <= job.optim.T:
-        return start_clean(f"the checkpoint is at step {prefix.step}, outside 1..T={job.optim.T}")
-    before = [s for s in recorded if s <= prefix.step]
-    if before != list(range(1, prefix.step + 1)):
-        return start_clean(f"steps.jsonl holds step(s) {_span(recorded)} but the checkpoint is at step "
-                           f"{prefix.step} (steps missing or recorded twice)")
-    after = [s for s in recorded if s > prefix.step]
-    rows = store.keep_steps(prefix.step)
-    if after:
-        log.warning("%s: step(s) %s were recorded after the last checkpoint (step %d): redoing them", store.path,
-                    _span(after), prefix.step)
-    log.info("resuming from step %d of %d (%s)", prefix.step, job.optim.T, store.path)
-    for row in rows:  # a new wandb run must show the whole curve
-        tracker.log_step(row)
-    return prefix, rows
-
-
-def shorter_run(job: JobConfig) -> JobStore | None:
-    """The finished store of this same job with a smaller T, checkpoint kept, longest first; None if none.
-
-    IFT's steps 1..T' do not depend on T (a step reads only the steps before it; the scorer's batches do not
-    change), so a longer run continues from the shorter one's last checkpoint instead of redoing its steps.
-    Not for early-stopped runs (patience), whose last step is not T'."""
-    if job.method.name != "ift" or job.method.patience(job.optim) is not None or not job.content:
-        return None
-    for shorter in range(job.optim.T - 1, 0, -1):
-        other = copy.deepcopy(job)
-        other.optim.T = shorter
-        other.hash = config_hash(other.identity())
-        store = JobStore(other)
-        if store.ended() == "finished" and store.file(PREFIX_FILE).exists() and \
-                (not job.save_predictions or store.file("predictions.jsonl").exists()):
-            return store
-    return None
-
-
-def _continue_shorter_run(job: JobConfig, store: JobStore) -> None:
-    """Start a fresh job from a finished shorter run of it (`shorter_run`): its step rows, predictions and
-    checkpoint are copied in, `_resume` checks them as for any resumed attempt, and meta names the source."""
-    if store.steps() or store.file(PREFIX_FILE).exists():
-        return  # an attempt of this job itself: resume that
-    source = shorter_run(job)
-    if source is None:
-        return
-    names = (PREFIX_FILE, "steps.jsonl") + (("predictions.jsonl",) if job.save_predictions else ())
-    for name in names:
-        shutil.copyfile(source.file(name), store.file(name))
-    store.update_meta(continued_from=str(source.path))
-    done = len(source.steps())
-    log.info("continuing from the finished T=%d run %s (its steps 1-%d are this job's)", done, source.path, done)
-
-
 def non_finite(row: dict) -> str | None:
     """The first field of a step row holding NaN or an infinity ("grad_norm_k[3]"), or None."""
     for key, value in row.items():
@@ -404,50 +212,10 @@ def non_finite(row: dict) -> str | None:
     return None
 
 
-def _keep_independent_steps(store: JobStore) -> list[dict]:
-    """A baseline whose steps do not build on each other (zero_shot, repeat, more_demos) keeps every step an
-    earlier attempt recorded, once each, and computes only the missing ones."""
-    rows = store.steps()
-    steps = [r["step"] for r in rows]
-    if len(set(steps)) != len(steps):
-        log.warning("%s: steps.jsonl records a step twice (%s); starting clean", store.path, _span(steps))
-        store.reset()
-        return []
-    if rows:
-        log.info("keeping recorded step(s) %s of an earlier attempt (%s)", _span(steps), store.path)
-    return rows
-
-
-def _points(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker):
-    """(the method's steps still to run, the rows of earlier steps kept)."""
-    name, demos = job.method.name, ready.demos
-    if name == "ift":
-        prefix, rows = _resume(job, lm, store, tracker, demos.text)
-        return methods.ift_points(lm, demos.text, job.optim, resume_from=prefix), rows
-    if name == "grad":  # Adam's state is not checkpointed: a killed run starts again
-        recorded = [r["step"] for r in store.steps()]
-        if recorded:
-            log.warning("%s: method=grad keeps no optimiser checkpoint; redoing recorded step(s) %s", store.path,
-                        _span(recorded))
-        store.reset()
-        demo_examples = [ready.task.example("demo_split", i) for i in demos.indices]
-        store.update_meta(pseudo_grad_cosine=methods.pseudo_gradient_cosines(lm, demo_examples))
-        return methods.grad_points(lm, demo_examples, job.optim.T, job.method.lr), []
-    rows = _keep_independent_steps(store)
-    for row in rows:
-        tracker.log_step(row)
-    done = {r["step"] for r in rows}
-    if name == "zero_shot":
-        return (p for p in methods.zero_shot_points() if p.step not in done), rows
-    if name == "repeat":
-        return methods.repeat_points(lm, demos.text, job.method.max_repeats, done), rows
-    return methods.more_demos_points(lm, ready.task, job.n_shot, job.seed, job.method.max_factor, done), rows
-
-
 def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker, on_step):
     """Score every step of the job's method on the evaluation and dev rows, recording each as it finishes."""
     examples, dev = ready.examples, ready.dev
-    points, rows = _points(job, lm, ready, store, tracker)
+    points, rows = job.method.points(job, lm, ready, store, tracker)
     n_steps = job.method.steps(job.optim)
     patience = job.method.patience(job.optim)
     stopper = ift.EarlyStopping(patience) if patience is not None else None
@@ -490,7 +258,7 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
         if job.save_predictions:
             store.append_predictions([{"step": point.step, "index": ex.index, "pred": s.pred,
                                        "pred_norm": s.pred_norm, "gold": s.gold} for ex, s in zip(examples, scores)])
-        if job.save_prefix and job.method.name == "ift":
+        if job.save_prefix and job.method.checkpoints:
             prefix.save(store.file(PREFIX_FILE))
         rows.append(row)
         if stopper is not None:

@@ -11,20 +11,30 @@ let the dev set choose the step. Step 1 is plain ICL for every method but zero-s
     grad        step s: after s−1 Adam steps on the K/V cache, by backpropagating the demonstrations'
                 own leave-one-out answer log-likelihood (a true-gradient counterpart of IFT)
 
+Each method is one registered class (`Method` subclass with a `name`): its settings (dataclass fields,
+checked and typed by `Method.from_config`), the steps it records, its store identity, the longest prefix it
+reads, whether early stopping applies, and its resume policy with its step iterator (`points`). The config
+selects it by conf/method/<name>.yaml (`_target_`: the class; kept out of the store key). A new method is
+one class here and one YAML there.
+
 Compute is counted in forward tokens: `tune_tokens` is what building this step's prefix cost (cumulative
 over steps for the iterative methods; backward passes counted apart as `backward_tokens`),
 `prefix_tokens` is the cached prefix length every query attends to at inference.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import ift
 from ift.baselines import icl_prefix, repeat_demonstrations
 from ift.cache import uses_alibi
-from ift.experiment.config import METHODS  # noqa: F401 - the names, checked by the config
+
+log = logging.getLogger(__name__)
+REGISTRY: dict[str, type[Method]] = {}  # name -> class, filled by subclassing `Method`
 
 
 @dataclass
@@ -94,3 +104,168 @@ def pseudo_gradient_cosines(lm, demo_examples) -> dict:
         cos = pseudo_gradient_cosine(lm, demo_examples, position_mode=mode)
         out[mode] = {w: [c if math.isfinite(c) else None for c in cos[w]] for w in ("k", "v")}
     return out
+
+
+@dataclass
+class Method:
+    """What a job computes along its steps. Subclasses set `name` (registering them) and their settings."""
+
+    name: ClassVar[str] = ""
+    iterative: ClassVar[bool] = False  # step t builds on step t-1, so early stopping (optim.patience) applies
+    reads_optim: ClassVar[bool] = False  # η, β and the position mode are its settings (else null in meta.json)
+    checkpoints: ClassVar[bool] = False  # saves its prefix each step: resumes from it, continues shorter runs
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            REGISTRY[cls.name] = cls
+
+    @classmethod
+    def from_config(cls, node: dict, check) -> Method:
+        """The method of a config node, its own settings checked by check(value, "method.<key>", default); settings
+        of other methods are ignored (`++method.max_repeats=2` on a sweep over methods)."""
+        return cls(**{f.name: check(node.get(f.name, f.default), f"method.{f.name}", f.default) for f in fields(cls)})
+
+    def settings(self) -> dict:
+        """The settings this method reads (meta.json records them)."""
+        return asdict(self)
+
+    def steps(self, optim) -> int:
+        """How many steps (rows) the method records."""
+        return optim.T
+
+    def patience(self, optim) -> int | None:
+        """The early-stopping patience this method uses: optim.patience for an iterative method, else None."""
+        return optim.patience if self.iterative else None
+
+    def identity(self, optim) -> dict:
+        """The store key's method part: only the settings this method reads (a baseline's result does not
+        depend on η, β or position mode); an unset patience is left out, so keys predating it hold."""
+        return {"method": {"name": self.name, **self.settings(), **self._steps_identity(optim)}}
+
+    def _steps_identity(self, optim) -> dict:
+        return {}
+
+    def check(self, job, task, demos) -> None:
+        """A cross-field check that needs the opened task (raise ConfigError); none by default."""
+
+    def longest_demo_text(self, job, task, demos) -> str | None:
+        """The longest prefix text this method reads (the length check before any work)."""
+        return demos.text
+
+    def checks_length_for_T(self, job) -> int:
+        """The T given to ift.check_lengths (1: the prefix is read once, never re-read)."""
+        return 1
+
+    def points(self, job, lm, ready, store, tracker) -> tuple[Iterator[Point], list[dict]]:
+        """(the steps still to run, the rows of earlier steps kept): an independent-steps method keeps every
+        step an earlier attempt recorded and computes only the missing ones."""
+        from ift.experiment.resume import keep_independent_steps
+
+        rows = keep_independent_steps(store)
+        for row in rows:
+            tracker.log_step(row)
+        return self._points(job, lm, ready, {r["step"] for r in rows}), rows
+
+    def _points(self, job, lm, ready, done: set[int]) -> Iterator[Point]:
+        raise NotImplementedError
+
+
+@dataclass
+class Ift(Method):
+    """Iterative forward tuning (its settings are `optim`); resumes from its checkpoint."""
+
+    name: ClassVar[str] = "ift"
+    iterative: ClassVar[bool] = True
+    reads_optim: ClassVar[bool] = True
+    checkpoints: ClassVar[bool] = True
+
+    def identity(self, optim) -> dict:
+        stop = {"patience": optim.patience} if self.patience(optim) is not None else {}
+        return {"optim": {k: v for k, v in asdict(optim).items() if k != "patience"} | stop}
+
+    def checks_length_for_T(self, job) -> int:
+        return job.optim.T
+
+    def points(self, job, lm, ready, store, tracker):
+        from ift.experiment.resume import resume
+
+        prefix, rows = resume(job, lm, store, tracker, ready.demos.text)
+        return ift_points(lm, ready.demos.text, job.optim, resume_from=prefix), rows
+
+
+@dataclass
+class ZeroShot(Method):
+    name: ClassVar[str] = "zero_shot"
+
+    def steps(self, optim) -> int:
+        return 1
+
+    def longest_demo_text(self, job, task, demos):
+        return None
+
+    def _points(self, job, lm, ready, done):
+        return (p for p in zero_shot_points() if p.step not in done)
+
+
+@dataclass
+class Repeat(Method):
+    name: ClassVar[str] = "repeat"
+    max_repeats: int = 5  # steps r = 1..max_repeats copies of the demonstrations
+
+    def steps(self, optim) -> int:
+        return self.max_repeats
+
+    def longest_demo_text(self, job, task, demos):
+        return repeat_demonstrations(demos.text, self.max_repeats)
+
+    def _points(self, job, lm, ready, done):
+        return repeat_points(lm, ready.demos.text, self.max_repeats, done)
+
+
+@dataclass
+class MoreDemos(Method):
+    name: ClassVar[str] = "more_demos"
+    max_factor: int = 5  # steps k = 1..max_factor times n_shot demonstrations
+
+    def steps(self, optim) -> int:
+        return self.max_factor
+
+    def longest_demo_text(self, job, task, demos):
+        # drawn before the store so that a class too small for k·n_shot demonstrations fails first
+        return task.demonstrations(self.max_factor * job.n_shot, job.seed).text
+
+    def _points(self, job, lm, ready, done):
+        return more_demos_points(lm, ready.task, job.n_shot, job.seed, self.max_factor, done)
+
+
+@dataclass
+class Grad(Method):
+    name: ClassVar[str] = "grad"
+    iterative: ClassVar[bool] = True
+    lr: float = 0.001  # Adam's learning rate on the K/V cache
+
+    def _steps_identity(self, optim) -> dict:
+        stop = {"patience": optim.patience} if self.patience(optim) is not None else {}
+        return {"T": optim.T, **stop}
+
+    def check(self, job, task, demos) -> None:
+        from ift.experiment.config import ConfigError
+
+        if len(demos.indices) < 2:
+            raise ConfigError(f"method=grad needs at least 2 demonstrations (each one's answer is predicted from "
+                              f"the others: leave-one-out), but n_shot={job.n_shot} gives {len(demos.indices)} on "
+                              f"{task.name}; raise n_shot (multiple-choice tasks count demonstrations in all)")
+
+    def points(self, job, lm, ready, store, tracker):
+        """Adam's state is not checkpointed: a killed run starts again."""
+        from ift.experiment.resume import span
+
+        recorded = [r["step"] for r in store.steps()]
+        if recorded:
+            log.warning("%s: method=grad keeps no optimiser checkpoint; redoing recorded step(s) %s", store.path,
+                        span(recorded))
+        store.reset()
+        demo_examples = [ready.task.example("demo_split", i) for i in ready.demos.indices]
+        store.update_meta(pseudo_grad_cosine=pseudo_gradient_cosines(lm, demo_examples))
+        return grad_points(lm, demo_examples, job.optim.T, self.lr), []

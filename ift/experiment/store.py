@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ift.experiment.config import JobConfig
+from ift.protocol import EARLIEST, pick, score_of
 
 try:
     import fcntl
@@ -281,15 +282,14 @@ class JobStore:
 def summarize(rows: list[dict]) -> dict:
     """ICL (step 1), the paper's best step on the evaluation set, and the step the dev set picks.
 
-    Ties go to the earliest step, so a flat curve reports plain ICL.
+    Both choices follow ift/protocol.py (ties go to the earliest step, so a flat curve reports plain ICL).
     """
     if not rows:
         return {"icl_acc": None, "icl_acc_norm": None, "best_eval_step": None, "best_eval_acc": None,
                 "dev_step": None, "dev_step_acc": None, "last_step": 0}
     first = rows[0]
-    best = max(rows, key=lambda r: (r["acc"], -r["step"]))
-    with_dev = [r for r in rows if r.get("dev_acc") is not None]
-    dev = max(with_dev, key=lambda r: (r["dev_acc"], -r["step"])) if with_dev else None
+    best = pick(rows, score_of("eval"), EARLIEST)
+    dev = pick(rows, score_of("dev"), EARLIEST)
     return {"icl_acc": first["acc"], "icl_acc_norm": first["acc_norm"],
             "best_eval_step": best["step"], "best_eval_acc": best["acc"],
             "dev_step": dev["step"] if dev else None, "dev_step_acc": dev["acc"] if dev else None,

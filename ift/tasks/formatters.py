@@ -9,8 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ift.tasks.spec import RowError, TaskError, TaskSpec, get_field, render
+from ift.tasks.rows import RowError, TaskError, get_field, render
+
+if TYPE_CHECKING:
+    from ift.tasks.spec import TaskSpec
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,11 @@ into a `TaskSpec`. Checks here need no data, so a bad spec fails before anything
 """
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-
-class TaskError(ValueError):
-    """Bad task input (unknown task, missing column or split, impossible sampling request ...)."""
-
-
-class RowError(TaskError):
-    """A problem in one row's content. `Task` re-raises it as a TaskError naming the file, split and row."""
+from ift.tasks.formatters import FORMATTERS
+from ift.tasks.rows import RowError, TaskError, get_field, render, template_fields  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -41,7 +35,6 @@ class TaskSpec:
     base_dir: Path | None = field(default=None, repr=False)  # resolves a relative data_dir (the YAML's folder)
 
     def __post_init__(self):
-        from ift.tasks.formatters import FORMATTERS  # formatters import this module
 
         if not isinstance(self.name, str) or not self.name:
             raise TaskError(f"task name must be a non-empty string, got {self.name!r}")
@@ -84,46 +77,3 @@ class TaskSpec:
         if "name" not in data:
             raise TaskError(f"a task spec needs a 'name'; got keys {sorted(data)}")
         return cls(**data, base_dir=base_dir)
-
-
-def template_fields(template: str, task: str = "?") -> list[str]:
-    """The `{field}` names of a template, in order; format specs and conversions are not allowed."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise TaskError(f"{task}: template {template!r} is malformed ({e}); write literal braces as {{{{ }}}}")
-    names = []
-    for _, name, spec, conv in parsed:
-        if name is None:
-            continue
-        if not name or spec or conv:
-            raise TaskError(f"{task}: template placeholder {{{name}{'!' + conv if conv else ''}"
-                            f"{':' + spec if spec else ''}}} must be a plain field name")
-        names.append(name)
-    return names
-
-
-def render(template: str, row: dict) -> str:
-    """Fill a template from a row (dotted names reach into nested fields); no str.format attribute magic."""
-    out = []
-    for literal, name, _, _ in string.Formatter().parse(template):
-        out.append(literal)
-        if name is not None:
-            out.append(str(get_field(row, name)))
-    return "".join(out)
-
-
-def get_field(row: dict, path: str):
-    """The value at a dotted path. A missing or null value is an error, never the text "None": JSON rows
-    without a key, and null cells, reach us as None."""
-    value = row
-    for part in path.split("."):
-        if value is None:
-            break
-        if not isinstance(value, dict) or part not in value:
-            found = sorted(value) if isinstance(value, dict) else type(value).__name__
-            raise RowError(f"field {path!r} not found; fields there: {found}")
-        value = value[part]
-    if value is None:
-        raise RowError(f"field {path!r} is missing or null")
-    return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ift.example import Example
+from ift.example import SEPARATOR, Example
 from ift.tasks import sampling
 from ift.tasks.formatters import FORMATTERS
 from ift.tasks.sources import load_split, resolve_data_dir, split_source
@@ -192,7 +192,7 @@ class Task:
                                 f"{len(candidates)} rows available (after dev_size={self.spec.dev_size} held out)")
             indices = candidates[:n]
         texts = [self.example("demo_split", i).demonstration for i in indices]
-        return Demonstrations("\n\n".join(texts) + "\n\n", indices, split)
+        return Demonstrations(SEPARATOR.join(texts) + SEPARATOR, indices, split)
 
     def dev_examples(self, size: int | None = None, seed: int = 0) -> list[Example]:
         """A held-out dev set from the demo pool (source order), never among the same seed's demonstrations."""
