@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -182,6 +183,36 @@ def _pad(seqs: list[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device)
 
 
+@contextmanager
+def _own_position_only(model, columns: torch.Tensor):
+    """During one forward pass, the output head reads each row's hidden state at its own column of
+    `logits_to_keep` only ([B, 1, H] instead of [B, K, H]).
+
+    Why: `logits_to_keep` slices the same positions for every row, so a batch whose queries end at K different
+    positions computed B x K rows of logits and used B of them; with Gemma 3's 262k-token vocabulary that was
+    over half the scoring time. Whatever the model applies after its head (e.g. logit soft-capping) still
+    applies. The head sees the same vectors as before, row by row.
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        yield
+        return
+    rows = torch.arange(len(columns), device=columns.device)
+
+    def own_position(module, args):
+        hidden = args[0]
+        if hidden.shape[1] <= int(columns.max()):  # a model that ignored logits_to_keep: refuse, never guess
+            raise RuntimeError(f"{type(model).__name__} gave the output head {hidden.shape[1]} positions, fewer "
+                               f"than the logits_to_keep columns it was asked for")
+        return (hidden[rows, columns].unsqueeze(1), *args[1:])
+
+    handle = head.register_forward_pre_hook(own_position)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, device) -> int:
     queries = [plan.rows[r] for r in batch]
     lengths = torch.tensor([len(q) for q in queries], device=device)
@@ -192,12 +223,12 @@ def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, de
     later = [(b, e, j, cont) for b, r in enumerate(batch) for e, j, cont in by_row[r] if len(cont) > 1]
     # logits only where a first continuation token is predicted: the last real query token of each row
     keep = torch.unique(lengths - 1)
-    out = run(model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(later),
-              cache=prefix.to_cache(model, B) if prefix is not None else None, logits_to_keep=keep)
-    col = {int(p): i for i, p in enumerate(keep.tolist())}
-    last = torch.log_softmax(out.logits.float(), dim=-1)  # [B, len(keep), V]
+    with _own_position_only(model, torch.searchsorted(keep, lengths - 1)):
+        out = run(model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(later),
+                  cache=prefix.to_cache(model, B) if prefix is not None else None, logits_to_keep=keep)
+    last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
     for b, r in enumerate(batch):
-        lp = last[b, col[len(plan.rows[r]) - 1]]
+        lp = last[b]
         for e, j, cont in by_row[r]:
             logprob[e][j] = lp[cont[0]].item()
     processed = int(qmask.sum())

@@ -130,3 +130,26 @@ def test_nan_scores_are_an_error_not_a_prediction(tiny_lm, demos, examples):
     prefix.keys[0] = torch.full_like(prefix.keys[0], float("nan"))
     with pytest.raises(ValueError, match=r"5 of 5 examples score NaN .*prefix \(step 1\).*lower eta"):
         ift.score_examples(lm, examples, prefix=prefix)
+
+
+def test_the_head_reads_one_position_per_row_and_scores_are_unchanged(tiny_lm, demos, examples):
+    """Queries ending at different positions in one batch: the output head gets [B, 1, H] (not B x K rows of
+    logits, of which B were used), and the scores equal those of the full logits at each row's own position."""
+    lm = tiny_lm("llama")
+    head = lm.model.get_output_embeddings()
+    seen = []
+    handle = head.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        scores = ift.score_examples(lm, examples, demonstrations=demos, batch_size=len(examples))
+    finally:
+        handle.remove()
+    assert seen[0][:2] == (len(examples), 1)
+    tok = lm.tokenizer
+    for ex, s in zip(examples, scores):  # the naive reference: one full forward per candidate
+        for ctx, cont, got in zip(ex.contexts, ex.continuations, s.sum_logprobs):
+            ctx_ids = tok(demos, add_special_tokens=True).input_ids + tok(ctx, add_special_tokens=False).input_ids
+            cont_ids = ift.scorer.continuation_ids(tok, ctx, cont, tok(ctx, add_special_tokens=False).input_ids)
+            ids = torch.tensor([ctx_ids + cont_ids])
+            lp = torch.log_softmax(lm.model(ids).logits[0].float(), dim=-1)
+            want = sum(lp[len(ctx_ids) - 1 + i, t].item() for i, t in enumerate(cont_ids))
+            assert abs(got - want) < 1e-4
