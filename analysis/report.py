@@ -8,14 +8,13 @@ and docs/analysis.md.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, load, tables
+from analysis import cli, figures, load, tables
 
 PROTOCOLS = """\
 ICL is the eval accuracy at step 1. *Best on eval* (the paper's protocol) is the best eval accuracy over
@@ -145,19 +144,9 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
 
 
 def main(argv=None) -> Path:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
-    ap.add_argument("sources", nargs="+",
-                    help="results directories (job dirs or trees), study archives (*.tar.gz), wandb:<entity>/<project>")
-    ap.add_argument("--out", default="reports", help="output directory for report.md and the figures")
-    ap.add_argument("--metric", default="acc", choices=["acc", "acc_norm"],
-                    help="acc = summed log-probability; acc_norm = per-token mean")
-    args = ap.parse_args(argv)
-    runs = load.load(args.sources)
-    if not runs:
-        ap.error(f"no runs (meta.json) found in {', '.join(args.sources)}")
-    path = build(runs, Path(args.out), args.metric, args.sources)
-    print(path)
-    return path
+    return cli.main("python -m analysis.report", __doc__,
+                    lambda runs, args: build(runs, Path(args.out), args.metric, args.sources),
+                    "report.md and the figures", argv)
 
 
 if __name__ == "__main__":
