@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis import load, report, tables
+from ift.jsonl import parse_jsonl
 
 L = 3  # layers in the synthetic runs
 
@@ -140,6 +141,14 @@ def test_missing_summary_and_torn_last_line(tmp_path):
     assert runs["b"].skip == "incomplete: 2 of T=3 steps recorded"
 
 
+def test_a_torn_middle_line_makes_the_run_unreadable_not_silently_shorter(tmp_path):
+    d = write_job(tmp_path / "c", acc=[.5, .6])
+    lines = (d / "steps.jsonl").read_text().splitlines()
+    (d / "steps.jsonl").write_text("\n".join([lines[0][:-3], lines[1]]) + "\n")
+    (run,) = load.load([tmp_path])
+    assert run.skip.startswith("unreadable: ValueError: ") and "steps.jsonl: line 1 is not valid JSON" in run.skip
+
+
 def test_single_job_dir_source(store_a):
     runs = load.load([store_a / "2026-01-01" / "12-00-00" / "0"])
     assert len(runs) == 1 and runs[0].skip is None
@@ -227,7 +236,7 @@ def wandb_runs_from(store: Path) -> list[FakeWandbRun]:
             meta = json.loads(job.read_text())
         except ValueError:
             continue
-        steps = load._parse_jsonl((job.parent / "steps.jsonl").read_text())
+        steps = parse_jsonl((job.parent / "steps.jsonl").read_text())
         history = []
         for s in steps:
             row = {k: v for k, v in s.items() if not k.startswith("grad_norm")}
