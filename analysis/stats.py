@@ -1,5 +1,5 @@
 """The statistics of the analysis pages: a 95% Student-t interval over seeds (or over tasks), what a paired
-interval says against ICL, how many seeds a target width needs, and the per-arm table of both protocols.
+interval says against ICL, how many seeds a target width needs, and how the page prints them.
 
 One convention for every page (analysis.study and analysis.report): the mean and the half-width of scipy's
 95% t-interval, mean ± t(0.975, n−1)·s/√n; differences are paired by seed.
@@ -9,10 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 from scipy import stats
-
-from analysis.arms import choose, icl_rows
 
 
 def half_width(values) -> float:
@@ -77,33 +74,3 @@ def signed(mean: float, half: float) -> str:
 def marked(mean: float, half: float) -> str:
     """A signed difference with ▲ / ▼ where its 95% interval excludes 0."""
     return signed(mean, half) + {"better": " ▲", "worse": " ▼"}.get(verdict(mean, half), "")
-
-
-# ---------------------------------------------------------------- per arm
-
-def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, n_shot, arm): both protocols' accuracy and paired difference to ICL, and compute."""
-    icl = icl_rows(cands)
-    icl_by = icl.set_index(["model", "task", "n_shot", "seed"])["acc"]
-    picks = {p: pd.concat([choose(cands, p), icl]) for p in ("dev", "eval")}
-    rows = []
-    group = ["model", "task", "n_shot", "arm"]
-    for key, honest in picks["dev"].groupby(group, sort=False):
-        row = dict(zip(group, key))
-        row["family"] = honest["family"].iloc[0]
-        spec = honest["arm_spec"].iloc[0]  # the Arm: code selects rows by its fields, never by the label
-        row["method"], row["choice"], row["rank"] = spec.method, spec.choice, spec.rank
-        for p in ("dev", "eval"):
-            mine = picks[p]
-            mine = mine[(mine["model"] == key[0]) & (mine["task"] == key[1]) & (mine["n_shot"] == key[2])
-                        & (mine["arm"] == key[3])].sort_values("seed")
-            idx = list(zip(mine["model"], mine["task"], mine["n_shot"], mine["seed"]))
-            base = icl_by.reindex(idx).to_numpy()
-            row[f"{p}_mean"], row[f"{p}_ci"], row["seeds"] = interval(mine["acc"].tolist())
-            row[f"{p}_delta"], row[f"{p}_delta_ci"], _ = interval((mine["acc"].to_numpy() - base).tolist())
-            row[f"{p}_steps"] = [int(s) for s in mine["step"]]
-            row[f"{p}_tune_tokens"] = float(mine["tune_tokens"].mean())
-            row[f"{p}_backward_tokens"] = float(mine["backward_tokens"].mean())
-            row[f"{p}_prefix_tokens"] = float(mine["prefix_tokens"].mean())
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -55,7 +55,7 @@ from analysis.arms import (  # noqa: E402,F401
     ift_step_arms,
     method,
 )
-from analysis.stats import arm_table, half_width, interval, seeds_for, verdict  # noqa: E402,F401
+from analysis.stats import half_width, interval, seeds_for, verdict  # noqa: E402,F401
 from analysis.stats import marked as _marked  # noqa: E402
 from analysis.stats import pm as _pm  # noqa: E402
 from analysis.stats import signed as _signed  # noqa: E402
@@ -79,6 +79,34 @@ def main_arms(table: pd.DataFrame) -> pd.DataFrame:
 def ift_settings(table: pd.DataFrame) -> pd.DataFrame:
     """IFT per setting (position mode, β) and per η, and IFT runs stopped early at run time."""
     return table[(table["method"] == "ift") & ~table["choice"].isin([ALL, EARLY])]
+
+
+def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, n_shot, arm): both protocols' accuracy and paired difference to ICL, and compute."""
+    icl = icl_rows(cands)
+    icl_by = icl.set_index(["model", "task", "n_shot", "seed"])["acc"]
+    picks = {p: pd.concat([choose(cands, p), icl]) for p in ("dev", "eval")}
+    rows = []
+    group = ["model", "task", "n_shot", "arm"]
+    for key, honest in picks["dev"].groupby(group, sort=False):
+        row = dict(zip(group, key))
+        row["family"] = honest["family"].iloc[0]
+        spec = honest["arm_spec"].iloc[0]  # the Arm: code selects rows by its fields, never by the label
+        row["method"], row["choice"], row["rank"] = spec.method, spec.choice, spec.rank
+        for p in ("dev", "eval"):
+            mine = picks[p]
+            mine = mine[(mine["model"] == key[0]) & (mine["task"] == key[1]) & (mine["n_shot"] == key[2])
+                        & (mine["arm"] == key[3])].sort_values("seed")
+            idx = list(zip(mine["model"], mine["task"], mine["n_shot"], mine["seed"]))
+            base = icl_by.reindex(idx).to_numpy()
+            row[f"{p}_mean"], row[f"{p}_ci"], row["seeds"] = interval(mine["acc"].tolist())
+            row[f"{p}_delta"], row[f"{p}_delta_ci"], _ = interval((mine["acc"].to_numpy() - base).tolist())
+            row[f"{p}_steps"] = [int(s) for s in mine["step"]]
+            row[f"{p}_tune_tokens"] = float(mine["tune_tokens"].mean())
+            row[f"{p}_backward_tokens"] = float(mine["backward_tokens"].mean())
+            row[f"{p}_prefix_tokens"] = float(mine["prefix_tokens"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def format_arms(table: pd.DataFrame, arms=None) -> pd.DataFrame:
