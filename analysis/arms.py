@@ -166,7 +166,8 @@ def candidates(runs: list[load.Run], metric: str = "acc") -> pd.DataFrame:
         stop = early_stop([_pct(s.get("dev_" + metric)) for s in run.steps]) if simulate else 0
         for s in run.steps:
             base = {"model": meta.get("model"), "task": meta.get("task"), "n_shot": meta.get("n_shot"),
-                    "seed": meta.get("seed"), "run": run.id, "method": method(run), "step": int(s["step"]),
+                    "seed": meta.get("seed"), "run": run.id, "config": repr(run.config_key()),
+                    "method": method(run), "step": int(s["step"]),
                     "acc": _pct(s.get(metric)), "dev_acc": _pct(s.get("dev_" + metric)),
                     "tune_tokens": float(s.get("tune_tokens", np.nan) or 0),
                     "backward_tokens": float(s.get("backward_tokens", 0) or 0),
@@ -203,6 +204,22 @@ def choose(cands: pd.DataFrame, protocol: str, tie=CHEAPEST) -> pd.DataFrame:
     score = score_of(protocol)  # candidates hold the chosen metric as acc / dev_acc
     c = cands.dropna(subset=[score]) if protocol == "dev" else cands
     return pick_frame(c, score, ["model", "task", "n_shot", "arm", "seed"], tie=tie, dropna=True)
+
+
+def choose_per_task(cands: pd.DataFrame, protocol: str = "eval", tie=CHEAPEST) -> pd.DataFrame:
+    """One choice per task and arm instead of one per seed: the (configuration, step) with the best score
+    averaged over the task's seeds (only those every seed has), ties by `tie`; returns each seed's row at it,
+    shaped like `choose`. With `eval`, the paper's protocol as one T per task (and per IFT setting)."""
+    score = score_of(protocol)
+    group = ["model", "task", "n_shot", "arm"]
+    c = cands.dropna(subset=[score])
+    seeds = c.groupby(group)["seed"].nunique().rename("_seeds")
+    mean = c.groupby([*group, "config", "step"], as_index=False).agg(
+        **{score: (score, "mean"), "tune_tokens": ("tune_tokens", "mean"), "_n": ("seed", "nunique")})
+    mean = mean.join(seeds, on=group)
+    mean = mean[mean["_n"] == mean["_seeds"]].assign(run=lambda f: f["config"])  # ties: CHEAPEST's run -> config
+    best = pick_frame(mean, score, group, tie=tie, dropna=True)[[*group, "config", "step"]]
+    return c.merge(best, on=[*group, "config", "step"])
 
 
 def ift_step_arms(cands: pd.DataFrame) -> pd.DataFrame:

@@ -48,6 +48,7 @@ from analysis.arms import (  # noqa: E402,F401
     arms_of,
     candidates,
     choose,
+    choose_per_task,
     drop_incomplete,
     early_stop,
     icl_rows,
@@ -60,6 +61,14 @@ from analysis.stats import marked as _marked  # noqa: E402
 from analysis.stats import pm as _pm  # noqa: E402
 from analysis.stats import signed as _signed  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
+from ift.protocol import CHEAPEST, COSTLIEST  # noqa: E402
+
+PAPER_PROTOCOLS = (
+    "*Paper Δ* is the paper's protocol as implemented here: for each seed, the step (and setting) with the best "
+    "evaluation accuracy. *One T per task*: one step (and setting) per task and method, the best on the evaluation "
+    "accuracy averaged over seeds, then Δ vs ICL paired by seed at it. The paper reports one number per model and "
+    "task, \"the best results obtained within Tmax steps\" (§4.2, RQ1), and names no seeds or averaging over runs: "
+    "with one run per task the two coincide; with several, one T per task is the closer reading of its tables.")
 
 
 def _tokens(x: float) -> str:
@@ -82,10 +91,12 @@ def ift_settings(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, n_shot, arm): both protocols' accuracy and paired difference to ICL, and compute."""
+    """Per (model, task, n_shot, arm): both protocols' accuracy and paired difference to ICL, and compute; `task_`:
+    the paper's protocol with one choice per task (`choose_per_task`) instead of one per seed."""
     icl = icl_rows(cands)
     icl_by = icl.set_index(["model", "task", "n_shot", "seed"])["acc"]
     picks = {p: pd.concat([choose(cands, p), icl]) for p in ("dev", "eval")}
+    picks["task_eval"] = pd.concat([choose_per_task(cands, "eval"), icl])
     rows = []
     group = ["model", "task", "n_shot", "arm"]
     for key, honest in picks["dev"].groupby(group, sort=False):
@@ -93,13 +104,15 @@ def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
         row["family"] = honest["family"].iloc[0]
         spec = honest["arm_spec"].iloc[0]  # the Arm: code selects rows by its fields, never by the label
         row["method"], row["choice"], row["rank"] = spec.method, spec.choice, spec.rank
-        for p in ("dev", "eval"):
+        for p in ("dev", "eval", "task_eval"):
             mine = picks[p]
             mine = mine[(mine["model"] == key[0]) & (mine["task"] == key[1]) & (mine["n_shot"] == key[2])
                         & (mine["arm"] == key[3])].sort_values("seed")
             idx = list(zip(mine["model"], mine["task"], mine["n_shot"], mine["seed"]))
             base = icl_by.reindex(idx).to_numpy()
-            row[f"{p}_mean"], row[f"{p}_ci"], row["seeds"] = interval(mine["acc"].tolist())
+            row[f"{p}_mean"], row[f"{p}_ci"], n = interval(mine["acc"].tolist())
+            if p != "task_eval":
+                row["seeds"] = n
             row[f"{p}_delta"], row[f"{p}_delta_ci"], _ = interval((mine["acc"].to_numpy() - base).tolist())
             row[f"{p}_steps"] = [int(s) for s in mine["step"]]
             row[f"{p}_tune_tokens"] = float(mine["tune_tokens"].mean())
@@ -138,6 +151,7 @@ def overview(table: pd.DataFrame) -> pd.DataFrame:
                      "mean honest Δ (± over tasks)": _signed(*interval(g["dev_delta"].tolist())[:2]),
                      "better": v.count("better"), "no difference": v.count("no difference"),
                      "worse": v.count("worse"), "mean paper Δ": _signed(*interval(g["eval_delta"].tolist())[:2]),
+                     "mean paper Δ, one T per task": _signed(*interval(g["task_eval_delta"].tolist())[:2]),
                      "rank": g["rank"].iloc[0], "arm": arm})
     return _ordered(pd.DataFrame(rows)).drop(columns=["rank", "arm"]) if rows else pd.DataFrame()
 
@@ -164,6 +178,7 @@ def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
         if IFT_ALL in g.index:
             r = g.loc[IFT_ALL]
             row["IFT, paper protocol Δ"] = _signed(r["eval_delta"], r["eval_delta_ci"])
+            row["IFT, paper protocol Δ, one T per task"] = _signed(r["task_eval_delta"], r["task_eval_delta_ci"])
             need = seeds_for(r["dev_delta_ci"], int(r["seeds"]), target)
             row[f"seeds for ±{target:g} on IFT Δ"] = "–" if need is None else str(need)
         rows.append(row)
@@ -206,6 +221,44 @@ def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
         d, h, n = interval(deltas)
         mean[f"− {rival}"] = f"{_signed(d, h)} ({n} tasks)" if n else "–"
     return pd.DataFrame(rows + [mean])
+
+
+TIES = {"earliest": CHEAPEST, "latest": COSTLIEST}  # the page's tie rule first (ift/protocol.py)
+
+
+def tie_sensitivity(cands: pd.DataFrame, arms=(IFT_ALL, IFT_EARLY)) -> pd.DataFrame:
+    """Per task and main IFT arm: the honest Δ vs ICL when equal dev scores go to the earliest (cheapest) choice,
+    the page's rule, and to the latest (costliest), ▲ / ▼ where the paired interval excludes 0; how many seeds'
+    picks move; then per arm the mean over tasks with its t-interval over tasks."""
+    cands = cands[cands["arm"].isin(arms)]
+    if cands.empty:
+        return pd.DataFrame()
+    icl = icl_rows(cands).set_index(["model", "task", "n_shot", "seed"])["acc"]
+    picks = {name: choose(cands, "dev", tie).set_index(["model", "task", "n_shot", "arm", "seed"]).sort_index()
+             for name, tie in TIES.items()}
+    rows, per_arm = [], {}
+    for (model, task, n_shot, arm), first in picks["earliest"].groupby(level=[0, 1, 2, 3], sort=True):
+        row = {"task": task, "n_shot": n_shot, "method (choice)": arm, "seeds": len(first)}
+        moved = 0
+        for name, frame in picks.items():
+            mine = frame.loc[first.index]
+            deltas = mine["acc"].to_numpy() - icl.reindex(first.index.droplevel("arm")).to_numpy()
+            d, h, _ = interval(deltas.tolist())
+            row[f"honest Δ, ties to the {name} step"] = _marked(d, h)
+            per_arm.setdefault(arm, {}).setdefault(name, []).append(d)
+            moved = int(((mine["run"] != first["run"]) | (mine["step"] != first["step"])).sum())
+        row["seeds whose pick moves"] = moved
+        rows.append(row)
+    order = {a: i for i, a in enumerate(arms)}
+    rows.sort(key=lambda r: (r["task"], order[r["method (choice)"]]))
+    for arm in sorted(per_arm, key=order.get):
+        mean = {"task": "mean over tasks", "n_shot": "", "method (choice)": arm, "seeds": ""}
+        for name, deltas in per_arm[arm].items():
+            d, h, n = interval(deltas)
+            mean[f"honest Δ, ties to the {name} step"] = f"{_marked(d, h)} ({n} tasks)"
+        mean["seeds whose pick moves"] = ""
+        rows.append(mean)
+    return pd.DataFrame(rows)
 
 
 def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
@@ -401,7 +454,8 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
         md += ["## Overview: every method against ICL\n",
                "Honest Δ = dev-chosen accuracy − ICL, paired by seed. *better* / *worse*: on that task, the 95% "
                "interval of the paired difference excludes 0. The mean over tasks has a 95% t-interval over tasks "
-               "(each task's mean Δ one value): it says whether the gain carries across tasks.\n", markdown_table(overview(table)) + "\n"]
+               "(each task's mean Δ one value): it says whether the gain carries across tasks.\n",
+               PAPER_PROTOCOLS + "\n", markdown_table(overview(table)) + "\n"]
         md += ["## By task\n",
                "Honest Δ vs ICL (points, mean ± 95% interval over seeds, paired); ▲ / ▼: the interval excludes 0. "
                "The last column: how many seeds IFT's Δ would need for an interval of ± 3 points, if the "
@@ -416,6 +470,14 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"{IFT_ALL} minus each baseline, both chosen on dev, paired by seed (points, mean ± 95% "
                    "interval); ▲ / ▼: IFT better / worse (the interval excludes 0). The last row: the mean of the "
                    "tasks' differences with a t-interval over tasks.\n", markdown_table(versus) + "\n"]
+        ties = tie_sensitivity(cands)
+        if not ties.empty:
+            md += ["## Ties on dev: the earliest or the latest step\n",
+                   "A few dev rows often score several steps (or settings) alike. The page gives such ties to the "
+                   "cheapest choice, then the earliest step (ift/protocol.py `CHEAPEST`), so a flat dev curve "
+                   "reports plain ICL; here the same honest Δ vs ICL with ties to the costliest choice, then the "
+                   "latest step (`COSTLIEST`). ▲ / ▼: the paired 95% interval excludes 0; the mean over tasks has a "
+                   "t-interval over tasks.\n", markdown_table(ties) + "\n"]
         md += ["## Per task: baselines and IFT\n", markdown_table(format_arms(main_arms(table))) + "\n",
                "## IFT settings (position mode, β, η)\n", markdown_table(format_arms(ift_settings(table))) + "\n"]
         longer = longer_tuning(cands)
