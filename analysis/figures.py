@@ -2,7 +2,7 @@
 the axes, lines, images and titles; `save` writes it as PNG.
 
 - Figure 4 (`accuracy_curves`): one panel per (model, task); one line per configuration (η, and any
-  other varying key), the mean over seeds at each step, with a band of ± one sample std.
+  other varying key), the mean over seeds at each step, with its 95% t-interval as a band (analysis/stats.py).
 - Figure 5 (`grad_norm_heatmaps`): for one (model, task, configuration), one heatmap per η of the
   per-layer pseudo-gradient norm ‖G_K‖ (rows = steps 1..T from the bottom, columns = layers 1..L, as in
   the paper), mean over seeds, one colour scale for all panels; the title gives η, β and the mean
@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.load import Run  # noqa: E402
+from analysis.stats import half_width  # noqa: E402
 
 
 def label(config: dict) -> str:
@@ -45,12 +46,13 @@ def accuracy_curves(steps: pd.DataFrame, line_keys: list[str]) -> plt.Figure:
         keys = line_keys or ["eta"]
         for cfg, g in panel.groupby(keys, sort=True):
             cfg = cfg if isinstance(cfg, tuple) else (cfg,)
-            stats = g.groupby("step")["acc"].agg(["mean", "std", "count"]).sort_index()
-            std = stats["std"].where(stats["count"] > 1, 0.0).to_numpy()
-            x, y = stats.index.to_numpy(), stats["mean"].to_numpy()
+            by_step = g.groupby("step")["acc"]
+            mean = by_step.mean().sort_index()
+            half = by_step.agg(half_width).reindex(mean.index).fillna(0.0).to_numpy()  # 0 with one seed
+            x, y = mean.index.to_numpy(), mean.to_numpy()
             (line,) = ax.plot(x, y, marker="o", markersize=3, label=label(dict(zip(keys, cfg))))
-            if (std > 0).any():
-                ax.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.2, linewidth=0)
+            if (half > 0).any():
+                ax.fill_between(x, y - half, y + half, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(f"{model} · {task}")
         ax.set_xlabel("optimisation step T (1 = ICL)")
         ax.set_ylabel("accuracy (%)")

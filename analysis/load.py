@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis import archive
+from ift.jsonl import parse_jsonl
 
 # meta.json keys that identify a run's configuration (a tuning run needs all of them)
 KEYS = ("model", "task", "eta", "beta", "T", "position_mode", "n_shot", "seed")
@@ -68,27 +69,14 @@ class Run:
 
 # ---------------------------------------------------------------- local results store
 
-def _parse_jsonl(text: str) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (job killed mid-write) is dropped, a torn middle line is an error."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
-    return rows
-
-
 def _parse_job(rid: str, text: Callable[[str], str | None]) -> Run:
     """One job from its files' text (`text(name)`: None for a missing file)."""
     try:
         meta = json.loads(text("meta.json"))
-        steps = sorted(_parse_jsonl(text("steps.jsonl") or ""), key=lambda r: r["step"])
+        steps = sorted(parse_jsonl(text("steps.jsonl") or "", f"{rid}/steps.jsonl"), key=lambda r: r["step"])
         summary_text = text("summary.json")
         summary = json.loads(summary_text) if summary_text is not None else None
-        efficiency = _parse_jsonl(text("efficiency.jsonl") or "")
+        efficiency = parse_jsonl(text("efficiency.jsonl") or "", f"{rid}/efficiency.jsonl")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Run(rid, {}, skip=f"unreadable: {type(exc).__name__}: {exc}")
     return Run(rid, meta, steps, summary, efficiency)

@@ -8,20 +8,20 @@ and docs/analysis.md.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, load, tables
+from analysis import cli, figures, load, tables
 
 PROTOCOLS = """\
 ICL is the eval accuracy at step 1. *Best on eval* (the paper's protocol) is the best eval accuracy over
 steps 1..T; *dev-chosen* is the eval accuracy at the step with the best dev accuracy (earliest on ties).
 Where runs differ only in η, each protocol also picks η per seed (by eval accuracy, or by dev accuracy).
-Cells are mean ± sample std (ddof=1) over seeds; gains are relative, computed from the means:
+Cells are the mean over seeds ± the half-width of its 95% Student-t interval (as on the studies page; no ±
+with one seed); gains are relative, computed from the means:
 (tuned − ICL) / ICL × 100. Steps and η are listed per seed, in seed order."""
 
 
@@ -120,7 +120,7 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
         line_keys = ["eta", *tables.varying(per_run)]
         p = figures.save(figures.accuracy_curves(steps, line_keys), out / "fig4_accuracy_curves.png")
         md.append(_section("Figure 4: accuracy vs optimisation steps",
-                           f"Mean over seeds, band = ± one std.\n\n![Figure 4]({p.name})"))
+                           f"Mean over seeds, band = its 95% t-interval.\n\n![Figure 4]({p.name})"))
         heat = heatmap_figures(tune, per_run, out)
         if heat:
             md.append(_section("Figure 5: pseudo-gradient norms ‖G_K‖ per layer and step",
@@ -145,19 +145,9 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
 
 
 def main(argv=None) -> Path:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
-    ap.add_argument("sources", nargs="+",
-                    help="results directories (job dirs or trees), study archives (*.tar.gz), wandb:<entity>/<project>")
-    ap.add_argument("--out", default="reports", help="output directory for report.md and the figures")
-    ap.add_argument("--metric", default="acc", choices=["acc", "acc_norm"],
-                    help="acc = summed log-probability; acc_norm = per-token mean")
-    args = ap.parse_args(argv)
-    runs = load.load(args.sources)
-    if not runs:
-        ap.error(f"no runs (meta.json) found in {', '.join(args.sources)}")
-    path = build(runs, Path(args.out), args.metric, args.sources)
-    print(path)
-    return path
+    return cli.main("python -m analysis.report", __doc__,
+                    lambda runs, args: build(runs, Path(args.out), args.metric, args.sources),
+                    "report.md and the figures", argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ paired by seed (same demonstrations, same evaluation rows).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -28,151 +27,92 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
 
-from analysis import load  # noqa: E402
-from analysis.tables import markdown_table, task_family  # noqa: E402
-from ift.protocol import CHEAPEST, pick_frame, score_of, stop_step  # noqa: E402
+from analysis import cli, load  # noqa: E402
 
-ICL = "ICL"
-ZERO = "zero-shot"
-IFT_ALL = "IFT (mode, η, β, T on dev)"
-ETA_ARM = " (T on dev)"  # the suffix of the per-η IFT arms, where each run's steps appear exactly once
-PATIENCE = 2
-IFT_EARLY = f"IFT (mode, η, β on dev; T by early stopping, patience {PATIENCE})"
-BASELINE_ARMS = {"repeat": "ICL ×r (r on dev)", "more_demos": "ICL, k×n shots (k on dev)"}
-COLUMNS = ["task", "arm", "seed", "run", "step", "acc", "dev_acc", "tune_tokens", "backward_tokens",
-           "prefix_tokens"]
+# analysis.study is the public face of the page: the protocol (arms.py) and statistics (stats.py) re-exported
+from analysis.arms import (  # noqa: E402,F401
+    ALL,
+    BASELINE_ARMS,
+    COLUMNS,
+    EARLY,
+    ETA,
+    ETA_ARM,
+    ICL,
+    IFT_ALL,
+    IFT_EARLY,
+    PATIENCE,
+    STEP,
+    ZERO,
+    Arm,
+    arms_of,
+    candidates,
+    choose,
+    choose_per_task,
+    drop_incomplete,
+    early_stop,
+    icl_rows,
+    ift_setting,
+    ift_step_arms,
+    method,
+)
+from analysis.stats import half_width, interval, seeds_for, verdict  # noqa: E402,F401
+from analysis.stats import marked as _marked  # noqa: E402
+from analysis.stats import pm as _pm  # noqa: E402
+from analysis.stats import signed as _signed  # noqa: E402
+from analysis.tables import markdown_table  # noqa: E402
+from ift.protocol import CHEAPEST, COSTLIEST  # noqa: E402
 
-
-def method(run: load.Run) -> str:
-    return str(run.meta.get("method") or "ift")
-
-
-def ift_setting(meta: dict) -> str:
-    return f"IFT {meta.get('position_mode')} β={float(meta.get('beta')):g}"
-
-
-def arms_of(run: load.Run) -> list[str]:
-    """The arms a run's steps belong to (an IFT run serves its η-specific, its setting's and the overall arm)."""
-    m, meta = method(run), run.meta
-    if meta.get("patience") is not None:  # stopped at run time (optim.patience): its own arm, beside full runs
-        what = (f"{ift_setting(meta)} η={float(meta.get('eta')):g}" if m == "ift"
-                else f"gradient tuning lr={float(meta.get('lr') or 0):g}")
-        return [f"{what} (run-time early stopping, patience {meta['patience']})"]
-    if m == "ift":
-        setting = ift_setting(meta)
-        return [f"{setting} η={float(meta.get('eta')):g}{ETA_ARM}", f"{setting} (η, T on dev)", IFT_ALL]
-    if m == "zero_shot":
-        return [ZERO]
-    if m == "grad":
-        return [f"gradient tuning lr={float(meta.get('lr') or 0):g} (steps on dev)"]
-    return [BASELINE_ARMS.get(m, m)]
-
-
-def early_stop(dev: list[float], patience: int = PATIENCE) -> int:
-    """The last step an early-stopped run would evaluate (ift/protocol.py's rule; steps are 1-based)."""
-    return stop_step(dev, patience)
+PAPER_PROTOCOLS = (
+    "*Paper Δ* is the paper's protocol as implemented here: for each seed, the step (and setting) with the best "
+    "evaluation accuracy. *One T per task*: one step (and setting) per task and method, the best on the evaluation "
+    "accuracy averaged over seeds, then Δ vs ICL paired by seed at it. The paper reports one number per model and "
+    "task, \"the best results obtained within Tmax steps\" (§4.2, RQ1), and names no seeds or averaging over runs: "
+    "with one run per task the two coincide; with several, one T per task is the closer reading of its tables.")
 
 
-def drop_incomplete(runs: list[load.Run]) -> list[load.Run]:
-    """An arm is complete or absent on a task: a configuration enters the page only with every seed its task
-    was run with (by any method). A study stopped midway would otherwise compare arms over different seeds and
-    let the settings chosen among on dev differ from seed to seed. The runs left out get a `skip` reason (so
-    the page lists them) and are not returned."""
-    def task_of(r):
-        return (r.meta.get("model"), r.meta.get("task"), r.meta.get("n_shot"))
-
-    seeds, have = {}, {}
-    for r in runs:
-        seeds.setdefault(task_of(r), set()).add(r.meta.get("seed"))
-        have.setdefault(r.config_key(), set()).add(r.meta.get("seed"))
-    kept = []
-    for r in runs:
-        missing = seeds[task_of(r)] - have[r.config_key()]
-        if missing:
-            r.skip = (f"incomplete arm: this configuration lacks seed(s) {sorted(missing, key=str)} of the "
-                      f"{len(seeds[task_of(r)])} its task ran with")
-        else:
-            kept.append(r)
-    return kept
+def _tokens(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:,.0f}"
 
 
-def candidates(runs: list[load.Run], metric: str = "acc") -> pd.DataFrame:
-    """One row per (arm, run, step) with what a protocol needs to choose and to report."""
-    rows = []
-    for run in runs:
-        meta = run.meta
-        simulate = method(run) == "ift" and meta.get("patience") is None  # a full run: simulate early stopping
-        stop = early_stop([_pct(s.get("dev_" + metric)) for s in run.steps]) if simulate else 0
-        for s in run.steps:
-            base = {"model": meta.get("model"), "task": meta.get("task"), "n_shot": meta.get("n_shot"),
-                    "seed": meta.get("seed"), "run": run.id, "method": method(run), "step": int(s["step"]),
-                    "acc": _pct(s.get(metric)), "dev_acc": _pct(s.get("dev_" + metric)),
-                    "tune_tokens": float(s.get("tune_tokens", np.nan) or 0),
-                    "backward_tokens": float(s.get("backward_tokens", 0) or 0),
-                    "prefix_tokens": float(s.get("prefix_tokens", np.nan) if s.get("prefix_tokens") is not None
-                                           else np.nan),
-                    "family": task_family(meta.get("task"), meta)}
-            for arm in arms_of(run):
-                rows.append({**base, "arm": arm})
-            if base["step"] <= stop:  # what early stopping would have evaluated
-                rows.append({**base, "arm": IFT_EARLY})
-    return pd.DataFrame(rows)
+def _ordered(table: pd.DataFrame, *first: str) -> pd.DataFrame:
+    """Rows in the page's order: by `first`, then the arm's rank (Arm.rank), then its label."""
+    return table.sort_values([*first, "rank", "arm"], kind="mergesort")
 
 
-def _pct(x) -> float:
-    return np.nan if x is None else 100.0 * float(x)
+def main_arms(table: pd.DataFrame) -> pd.DataFrame:
+    """The baselines, ICL and IFT overall (all settings chosen on dev, or early stopping)."""
+    return table[(table["method"] != "ift") | table["choice"].isin([ALL, EARLY])]
 
 
-def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
-    """Step 1 of every method with demonstrations, one per (model, task, n_shot, seed); they must agree."""
-    first = cands[(cands["step"] == 1) & (cands["method"] != "zero_shot")].drop_duplicates("run")
-    group = ["model", "task", "n_shot", "seed"]
-    spread = first.groupby(group)["acc"].agg(lambda a: a.max() - a.min())
-    bad = spread[spread > 1e-6]
-    if len(bad):
-        raise ValueError(f"step 1 (ICL) differs between runs of the same seed, so they did not read the same "
-                         f"demonstrations or rows: {bad.to_dict()}")
-    return first.sort_values("run").groupby(group, as_index=False).head(1).assign(arm=ICL)
-
-
-def choose(cands: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """The (run, step) each arm picks per seed under a protocol ('dev' or 'eval')."""
-    score = score_of(protocol)  # candidates hold the chosen metric as acc / dev_acc
-    c = cands.dropna(subset=[score]) if protocol == "dev" else cands
-    return pick_frame(c, score, ["model", "task", "n_shot", "arm", "seed"], tie=CHEAPEST, dropna=True)
-
-
-def interval(values) -> tuple[float, float, int]:
-    """(mean, 95% t half-width, n); the half-width is nan with one value."""
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        return np.nan, np.nan, 0
-    if n == 1:
-        return float(v[0]), np.nan, 1
-    half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)
-    return float(v.mean()), float(half), n
+def ift_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """IFT per setting (position mode, β) and per η, and IFT runs stopped early at run time."""
+    return table[(table["method"] == "ift") & ~table["choice"].isin([ALL, EARLY])]
 
 
 def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, n_shot, arm): both protocols' accuracy and paired difference to ICL, and compute."""
+    """Per (model, task, n_shot, arm): both protocols' accuracy and paired difference to ICL, and compute; `task_`:
+    the paper's protocol with one choice per task (`choose_per_task`) instead of one per seed."""
     icl = icl_rows(cands)
     icl_by = icl.set_index(["model", "task", "n_shot", "seed"])["acc"]
     picks = {p: pd.concat([choose(cands, p), icl]) for p in ("dev", "eval")}
+    picks["task_eval"] = pd.concat([choose_per_task(cands, "eval"), icl])
     rows = []
     group = ["model", "task", "n_shot", "arm"]
     for key, honest in picks["dev"].groupby(group, sort=False):
         row = dict(zip(group, key))
         row["family"] = honest["family"].iloc[0]
-        for p in ("dev", "eval"):
+        spec = honest["arm_spec"].iloc[0]  # the Arm: code selects rows by its fields, never by the label
+        row["method"], row["choice"], row["rank"] = spec.method, spec.choice, spec.rank
+        for p in ("dev", "eval", "task_eval"):
             mine = picks[p]
             mine = mine[(mine["model"] == key[0]) & (mine["task"] == key[1]) & (mine["n_shot"] == key[2])
                         & (mine["arm"] == key[3])].sort_values("seed")
             idx = list(zip(mine["model"], mine["task"], mine["n_shot"], mine["seed"]))
             base = icl_by.reindex(idx).to_numpy()
-            row[f"{p}_mean"], row[f"{p}_ci"], row["seeds"] = interval(mine["acc"].tolist())
+            row[f"{p}_mean"], row[f"{p}_ci"], n = interval(mine["acc"].tolist())
+            if p != "task_eval":
+                row["seeds"] = n
             row[f"{p}_delta"], row[f"{p}_delta_ci"], _ = interval((mine["acc"].to_numpy() - base).tolist())
             row[f"{p}_steps"] = [int(s) for s in mine["step"]]
             row[f"{p}_tune_tokens"] = float(mine["tune_tokens"].mean())
@@ -182,59 +122,12 @@ def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def verdict(delta: float, half: float) -> str:
-    """What the paired interval says about an arm against ICL."""
-    if math.isnan(delta):
-        return "–"
-    if math.isnan(half):
-        return "one seed"
-    if delta - half > 0:
-        return "better"
-    if delta + half < 0:
-        return "worse"
-    return "no difference"
-
-
-def _pm(mean: float, half: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
-
-
-def _signed(mean: float, half: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
-
-
-def _marked(mean: float, half: float) -> str:
-    """A signed difference with ▲ / ▼ where its 95% interval excludes 0."""
-    return _signed(mean, half) + {"better": " ▲", "worse": " ▼"}.get(verdict(mean, half), "")
-
-
-def _tokens(x: float) -> str:
-    return "–" if math.isnan(x) else f"{x:,.0f}"
-
-
-ARM_ORDER = (ZERO, ICL, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"])
-
-
-def _order(arm: str) -> tuple:
-    if arm in ARM_ORDER:
-        return (ARM_ORDER.index(arm), arm)
-    if arm.startswith("gradient"):
-        return (len(ARM_ORDER), arm)
-    if arm in (IFT_ALL, IFT_EARLY):
-        return (len(ARM_ORDER) + 1, arm)
-    return (len(ARM_ORDER) + 2, arm)
-
-
 def format_arms(table: pd.DataFrame, arms=None) -> pd.DataFrame:
-    """Display cells: honest accuracy and Δ vs ICL with intervals, the verdict, the paper protocol, compute."""
+    """Display cells: honest accuracy and Δ vs ICL with intervals, the verdict, the paper protocol, compute
+    (`arms`: labels to keep; default all)."""
     out = []
     t = table if arms is None else table[table["arm"].isin(arms)]
-    t = t.assign(_o=t["arm"].map(_order)).sort_values(["task", "_o"])
-    for r in t.to_dict("records"):
+    for r in _ordered(t, "task").to_dict("records"):
         out.append({"task": r["task"], "method (choice)": r["arm"], "seeds": r["seeds"],
                     "honest acc": _pm(r["dev_mean"], r["dev_ci"]),
                     "honest Δ vs ICL": _signed(r["dev_delta"], r["dev_delta_ci"]),
@@ -252,36 +145,24 @@ def overview(table: pd.DataFrame) -> pd.DataFrame:
     """Per arm over tasks: the mean of the tasks' honest Δ with a 95% t-interval over tasks (how far the gain
     carries from task to task), and on how many tasks it is better / no different / worse."""
     rows = []
-    for arm, g in table[table["arm"] != ICL].groupby("arm"):
+    for arm, g in table[table["method"] != "icl"].groupby("arm"):
         v = [verdict(d, h) for d, h in zip(g["dev_delta"], g["dev_delta_ci"])]
         rows.append({"method (choice)": arm, "tasks": len(g),
                      "mean honest Δ (± over tasks)": _signed(*interval(g["dev_delta"].tolist())[:2]),
                      "better": v.count("better"), "no difference": v.count("no difference"),
                      "worse": v.count("worse"), "mean paper Δ": _signed(*interval(g["eval_delta"].tolist())[:2]),
-                     "_o": _order(arm)})
-    return pd.DataFrame(rows).sort_values("_o").drop(columns="_o") if rows else pd.DataFrame()
+                     "mean paper Δ, one T per task": _signed(*interval(g["task_eval_delta"].tolist())[:2]),
+                     "rank": g["rank"].iloc[0], "arm": arm})
+    return _ordered(pd.DataFrame(rows)).drop(columns=["rank", "arm"]) if rows else pd.DataFrame()
 
-
-def seeds_for(half: float, n: int, target: float = 3.0) -> int | None:
-    """How many seeds a 95% t-interval would need to be ± `target` points, if the seed-to-seed spread stays
-    what `n` seeds with half-width `half` showed (None: not estimable from fewer than 2 seeds)."""
-    if n < 2 or math.isnan(half):
-        return None
-    sd = half * math.sqrt(n) / stats.t.ppf(0.975, n - 1)
-    m = 2
-    while stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m) > target:
-        m += 1
-    return m
-
-
-MATRIX_ARMS = (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"], IFT_EARLY, IFT_ALL)
+MATRIX_ARMS = (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"], IFT_EARLY, IFT_ALL)  # then gradients
 
 
 def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
     """One row per task: ICL accuracy, each main arm's honest Δ vs ICL (▲ better, ▼ worse: the paired 95%
     interval excludes 0), IFT's Δ under the paper's protocol, and the seeds IFT's Δ would need for ± target."""
     arms = [a for a in MATRIX_ARMS if a in set(table["arm"])]
-    arms += sorted((a for a in table["arm"].unique() if a.startswith("gradient")), key=_order)
+    arms += sorted(table[table["method"] == "grad"]["arm"].unique())
     rows = []
     for (model, task, n_shot), g in table.groupby(["model", "task", "n_shot"], sort=True):
         g = g.set_index("arm")
@@ -297,16 +178,18 @@ def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
         if IFT_ALL in g.index:
             r = g.loc[IFT_ALL]
             row["IFT, paper protocol Δ"] = _signed(r["eval_delta"], r["eval_delta_ci"])
+            row["IFT, paper protocol Δ, one T per task"] = _signed(r["task_eval_delta"], r["task_eval_delta_ci"])
             need = seeds_for(r["dev_delta_ci"], int(r["seeds"]), target)
             row[f"seeds for ±{target:g} on IFT Δ"] = "–" if need is None else str(need)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _rivals(arms) -> list[str]:
+def _rivals(picks: pd.DataFrame) -> list[str]:
     """The baselines IFT must beat to be worth its cost: zero-shot, re-reading, more demonstrations, the gradient."""
+    arms = set(picks["arm"])
     return ([a for a in (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"]) if a in arms]
-            + sorted(a for a in arms if a.startswith("gradient")))
+            + sorted(picks[picks["method"] == "grad"]["arm"].unique()))
 
 
 def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
@@ -314,7 +197,7 @@ def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
     seed's demonstrations and rows), ▲ / ▼ where the 95% interval excludes 0; then a row with the mean over
     tasks and its interval over tasks. Beating ICL is not enough when a cheaper baseline beats ICL by more."""
     picks = choose(cands, "dev")
-    rivals = _rivals(set(picks["arm"]))
+    rivals = _rivals(picks)
     rows, per_rival = [], {r: [] for r in rivals}
     for (model, task, n_shot), g in picks.groupby(["model", "task", "n_shot"], sort=True):
         mine = g[g["arm"] == arm].set_index("seed")["acc"]
@@ -340,14 +223,48 @@ def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
     return pd.DataFrame(rows + [mean])
 
 
-def _eta_arms(cands: pd.DataFrame) -> pd.DataFrame:
-    return cands[(cands["method"] == "ift") & cands["arm"].str.endswith(ETA_ARM)]
+TIES = {"earliest": CHEAPEST, "latest": COSTLIEST}  # the page's tie rule first (ift/protocol.py)
+
+
+def tie_sensitivity(cands: pd.DataFrame, arms=(IFT_ALL, IFT_EARLY)) -> pd.DataFrame:
+    """Per task and main IFT arm: the honest Δ vs ICL when equal dev scores go to the earliest (cheapest) choice,
+    the page's rule, and to the latest (costliest), ▲ / ▼ where the paired interval excludes 0; how many seeds'
+    picks move; then per arm the mean over tasks with its t-interval over tasks."""
+    cands = cands[cands["arm"].isin(arms)]
+    if cands.empty:
+        return pd.DataFrame()
+    icl = icl_rows(cands).set_index(["model", "task", "n_shot", "seed"])["acc"]
+    picks = {name: choose(cands, "dev", tie).set_index(["model", "task", "n_shot", "arm", "seed"]).sort_index()
+             for name, tie in TIES.items()}
+    rows, per_arm = [], {}
+    for (model, task, n_shot, arm), first in picks["earliest"].groupby(level=[0, 1, 2, 3], sort=True):
+        row = {"task": task, "n_shot": n_shot, "method (choice)": arm, "seeds": len(first)}
+        moved = 0
+        for name, frame in picks.items():
+            mine = frame.loc[first.index]
+            deltas = mine["acc"].to_numpy() - icl.reindex(first.index.droplevel("arm")).to_numpy()
+            d, h, _ = interval(deltas.tolist())
+            row[f"honest Δ, ties to the {name} step"] = _marked(d, h)
+            per_arm.setdefault(arm, {}).setdefault(name, []).append(d)
+            moved = int(((mine["run"] != first["run"]) | (mine["step"] != first["step"])).sum())
+        row["seeds whose pick moves"] = moved
+        rows.append(row)
+    order = {a: i for i, a in enumerate(arms)}
+    rows.sort(key=lambda r: (r["task"], order[r["method (choice)"]]))
+    for arm in sorted(per_arm, key=order.get):
+        mean = {"task": "mean over tasks", "n_shot": "", "method (choice)": arm, "seeds": ""}
+        for name, deltas in per_arm[arm].items():
+            d, h, n = interval(deltas)
+            mean[f"honest Δ, ties to the {name} step"] = f"{_marked(d, h)} ({n} tasks)"
+        mean["seeds whose pick moves"] = ""
+        rows.append(mean)
+    return pd.DataFrame(rows)
 
 
 def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
     """Does tuning past `short` steps pay? Per task and IFT setting whose runs go beyond `short` steps: the honest
     Δ vs ICL when dev chooses among steps ≤ short and among all steps, and their paired difference."""
-    ift = _eta_arms(cands)
+    ift = ift_step_arms(cands)
     icl = icl_rows(cands).set_index(["task", "n_shot", "seed"])["acc"]
     rows = []
     for (task, n_shot, arm), g in ift.groupby(["task", "n_shot", "arm"], sort=True):
@@ -357,7 +274,8 @@ def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
         picks = {limit: choose(g[g["step"] <= limit], "dev").set_index("seed") for limit in (short, longest)}
         seeds = sorted(picks[longest].index.intersection(picks[short].index))
         base = icl.reindex([(task, n_shot, s) for s in seeds]).to_numpy()
-        row = {"task": task, "setting": arm.removesuffix(ETA_ARM), "seeds": len(seeds)}
+        spec = g["arm_spec"].iloc[0]
+        row = {"task": task, "setting": f"{spec.setting} η={spec.eta:g}", "seeds": len(seeds)}
         for limit in (short, longest):
             d, h, _ = interval((picks[limit].loc[seeds, "acc"].to_numpy() - base).tolist())
             row[f"honest Δ vs ICL, T ≤ {limit}"] = _signed(d, h)
@@ -401,7 +319,7 @@ def cost_table(runs: list[load.Run]) -> pd.DataFrame:
 
 def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
     """Evaluation accuracy vs step per IFT setting (mean over seeds), one panel per task, ICL dashed."""
-    ift = _eta_arms(cands)
+    ift = ift_step_arms(cands)
     if ift.empty:
         return None
     tasks = sorted(ift["task"].unique())
@@ -420,8 +338,9 @@ def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
         part = part[part["seed"].isin(common)]
         for arm, g in sorted(part.groupby("arm")):
             curve = g.groupby("step")["acc"].mean()
+            spec = g["arm_spec"].iloc[0]
             ax.plot(curve.index, curve.to_numpy(), marker="o", markersize=2.5, linewidth=1.2, color=colour[arm],
-                    label=arm.removeprefix("IFT ").removesuffix(ETA_ARM))
+                    label=f"{spec.mode} β={spec.beta:g} η={spec.eta:g}")
         icl = part[part["step"] == 1]["acc"].mean()
         ax.axhline(icl, color="black", linestyle="--", linewidth=1, label="ICL")
         ax.set_title(f"{task} ({len(common)} seeds)")
@@ -441,10 +360,10 @@ def curves_figure(cands: pd.DataFrame) -> plt.Figure | None:
 
 def delta_figure(table: pd.DataFrame) -> plt.Figure | None:
     """Honest Δ vs ICL with its 95% interval, per task and arm (arms: the baselines and the overall IFT)."""
-    keep = table[(table["arm"] != ICL) & ~table["arm"].str.contains(r"\(T on dev\)|\(η, T on dev\)")]
+    keep = table[(table["method"] != "icl") & ~((table["method"] == "ift") & table["choice"].isin([STEP, ETA]))]
     if keep.empty:
         return None
-    arms = sorted(keep["arm"].unique(), key=_order)
+    arms = list(dict.fromkeys(_ordered(keep)["arm"]))
     tasks = sorted(keep["task"].unique())
     fig, ax = plt.subplots(figsize=(7.5, 0.3 * (len(keep) + 0.6 * len(tasks)) + 1.2))  # one row per task and arm
     y, ticks, labels = 0, [], []
@@ -535,7 +454,8 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
         md += ["## Overview: every method against ICL\n",
                "Honest Δ = dev-chosen accuracy − ICL, paired by seed. *better* / *worse*: on that task, the 95% "
                "interval of the paired difference excludes 0. The mean over tasks has a 95% t-interval over tasks "
-               "(each task's mean Δ one value): it says whether the gain carries across tasks.\n", markdown_table(overview(table)) + "\n"]
+               "(each task's mean Δ one value): it says whether the gain carries across tasks.\n",
+               PAPER_PROTOCOLS + "\n", markdown_table(overview(table)) + "\n"]
         md += ["## By task\n",
                "Honest Δ vs ICL (points, mean ± 95% interval over seeds, paired); ▲ / ▼: the interval excludes 0. "
                "The last column: how many seeds IFT's Δ would need for an interval of ± 3 points, if the "
@@ -550,12 +470,16 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"{IFT_ALL} minus each baseline, both chosen on dev, paired by seed (points, mean ± 95% "
                    "interval); ▲ / ▼: IFT better / worse (the interval excludes 0). The last row: the mean of the "
                    "tasks' differences with a t-interval over tasks.\n", markdown_table(versus) + "\n"]
-        main_arms = [a for a in table["arm"].unique() if not a.startswith("IFT ") or a in (IFT_ALL, IFT_EARLY)]
-        md += ["## Per task: baselines and IFT\n", markdown_table(format_arms(table, main_arms)) + "\n",
-               "## IFT settings (position mode, β, η)\n",
-               markdown_table(format_arms(table, [a for a in table["arm"].unique()
-                                                   if a.startswith("IFT ") and a not in (IFT_ALL, IFT_EARLY)]))
-               + "\n"]
+        ties = tie_sensitivity(cands)
+        if not ties.empty:
+            md += ["## Ties on dev: the earliest or the latest step\n",
+                   "A few dev rows often score several steps (or settings) alike. The page gives such ties to the "
+                   "cheapest choice, then the earliest step (ift/protocol.py `CHEAPEST`), so a flat dev curve "
+                   "reports plain ICL; here the same honest Δ vs ICL with ties to the costliest choice, then the "
+                   "latest step (`COSTLIEST`). ▲ / ▼: the paired 95% interval excludes 0; the mean over tasks has a "
+                   "t-interval over tasks.\n", markdown_table(ties) + "\n"]
+        md += ["## Per task: baselines and IFT\n", markdown_table(format_arms(main_arms(table))) + "\n",
+               "## IFT settings (position mode, β, η)\n", markdown_table(format_arms(ift_settings(table))) + "\n"]
         longer = longer_tuning(cands)
         if not longer.empty:
             md += ["## Tuning longer: T ≤ 8 against all steps\n",
@@ -588,19 +512,9 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
 
 
 def main(argv=None) -> Path:
-    ap = argparse.ArgumentParser(prog="python -m analysis.study", description=__doc__.splitlines()[0])
-    ap.add_argument("sources", nargs="+",
-                    help="results directories (job dirs or trees), study archives (*.tar.gz), wandb:<entity>/<project>")
-    ap.add_argument("--out", default="reports", help="output directory for study.md and its figures")
-    ap.add_argument("--metric", default="acc", choices=["acc", "acc_norm"])
-    ap.add_argument("--title", default="Study results")
-    args = ap.parse_args(argv)
-    runs = load.load(args.sources)
-    if not runs:
-        ap.error(f"no runs (meta.json) found in {', '.join(args.sources)}")
-    path = build(runs, Path(args.out), args.metric, args.title)
-    print(path)
-    return path
+    return cli.main("python -m analysis.study", __doc__,
+                    lambda runs, args: build(runs, Path(args.out), args.metric, args.title), "study.md and its figures",
+                    argv, options=lambda ap: ap.add_argument("--title", default="Study results"))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ Protocols (accuracies in %, the stored fractions x 100):
 Over a sweep of η (runs equal in everything but η and seed), each protocol also picks η per
 (configuration, seed): by best eval accuracy, or by the dev accuracy at the dev-chosen step (ties: the
 earlier step, then the smaller η).
-Over seeds: the mean, and the sample standard deviation (ddof=1; 0 with one seed). The relative gain is
-computed from the means: (tuned - ICL) / ICL x 100.
+Over seeds: the mean and the half-width of its 95% Student-t interval (analysis/stats.py, the convention of
+every page; none with one seed). The relative gain is computed from the means: (tuned - ICL) / ICL x 100.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import KEYS, Run
+from analysis.stats import half_width
 from ift.protocol import EARLIEST, pick, pick_frame
 
 # configuration keys besides model and task; those that vary across the runs become table columns
@@ -116,8 +117,8 @@ def choose(per_run: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return picked.assign(acc=picked[acc], step=picked[step].astype(int))
 
 
-def _std(x: pd.Series) -> float:
-    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+def _ci(x: pd.Series) -> float:
+    return half_width(x.to_numpy())
 
 
 def gain(tuned: float, icl: float) -> float:
@@ -125,7 +126,7 @@ def gain(tuned: float, icl: float) -> float:
 
 
 def main_table(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Tables 1-2: per model, task (and varying configuration), mean/std over seeds under both protocols."""
+    """Tables 1-2: per model, task (and varying configuration), mean and 95% interval over seeds, both protocols."""
     group = ["model", "task", *CONFIG_KEYS]
     # ICL per seed: step 1 does not depend on eta, so the runs of one seed agree; average in case they don't
     icl = per_run.groupby(group + ["seed"], dropna=False, sort=True)["icl"].mean().reset_index()
@@ -137,15 +138,15 @@ def main_table(per_run: pd.DataFrame) -> pd.DataFrame:
         row["family"] = per_run[(per_run["model"] == row["model"]) & (per_run["task"] == row["task"])]["family"].iloc[0]
         row["seeds"] = len(seeds)
         row["eta_sweep"] = bool(etas.loc[cfg] > 1)
-        row["icl_mean"], row["icl_std"] = float(seeds["icl"].mean()), _std(seeds["icl"])
+        row["icl_mean"], row["icl_ci"] = float(seeds["icl"].mean()), _ci(seeds["icl"])
         for p in picks:
             mine = picks[p].get(cfg)
             if mine is None or mine.empty:
-                row.update({f"{p}_mean": np.nan, f"{p}_std": np.nan, f"{p}_gain": np.nan, f"{p}_steps": [],
+                row.update({f"{p}_mean": np.nan, f"{p}_ci": np.nan, f"{p}_gain": np.nan, f"{p}_steps": [],
                             f"{p}_etas": [], f"{p}_seeds": 0})
                 continue
             mine = mine.sort_values("seed")
-            row[f"{p}_mean"], row[f"{p}_std"] = float(mine["acc"].mean()), _std(mine["acc"])
+            row[f"{p}_mean"], row[f"{p}_ci"] = float(mine["acc"].mean()), _ci(mine["acc"])
             # the gain compares like with like: the ICL mean over the same seeds
             icl_p = float(seeds[seeds["seed"].isin(mine["seed"])]["icl"].mean())
             row[f"{p}_gain"] = gain(row[f"{p}_mean"], icl_p)
@@ -170,20 +171,20 @@ def momentum_table(per_run: pd.DataFrame) -> pd.DataFrame:
             m = mom[mom["seed"].isin(seeds)].sort_values("seed")
             p = plain[plain["seed"].isin(seeds)].sort_values("seed")
             rows.append({**dict(zip(group, cfg)), "beta": float(beta), "seeds": len(seeds),
-                         "m_mean": float(m["best_acc"].mean()), "m_std": _std(m["best_acc"]),
+                         "m_mean": float(m["best_acc"].mean()), "m_ci": _ci(m["best_acc"]),
                          "m_steps": [int(x) for x in m["best_step"]],
-                         "nm_mean": float(p["best_acc"].mean()), "nm_std": _std(p["best_acc"]),
+                         "nm_mean": float(p["best_acc"].mean()), "nm_ci": _ci(p["best_acc"]),
                          "nm_steps": [int(x) for x in p["best_step"]]})
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- Markdown
 
-def fmt_acc(mean: float, std: float, n: int) -> str:
-    """'72.02 ± 1.30' (the ± only when there is more than one seed)."""
+def fmt_acc(mean: float, half: float, n: int) -> str:
+    """'72.02 ± 3.23': mean ± 95% t half-width (the ± only when there is more than one seed)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+    return f"{mean:.2f} ± {half:.2f}" if n > 1 else f"{mean:.2f}"
 
 
 def fmt_gain(g: float) -> str:
@@ -217,9 +218,9 @@ def format_main(table: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
         if not sweep:
             row["η"] = fmt_list(sorted(set(r["eval_etas"] + r["dev_etas"])), "{:g}")
         row["seeds"] = r["seeds"]
-        row["ICL"] = fmt_acc(r["icl_mean"], r["icl_std"], r["seeds"])
+        row["ICL"] = fmt_acc(r["icl_mean"], r["icl_ci"], r["seeds"])
         for p, name in (("eval", "best on eval"), ("dev", "dev-chosen")):
-            row[f"tuned ({name})"] = fmt_acc(r[f"{p}_mean"], r[f"{p}_std"], r[f"{p}_seeds"])
+            row[f"tuned ({name})"] = fmt_acc(r[f"{p}_mean"], r[f"{p}_ci"], r[f"{p}_seeds"])
             row[f"gain ({name})"] = fmt_gain(r[f"{p}_gain"])
             row[f"step ({name})"] = fmt_list(r[f"{p}_steps"])
             if sweep:
@@ -234,8 +235,8 @@ def format_momentum(table: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     for r in table.to_dict("records"):
         out.append({"model": r["model"], "task": r["task"], "η": f"{r['eta']:g}", **{k: r[k] for k in extra},
                     "seeds": r["seeds"], "β": f"{r['beta']:g}",
-                    "with momentum": fmt_acc(r["m_mean"], r["m_std"], r["seeds"]),
+                    "with momentum": fmt_acc(r["m_mean"], r["m_ci"], r["seeds"]),
                     "step": fmt_list(r["m_steps"]),
-                    "w/o M (β=0)": fmt_acc(r["nm_mean"], r["nm_std"], r["seeds"]),
+                    "w/o M (β=0)": fmt_acc(r["nm_mean"], r["nm_ci"], r["seeds"]),
                     "step (w/o M)": fmt_list(r["nm_steps"])})
     return pd.DataFrame(out)

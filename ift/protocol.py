@@ -7,7 +7,7 @@ One module owns these rules, so the job's summary (ift.experiment.store.summariz
   evaluation accuracy is reported) or `eval` (the paper's: the evaluation accuracy itself, optimistic);
 - a *tie rule* is the keys that break equal scores, smallest first ("-key": largest first):
   `EARLIEST` within one run (a flat curve reports plain ICL), `CHEAPEST` among runs (fewer tuning tokens,
-  then the earlier step, then the run id);
+  then the earlier step, then the run id); `LATEST` / `COSTLIEST` are their mirror images (a sensitivity check);
 - early stopping (`EarlyStopping`, `stop_step`): stop once the dev score has not improved on its best for
   `patience` steps (equal is no improvement); the best step so far is the one to use.
 
@@ -26,6 +26,9 @@ from collections.abc import Iterable, Sequence
 PROTOCOLS = {"dev": "dev_acc", "eval": "acc"}  # protocol -> the score (step-row field) it maximises
 EARLIEST = ("step",)                           # ties within one run: the earliest step
 CHEAPEST = ("tune_tokens", "step", "run")      # ties among runs: the cheaper choice, then the earlier step
+# their mirror images, to measure how much a reported number owes to the tie rule (the studies page)
+LATEST = ("-step",)                            # ties within one run: the latest step
+COSTLIEST = ("-tune_tokens", "-step", "run")   # ties among runs: the costlier choice, then the later step
 
 
 def score_of(protocol: str, metric: str = "acc") -> str:

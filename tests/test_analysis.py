@@ -3,12 +3,15 @@
 Every expected number below is worked out by hand in the comments next to the data.
 """
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis import load, report, tables
+from ift.jsonl import parse_jsonl
 
 L = 3  # layers in the synthetic runs
 
@@ -49,8 +52,11 @@ SST2 = {  # seed: (eval acc per step, dev acc per step)
     1: ([.52, .58, .58, .62], [.4, .5, .5, .45]),   # best eval 62 @4; dev best .5 @2 (tie with 3) -> 58
     2: ([.54, .66, .61, .60], [.6, .6, .8, .7]),    # best eval 66 @2; dev best .8 @3 -> 61
 }
-# ICL 50, 52, 54 -> 52.00 ± 2.00; eval 70, 62, 66 -> 66.00 ± 4.00, gain 14/52 = +26.92%
-# dev 60, 58, 61 -> 59.67 ± 1.53 (sample std), gain 7.667/52 = +14.74%
+# cells: mean ± 95% t half-width = t(0.975, 2) / √3 · sample std = 2.4841 · std
+# ICL 50, 52, 54 -> 52.00 ± 4.97 (std 2); eval 70, 62, 66 -> 66.00 ± 9.94 (std 4), gain 14/52 = +26.92%
+# dev 60, 58, 61 -> 59.67 ± 3.79 (std 1.5275), gain 7.667/52 = +14.74%
+T3 = stats.t.ppf(0.975, 2) / 3 ** 0.5  # 2.4841
+T2 = stats.t.ppf(0.975, 1) / 2 ** 0.5  # 8.9846
 
 
 @pytest.fixture
@@ -82,16 +88,17 @@ def test_main_table_numbers(store_a):
     assert len(per_run) == 4  # 3 sst2 seeds + copa
     sst2 = table.loc[("m1", "sst2")]
     assert sst2["seeds"] == 3
-    assert sst2["icl_mean"] == pytest.approx(52) and sst2["icl_std"] == pytest.approx(2)
-    assert sst2["eval_mean"] == pytest.approx(66) and sst2["eval_std"] == pytest.approx(4)
+    assert sst2["icl_mean"] == pytest.approx(52) and sst2["icl_ci"] == pytest.approx(2 * T3)
+    assert sst2["eval_mean"] == pytest.approx(66) and sst2["eval_ci"] == pytest.approx(4 * T3)
     assert sst2["eval_gain"] == pytest.approx(14 / 52 * 100)
     assert sst2["eval_steps"] == [3, 4, 2]
     assert sst2["dev_mean"] == pytest.approx(179 / 3)
-    assert sst2["dev_std"] == pytest.approx(pd.Series([60, 58, 61]).std(ddof=1)) and sst2["dev_std"] == pytest.approx(1.5275, abs=1e-4)
+    assert sst2["dev_ci"] == pytest.approx(pd.Series([60, 58, 61]).std(ddof=1) * T3)
+    assert sst2["dev_ci"] == pytest.approx(3.7946, abs=1e-4)
     assert sst2["dev_gain"] == pytest.approx((179 / 3 - 52) / 52 * 100)
     assert sst2["dev_steps"] == [2, 2, 3]
     copa = table.loc[("m1", "copa")]
-    assert copa["seeds"] == 1 and copa["icl_std"] == 0 and copa["eval_std"] == 0  # one seed: std 0
+    assert copa["seeds"] == 1 and math.isnan(copa["icl_ci"]) and math.isnan(copa["eval_ci"])  # one seed: none
     assert (copa["eval_mean"], copa["eval_steps"], copa["dev_mean"], copa["dev_steps"]) == (pytest.approx(62), [2], pytest.approx(60), [1])
 
 
@@ -99,16 +106,16 @@ def test_markdown_cells(store_a):
     out = report.main_tables(tables.run_results(load.used(load.load([store_a]))))
     t1, t2 = out["Table 1: classification tasks"], out["Table 2: multiple-choice tasks"]
     row = t1.iloc[0].to_dict()
-    assert row == {"model": "m1", "task": "sst2", "η": "0.01", "seeds": 3, "ICL": "52.00 ± 2.00",
-                   "tuned (best on eval)": "66.00 ± 4.00", "gain (best on eval)": "+26.92%",
-                   "step (best on eval)": "3, 4, 2", "tuned (dev-chosen)": "59.67 ± 1.53",
+    assert row == {"model": "m1", "task": "sst2", "η": "0.01", "seeds": 3, "ICL": "52.00 ± 4.97",
+                   "tuned (best on eval)": "66.00 ± 9.94", "gain (best on eval)": "+26.92%",
+                   "step (best on eval)": "3, 4, 2", "tuned (dev-chosen)": "59.67 ± 3.79",
                    "gain (dev-chosen)": "+14.74%", "step (dev-chosen)": "2, 2, 3"}
     row = t2.iloc[0].to_dict()
     assert (row["ICL"], row["tuned (best on eval)"], row["gain (best on eval)"], row["tuned (dev-chosen)"],
             row["gain (dev-chosen)"]) == ("60.00", "62.00", "+3.33%", "60.00", "+0.00%")
     md = tables.markdown_table(t1).splitlines()
     assert md[0].startswith("| model | task | η | seeds | ICL |") and md[1].startswith("|---|")
-    assert md[2] == ("| m1 | sst2 | 0.01 | 3 | 52.00 ± 2.00 | 66.00 ± 4.00 | +26.92% | 3, 4, 2 | 59.67 ± 1.53 "
+    assert md[2] == ("| m1 | sst2 | 0.01 | 3 | 52.00 ± 4.97 | 66.00 ± 9.94 | +26.92% | 3, 4, 2 | 59.67 ± 3.79 "
                      "| +14.74% | 2, 2, 3 |")
 
 
@@ -140,6 +147,14 @@ def test_missing_summary_and_torn_last_line(tmp_path):
     assert runs["b"].skip == "incomplete: 2 of T=3 steps recorded"
 
 
+def test_a_torn_middle_line_makes_the_run_unreadable_not_silently_shorter(tmp_path):
+    d = write_job(tmp_path / "c", acc=[.5, .6])
+    lines = (d / "steps.jsonl").read_text().splitlines()
+    (d / "steps.jsonl").write_text("\n".join([lines[0][:-3], lines[1]]) + "\n")
+    (run,) = load.load([tmp_path])
+    assert run.skip.startswith("unreadable: ValueError: ") and "steps.jsonl: line 1 is not valid JSON" in run.skip
+
+
 def test_single_job_dir_source(store_a):
     runs = load.load([store_a / "2026-01-01" / "12-00-00" / "0"])
     assert len(runs) == 1 and runs[0].skip is None
@@ -162,22 +177,22 @@ def test_eta_sweep_protocols(tmp_path):
     per_run = tables.run_results(load.used(runs))
     row = tables.main_table(per_run).iloc[0]
     assert row["eval_etas"] == [0.1, 0.01] and row["eval_steps"] == [2, 3]
-    assert row["eval_mean"] == pytest.approx(73) and row["eval_std"] == pytest.approx(2 ** 0.5 * 7)
+    assert row["eval_mean"] == pytest.approx(73) and row["eval_ci"] == pytest.approx(2 ** 0.5 * 7 * T2)
     assert row["dev_etas"] == [0.01, 0.1] and row["dev_steps"] == [3, 2]
-    assert row["dev_mean"] == pytest.approx(65) and row["dev_std"] == pytest.approx(2 ** 0.5 * 5)
+    assert row["dev_mean"] == pytest.approx(65) and row["dev_ci"] == pytest.approx(2 ** 0.5 * 5 * T2)
     cells = report.main_tables(per_run)["Table 1: classification tasks"].iloc[0].to_dict()
     assert "η" not in cells
     assert (cells["ICL"], cells["tuned (best on eval)"], cells["gain (best on eval)"], cells["η (best on eval)"],
             cells["tuned (dev-chosen)"], cells["gain (dev-chosen)"], cells["η (dev-chosen)"]) == (
-        "51.00 ± 1.41", "73.00 ± 9.90", "+43.14%", "0.1, 0.01", "65.00 ± 7.07", "+27.45%", "0.01, 0.1")
+        "51.00 ± 12.71", "73.00 ± 88.94", "+43.14%", "0.1, 0.01", "65.00 ± 63.53", "+27.45%", "0.01, 0.1")
 
 
 # Scenario C: momentum (beta = 0.9) against beta = 0, same eta, two seeds.
 MOMENTUM = {  # (seed, beta): eval acc
     (0, 0.9): [.50, .70, .60, .60],  # 70 @2
-    (1, 0.9): [.50, .60, .72, .70],  # 72 @3   -> 71.00 ± 1.41, steps 2, 3
+    (1, 0.9): [.50, .60, .72, .70],  # 72 @3   -> 71.00 ± 12.71 (std 1.41), steps 2, 3
     (0, 0.0): [.50, .55, .60, .65],  # 65 @4
-    (1, 0.0): [.50, .52, .60, .60],  # 60 @3   -> 62.50 ± 3.54, steps 4, 3
+    (1, 0.0): [.50, .52, .60, .60],  # 60 @3   -> 62.50 ± 31.77 (std 3.54), steps 4, 3
 }
 
 
@@ -193,7 +208,7 @@ def test_momentum_table(tmp_path):
     assert r["m_mean"] == pytest.approx(71) and r["nm_mean"] == pytest.approx(62.5)
     cells = report.momentum_section(per_run).iloc[0].to_dict()
     assert cells == {"model": "m1", "task": "sst2", "η": "0.01", "seeds": 2, "β": "0.9",
-                     "with momentum": "71.00 ± 1.41", "step": "2, 3", "w/o M (β=0)": "62.50 ± 3.54",
+                     "with momentum": "71.00 ± 12.71", "step": "2, 3", "w/o M (β=0)": "62.50 ± 31.77",
                      "step (w/o M)": "4, 3"}
     # beta varies, so Tables 1-2 show it as a column and keep beta=0 runs in their own row
     t1 = report.main_tables(per_run)["Table 1: classification tasks"]
@@ -227,7 +242,7 @@ def wandb_runs_from(store: Path) -> list[FakeWandbRun]:
             meta = json.loads(job.read_text())
         except ValueError:
             continue
-        steps = load._parse_jsonl((job.parent / "steps.jsonl").read_text())
+        steps = parse_jsonl((job.parent / "steps.jsonl").read_text())
         history = []
         for s in steps:
             row = {k: v for k, v in s.items() if not k.startswith("grad_norm")}
@@ -266,7 +281,7 @@ def test_cli_writes_report(store_a, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out / "report.md") == str(path)
     text = path.read_text()
     assert "## Table 1: classification tasks" in text and "## Table 2: multiple-choice tasks" in text
-    assert "| m1 | sst2 | 0.01 | 3 | 52.00 ± 2.00 | 66.00 ± 4.00 | +26.92% |" in text
+    assert "| m1 | sst2 | 0.01 | 3 | 52.00 ± 4.97 | 66.00 ± 9.94 | +26.92% |" in text
     assert "## Runs used (4)" in text and "## Runs skipped (6)" in text
     skipped = text.split("## Runs skipped")[1]
     for reason in ("failed: CUDA out of memory", "diverged after step 2", "incomplete: status running",

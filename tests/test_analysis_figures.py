@@ -27,7 +27,7 @@ def test_accuracy_curves_panels_and_lines(store_a):  # noqa: F811
     means = [np.mean([SST2[s][0][t] for s in SST2]) * 100 for t in range(4)]
     assert y == pytest.approx(means)  # mean over the three seeds; the diverged/duplicate runs are not in it
     assert sst2.get_lines()[0].get_label() == "η=0.01"
-    # the ± std band exists for sst2 (three seeds) but not for copa (one seed)
+    # the 95% interval band exists for sst2 (three seeds) but not for copa (one seed)
     assert any(isinstance(c, PolyCollection) for c in sst2.collections)
     assert not any(isinstance(c, PolyCollection) for c in copa.collections)
 

@@ -155,7 +155,9 @@ BAD = [
 # value of the wrong type while Hydra composes, naming the override
 TYPE_ERRORS = [(["optim.T=2.5"], "optim.T"), (["optim.eta=abc"], "optim.eta"), (["eval.progress=null"], "eval.progress"),
                (["mode=efficiency", "efficiency.search=sometimes"], "efficiency.search"),
-               (["eval.batch_size=many"], "eval.batch_size"), (["logger.tags=3"], "logger.tags")]
+               (["eval.batch_size=many"], "eval.batch_size"), (["logger.tags=3"], "logger.tags"),
+               (["method=repeat", "method.max_repeats=x"], "method.max_repeats"),
+               (["method=grad", "method.lr=fast"], "method.lr")]
 
 
 @pytest.mark.parametrize("overrides, key", TYPE_ERRORS)
@@ -164,6 +166,21 @@ def test_wrong_types_fail_while_composing_naming_the_key(overrides, key):
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg(overrides)
     assert key in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("name", ["ift", "zero_shot", "repeat", "more_demos", "grad"])
+def test_a_method_yaml_composes_its_class_defaults_and_repeats_none(name):
+    """conf/method/<name>.yaml only selects the class: the settings and defaults come from its dataclass."""
+    from dataclasses import fields
+
+    from ift.experiment.methods import REGISTRY
+    cls = REGISTRY[name]
+    node = OmegaConf.to_container(compose_cfg([f"method={name}"]).method)
+    assert node == {"_target_": f"ift.experiment.methods.{cls.__name__}", "name": name,
+                    **{f.name: f.default for f in fields(cls)}}
+    yaml_keys = {line.split(":")[0] for line in (CONF / "method" / f"{name}.yaml").read_text().splitlines()
+                 if line and not line.startswith((" ", "#"))}
+    assert yaml_keys == {"defaults", "_target_", "name"}
 
 
 def test_a_plain_dict_gets_the_same_types_and_defaults():

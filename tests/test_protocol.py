@@ -7,7 +7,7 @@ import pytest
 from analysis import study, tables
 from analysis.load import Run
 from ift.experiment.store import summarize
-from ift.protocol import CHEAPEST, EarlyStopping, pick, pick_frame, score_of, stop_step
+from ift.protocol import CHEAPEST, COSTLIEST, LATEST, EarlyStopping, pick, pick_frame, score_of, stop_step
 
 ROWS = [{"step": 1, "acc": 0.6, "acc_norm": 0.6, "dev_acc": 0.5}, {"step": 2, "acc": 0.8, "acc_norm": 0.8, "dev_acc": 0.7},
         {"step": 3, "acc": 0.8, "acc_norm": 0.8, "dev_acc": 0.7}, {"step": 4, "acc": 0.5, "acc_norm": 0.5, "dev_acc": None}]
@@ -16,6 +16,7 @@ ROWS = [{"step": 1, "acc": 0.6, "acc_norm": 0.6, "dev_acc": 0.5}, {"step": 2, "a
 def test_pick_takes_the_best_score_and_the_earliest_step_on_ties():
     assert pick(ROWS, "dev_acc")["step"] == 2 and pick(ROWS, "acc")["step"] == 2
     assert pick(ROWS, "dev_acc", tie=("-step",))["step"] == 3  # a tie rule is a key order: latest
+    assert pick(ROWS, "dev_acc", tie=LATEST)["step"] == 3 and pick(ROWS, "acc", tie=LATEST)["step"] == 3
     assert pick([{"step": 1, "dev_acc": None}, {"step": 2, "dev_acc": math.nan}], "dev_acc") is None
     assert score_of("dev") == "dev_acc" and score_of("eval", "acc_norm") == "acc_norm"
     with pytest.raises(ValueError, match="protocol must be one of"):
@@ -28,6 +29,8 @@ def test_pick_frame_is_pick_per_group():
                           {"g": 1, "run": "c", "tune_tokens": 10, "step": 1, "dev_acc": 50.0}])
     picked = pick_frame(frame, "dev_acc", ["g"], tie=CHEAPEST).set_index("g")
     assert list(picked["run"]) == ["a", "c"]  # equal dev accuracy: the fewer tuning tokens
+    picked = pick_frame(frame, "dev_acc", ["g"], tie=COSTLIEST).set_index("g")
+    assert list(picked["run"]) == ["b", "c"]  # its mirror image: the more tuning tokens
 
 
 @pytest.mark.parametrize("dev, patience", [([0.5, 0.6, 0.6, 0.6, 0.9], 2), ([0.5, None, 0.4], 1),

@@ -23,6 +23,7 @@ from ift.experiment.config import parse_config
 from ift.experiment.hydra_app import SweepReport
 from ift.experiment.job import prepare
 from ift.experiment.store import JobStore, StoreLocked
+from ift.jsonl import parse_jsonl, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_model_cache")
@@ -122,6 +123,36 @@ def test_a_failed_write_leaves_neither_a_temporary_file_nor_a_torn_line(tmp_path
     with pytest.raises(OSError):
         store.append_step({"step": 2, "acc": 0.6})
     assert store.meta()["status"] == "running" and not list(store.path.glob("*.tmp"))
+    assert strict_rows(store.file("steps.jsonl")) == [{"step": 1, "acc": 0.5}]
+
+
+def test_one_reader_drops_a_torn_last_line_with_a_warning_and_refuses_a_torn_middle_line(tmp_path, caplog):
+    path = tmp_path / "steps.jsonl"
+    path.write_text('{"step": 1}\n\n{"step": 2}\n{"step": 3, "acc": 0.')  # killed mid-write
+    with caplog.at_level("WARNING"):
+        assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    assert "dropping its torn last line 4" in caplog.text and str(path) in caplog.text
+    path.write_text('{"step": 1}\n{"step": 2, "ac\n{"step": 3}\n')  # damage, not a kill: nothing after it is lost
+    with pytest.raises(ValueError, match=r"steps.jsonl: line 2 is not valid JSON .* not the last line"):
+        read_jsonl(path)
+    # analysis reads through the same reader: the damaged run is skipped with the reason
+    assert parse_jsonl('{"step": 1}\n{"st', "x") == [{"step": 1}]
+    with pytest.raises(ValueError, match="x: line 1"):
+        parse_jsonl('{"st\n{"step": 1}', "x")
+
+
+def test_a_row_appended_after_a_torn_last_line_starts_its_own_line(tmp_path):
+    store = JobStore(parse_config(compose_cfg([f"results_dir={tmp_path}"])))
+    store.path.mkdir(parents=True)
+    store.append_step({"step": 1, "acc": 0.5})
+    with open(store.file("steps.jsonl"), "a") as f:
+        f.write('{"step": 2, "acc": 0.')  # the killed attempt's torn line
+    assert [r["step"] for r in store.steps()] == [1]
+    store.append_step({"step": 2, "acc": 0.6})  # the next attempt's row
+    assert strict_rows(store.file("steps.jsonl")) == [{"step": 1, "acc": 0.5}, {"step": 2, "acc": 0.6}]
+    with open(store.file("steps.jsonl"), "w") as f:
+        f.write('{"step": 1, "a')  # a torn first line only
+    store.append_step({"step": 1, "acc": 0.5})
     assert strict_rows(store.file("steps.jsonl")) == [{"step": 1, "acc": 0.5}]
 
 

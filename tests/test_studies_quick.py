@@ -1,5 +1,6 @@
-"""`bash scripts/studies.sh --quick`: the whole study pipeline (every preset, every method, the page) on the bundled
-model and the real mirror, on a tiny slice. Skipped without the mirror or the bundled model."""
+"""`bash scripts/studies.sh --quick`: the whole study pipeline (every method, IFT with and without momentum, the
+page) on the bundled model and the real mirror, on a tiny slice in one launch. Skipped without the mirror or the
+bundled model."""
 import os
 import subprocess
 import sys
@@ -26,12 +27,12 @@ def test_the_quick_study_runs_every_method_and_writes_the_page(tmp_path):
     env = {**os.environ, "IFT_DATA_DIR": str(DATA), "STUDY_RESULTS": str(results), "STUDY_OUT": str(out),
            "PY": sys.executable}
     proc = subprocess.run(["bash", "scripts/studies.sh", "--quick", "eval.progress=false"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1500)
+                          capture_output=True, text=True, timeout=3600)  # a hang, not a slow machine
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     runs = load([results])
     assert [r.skip for r in runs if r.skip] == []
-    # 2 tasks x 2 seeds x (ift: 2 modes x 2 η; momentum: 2 modes; baselines: 4 methods)
-    assert len(runs) == 2 * 2 * (4 + 2 + 4)
+    # 2 tasks x 2 seeds x (ift with and without momentum; baselines: 4 methods)
+    assert len(runs) == 2 * 2 * (2 + 4)
     assert {r.method for r in runs} == {"ift", "zero_shot", "repeat", "more_demos", "grad"}
     page = (out / "study.md").read_text()
     for arm in ("zero-shot", "ICL ×r (r on dev)", "ICL, k×n shots (k on dev)", "gradient tuning",

@@ -207,3 +207,43 @@ def test_longer_tuning_compares_dev_choices_within_8_steps_and_within_all():
     assert row["honest Δ vs ICL, T ≤ 8"].startswith("+5.0 ±")  # seed 0 picks step 2 (+0), seed 1 step 2 (+10)
     assert row["honest Δ vs ICL, T ≤ 12"].startswith("+15.0 ±")  # seed 0 now picks step 10 (+20)
     assert row["T ≤ 12 − T ≤ 8"].startswith("+10.0 ±") and row["dev-chosen steps (T ≤ 12)"] == "10, 2"
+
+
+def test_ties_to_the_latest_step_move_a_flat_dev_curve_off_icl_and_the_table_shows_both_rules():
+    # dev is flat on seed 0 (earliest: step 1 = ICL, latest: step 3, +20) and peaks at step 2 on seed 1 (+10)
+    runs = [ift(0, [0.5, 0.6, 0.7], [0.5, 0.5, 0.5]), ift(1, [0.6, 0.7, 0.4], [0.1, 0.9, 0.2])]
+    cands = study.candidates(runs)
+    latest = study.choose(cands, "dev", tie=study.COSTLIEST).set_index(["arm", "seed"]).sort_index()
+    assert list(latest.loc[study.IFT_ALL, "step"]) == [3, 2]
+    rows = study.tie_sensitivity(cands).set_index(["task", "method (choice)"])
+    row = rows.loc[("sst2", study.IFT_ALL)]
+    half = stats.t.ppf(0.975, 1) * np.std([0.0, 10.0], ddof=1) / math.sqrt(2)
+    assert row["honest Δ, ties to the earliest step"] == f"+5.0 ± {half:.1f}"
+    half = stats.t.ppf(0.975, 1) * np.std([20.0, 10.0], ddof=1) / math.sqrt(2)
+    assert row["honest Δ, ties to the latest step"] == f"+15.0 ± {half:.1f}"
+    assert row["seeds whose pick moves"] == 1 and row["seeds"] == 2
+    mean = rows.loc[("mean over tasks", study.IFT_ALL)]
+    assert mean["honest Δ, ties to the latest step"] == "+15.0 (1 tasks)"  # one task: no interval over tasks
+
+
+def test_the_papers_protocol_per_task_picks_one_step_on_the_mean_over_seeds_and_pairs_by_seed():
+    # per seed the best eval steps are 2 (80) and 3 (90); averaged over seeds step 3 wins (75 against 70)
+    runs = [ift(0, [0.5, 0.8, 0.6], [0.5, 0.5, 0.5]), ift(1, [0.5, 0.6, 0.9], [0.5, 0.5, 0.5])]
+    cands = study.candidates(runs)
+    per_task = study.choose_per_task(cands, "eval").set_index(["arm", "seed"]).sort_index()
+    assert list(per_task.loc[study.IFT_ALL, "step"]) == [3, 3] and list(per_task.loc[study.IFT_ALL, "acc"]) == [60, 90]
+    row = study.arm_table(cands).set_index("arm").loc[study.IFT_ALL]
+    assert row["eval_steps"] == [2, 3] and row["eval_delta"] == pytest.approx(35)  # per seed: +30, +40
+    assert row["task_eval_steps"] == [3, 3] and row["task_eval_delta"] == pytest.approx(25)  # +10, +40
+    assert row["task_eval_delta_ci"] == pytest.approx(stats.t.ppf(0.975, 1) * np.std([10, 40], ddof=1) / math.sqrt(2))
+    matrix = study.task_matrix(study.arm_table(cands)).iloc[0]
+    assert matrix["IFT, paper protocol Δ, one T per task"].startswith("+25.0 ±")
+    assert matrix["IFT, paper protocol Δ"].startswith("+35.0 ±")
+
+
+def test_one_step_per_task_needs_every_seed_to_have_it():
+    # simulated early stopping (patience 2) cuts seed 0 after step 3; seed 1 runs all 4 steps, best at step 4
+    runs = [ift(0, [0.5, 0.6, 0.6, 0.99], [0.5, 0.4, 0.4, 0.4]), ift(1, [0.5, 0.6, 0.6, 0.99], [0.1, 0.2, 0.3, 0.4])]
+    per_task = study.choose_per_task(study.candidates(runs), "eval").set_index(["arm", "seed"]).sort_index()
+    assert list(per_task.loc[study.IFT_ALL, "step"]) == [4, 4]
+    assert list(per_task.loc[study.IFT_EARLY, "step"]) == [2, 2]  # step 4 is seed 1's only; 2 and 3 tie: the earlier

@@ -13,7 +13,8 @@ import importlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 from ift.experiment.methods import REGISTRY, Ift, Method
@@ -160,6 +161,18 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         store.store(group=f"schema/{name}", name="base", node=schema)
+    for name, cls in REGISTRY.items():  # conf/method/<name>.yaml extends schema/method/<name>
+        store.store(group="schema/method", name=name, node=method_schema(cls))
+
+
+def method_schema(cls: type[Method]) -> type:
+    """A method's config node as a dataclass: `_target_` and `name`, then its settings with the class's defaults
+    (the one place they are set), typed, so that `method.max_repeats=x` fails while composing."""
+    hints = typing.get_type_hints(cls)
+    return make_dataclass(f"{cls.__name__}Node", [
+        ("_target_", str, field(default=f"{cls.__module__}.{cls.__qualname__}")),
+        ("name", str, field(default=cls.name)),
+        *((f.name, hints[f.name], field(default=f.default)) for f in fields(cls))])
 
 
 register_configs()

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ift.experiment.config import JobConfig
+from ift.jsonl import read_jsonl
 from ift.protocol import EARLIEST, pick, score_of
 
 try:
@@ -92,8 +93,32 @@ def _write_json(path: Path, data) -> None:
     _write_text(path, _dumps(data, indent=2, default=str))
 
 
+def _cut_torn_tail(f) -> None:
+    """Cut a torn last line (a writer killed mid-line; readers drop it, ift/jsonl.py) off a file open for
+    appending, so the next row starts a line of its own instead of turning the torn one into damage."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return
+    pos = end
+    while pos > 0:
+        step = min(pos, 1 << 16)
+        f.seek(pos - step)
+        newline = f.read(step).rfind(b"\n")
+        if newline >= 0:
+            f.truncate(pos - step + newline + 1)
+            return
+        pos -= step
+    f.truncate(0)
+
+
 def _append_jsonl(path: Path, rows: list[dict]) -> None:
     text = "".join(_dumps(row, default=float) + "\n" for row in rows)  # a bad value fails before the file is touched
+    if path.exists():
+        with open(path, "rb+") as f:
+            _cut_torn_tail(f)
     with open(path, "a") as f:
         start = f.tell()
         try:
@@ -109,20 +134,6 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
     _write_text(path, "".join(_dumps(r) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (the job was killed mid-write) is dropped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
 
 
 class JobStore:

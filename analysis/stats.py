@@ -1,0 +1,76 @@
+"""The statistics of the analysis pages: a 95% Student-t interval over seeds (or over tasks), what a paired
+interval says against ICL, how many seeds a target width needs, and how the page prints them.
+
+One convention for every page (analysis.study and analysis.report): the mean and the half-width of scipy's
+95% t-interval, mean ± t(0.975, n−1)·s/√n; differences are paired by seed.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def half_width(values) -> float:
+    """The 95% t-interval's half-width of finite `values` (nan below two values)."""
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    if n < 2:
+        return np.nan
+    return float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+
+
+def interval(values) -> tuple[float, float, int]:
+    """(mean, 95% t half-width, n) of the non-nan values; the half-width is nan with one value."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return np.nan, np.nan, 0
+    if n == 1:
+        return float(v[0]), np.nan, 1
+    return float(v.mean()), half_width(v), n
+
+
+def verdict(delta: float, half: float) -> str:
+    """What the paired interval says about an arm against ICL."""
+    if math.isnan(delta):
+        return "–"
+    if math.isnan(half):
+        return "one seed"
+    if delta - half > 0:
+        return "better"
+    if delta + half < 0:
+        return "worse"
+    return "no difference"
+
+
+def seeds_for(half: float, n: int, target: float = 3.0) -> int | None:
+    """How many seeds a 95% t-interval would need to be ± `target` points, if the seed-to-seed spread stays
+    what `n` seeds with half-width `half` showed (None: not estimable from fewer than 2 seeds)."""
+    if n < 2 or math.isnan(half):
+        return None
+    sd = half * math.sqrt(n) / stats.t.ppf(0.975, n - 1)
+    m = 2
+    while stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m) > target:
+        m += 1
+    return m
+
+
+# ---------------------------------------------------------------- cells
+
+def pm(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
+
+
+def signed(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
+
+
+def marked(mean: float, half: float) -> str:
+    """A signed difference with ▲ / ▼ where its 95% interval excludes 0."""
+    return signed(mean, half) + {"better": " ▲", "worse": " ▼"}.get(verdict(mean, half), "")
