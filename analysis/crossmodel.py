@@ -291,7 +291,7 @@ def curves_figure(cands: pd.DataFrame, models: list[str], max_step: int) -> plt.
         if longest > max_step:
             ax.axvline(max_step, color="grey", linewidth=0.8)
         seeds = ", ".join(f"{int(part[part['model'] == m]['seed'].nunique())}" for m in models)
-        ax.set_title(f"{task}, {n_shot}-shot (seeds: {seeds})", fontsize="medium")
+        ax.set_title(f"{task}, {n_shot}-shot (seeds per model: {seeds})", fontsize="medium")
         ax.set_xlabel("step T (1 = ICL)")
         ax.set_ylabel("eval accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
