@@ -26,7 +26,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import load  # noqa: E402
-from analysis.study import arm_table, candidates, choose, drop_incomplete, interval, verdict  # noqa: E402
+from analysis.study import (  # noqa: E402  (the private formatters too: the same cells as the study pages)
+    _marked,
+    _pm,
+    _signed,
+    arm_table,
+    candidates,
+    choose,
+    drop_incomplete,
+    interval,
+)
 from analysis.tables import markdown_table  # noqa: E402
 
 ZERO, DEFAULT, PAPER, GRAD, REPEAT = "zero-shot", "IFT default", "paper's setting", "gradient tuning", "repetition"
@@ -142,23 +151,6 @@ def frame(models: list[Model], metric: str = "acc") -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- tables
-
-def _signed(mean: float, half: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
-
-
-def _marked(mean: float, half: float) -> str:
-    """A signed difference with ▲ / ▼ where its 95% interval excludes 0."""
-    return _signed(mean, half) + {"better": " ▲", "worse": " ▼"}.get(verdict(mean, half), "")
-
-
-def _pm(mean: float, half: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
-
 
 def deltas(cands: pd.DataFrame, max_step: int) -> pd.DataFrame:
     """analysis.study.arm_table over the steps ≤ max_step: per (model, task, n_shot, arm) the honest and the
