@@ -14,6 +14,7 @@ T975 = {1: stats.t.ppf(0.975, 1)}  # two seeds or two tasks: half-width = t(1) *
 DEFAULT = {"method": "ift", "position_mode": "aligned", "eta": 0.1, "beta": 0.9}
 PAPER = {"method": "ift", "position_mode": "continue", "eta": 0.01, "beta": 0.9}
 ZERO = {"method": "zero_shot", "position_mode": None, "eta": None, "beta": None}
+GRAD = {"method": "grad", "position_mode": None, "eta": None, "beta": None, "lr": 0.001}
 
 
 def job(root: Path, model: str, task: str, seed: int, arm: dict, acc, dev, n_shot=1, dtype="fp32"):
@@ -44,6 +45,8 @@ def stores(tmp_path):
     job(a, "ma", "sst2", 1, PAPER, [.4, .4], [.5, .5])
     for seed, acc in ((0, .45), (1, .50), (2, .70)):  # seed 2: no other arm has it, so it is left out
         job(a, "ma", "sst2", seed, ZERO, [acc], [.5])
+    job(a, "ma", "sst2", 0, GRAD, [.5, .65], [.5, .7])
+    job(a, "ma", "sst2", 1, GRAD, [.4, .5], [.5, .6])
     job(a, "ma", "mr", 0, DEFAULT, [.6, .7], [.5, .6])
     job(a, "ma", "mr", 1, DEFAULT, [.7, .74], [.5, .6])
     job(a, "ma", "copa", 0, DEFAULT, [.3, .5], [.1, .2], n_shot=4)  # only model A has copa
@@ -53,6 +56,8 @@ def stores(tmp_path):
     job(b, "mb", "sst2", 1, DEFAULT, [.6, .7], [.5, .6])
     job(b, "mb", "sst2", 0, ZERO, [.6], [.5])
     job(b, "mb", "sst2", 1, ZERO, [.5], [.5])
+    job(b, "mb", "sst2", 0, GRAD, [.6, .6], [.5, .5])
+    job(b, "mb", "sst2", 1, GRAD, [.6, .9], [.5, .6])
     job(b, "mb", "mr", 0, DEFAULT, [.5, .5], [.5, .5])
     job(b, "mb", "mr", 1, DEFAULT, [.5, .6], [.5, .4])
     copy = tmp_path / "b_copy" / "sst2" / "mb" / dup.name  # the same run in a second source of model B
@@ -114,9 +119,28 @@ def test_head_to_head_is_paired_by_seed(stores):
     pairs = cm.versus(cm.frame(models(stores)), 8)
     assert pairs[("A", "sst2", 1, cm.ZERO)][0] == pytest.approx(2.5)  # 60-45, 40-50
     assert pairs[("B", "sst2", 1, cm.ZERO)][:2] == pytest.approx((20.0, 0.0))
+    assert pairs[("A", "sst2", 1, cm.GRAD)][0] == pytest.approx(-7.5)  # 60-65, 40-50
+    assert pairs[("B", "sst2", 1, cm.GRAD)][0] == pytest.approx(0.0)  # 80-60, 70-90
+    assert ("A", "mr", 1, cm.GRAD) not in pairs  # no gradient tuning on mr
     table, shared = cm.versus_table(pairs, ["A", "B"])
-    assert shared[cm.ZERO] == [("sst2", 1)]
+    assert shared[cm.ZERO] == [("sst2", 1)] and shared[cm.GRAD] == [("sst2", 1)]
     assert table.set_index("task").loc["sst2", f"B: {cm.DEFAULT} − {cm.ZERO}"] == "+20.0 ± 0.0 ▲ (2 seeds)"
+    assert list(table["task"]) == ["sst2", "mean over shared tasks"]  # mr: no rival to compare with
+
+
+def test_the_t15_table_holds_the_tasks_where_every_model_reaches_step_15(tmp_path):
+    x, y = tmp_path / "x", tmp_path / "y"
+    peak = [.5] * 11 + [.9] + [.5] * 3  # step 12 is best on dev and on eval
+    for seed in (0, 1):
+        job(x, "mx", "sst2", seed, DEFAULT, peak, [.5] * 11 + [.8] + [.5] * 3)
+        job(y, "my", "sst2", seed, DEFAULT, [.5] * 15, [.5] * 15)
+        job(x, "mx", "mr", seed, DEFAULT, [.5] * 15, [.5] * 15)
+        job(y, "my", "mr", seed, DEFAULT, [.5] * 8, [.5] * 8)  # mr: Y stops at 8, so mr is not in the T ≤ 15 table
+    page = cm.build(models([f"X={x}", f"Y={y}"]), tmp_path / "out").read_text()
+    short, long_ = page.split("## Against ICL, T ≤ 8")[1].split("## Against ICL, T ≤ 15")
+    assert "| sst2 | 1 | 2 | 50.0 ± 0.0 | +0.0 ± 0.0 / +0.0 ± 0.0 |" in short  # step 12 is out of reach
+    assert "| sst2 | 1 | 2 | 50.0 ± 0.0 | +40.0 ± 0.0 ▲ / +40.0 ± 0.0 |" in long_
+    assert "| mr |" not in long_.split("##")[0] and "IFT default: sst2" in long_
 
 
 def test_cli_page_is_byte_identical_on_a_rebuild(stores, tmp_path, capsys):
