@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from analysis import archive
 from analysis import crossmodel as cm
 
 T975 = {1: stats.t.ppf(0.975, 1)}  # two seeds or two tasks: half-width = t(1) * sd / sqrt(2)
@@ -60,9 +61,10 @@ def stores(tmp_path):
     job(b, "mb", "sst2", 1, GRAD, [.6, .9], [.5, .6])
     job(b, "mb", "mr", 0, DEFAULT, [.5, .5], [.5, .5])
     job(b, "mb", "mr", 1, DEFAULT, [.5, .6], [.5, .4])
-    copy = tmp_path / "b_copy" / "sst2" / "mb" / dup.name  # the same run in a second source of model B
+    copy = tmp_path / "b_copy" / "sst2" / "mb" / dup.name  # the same run in a second source of model B,
     shutil.copytree(dup, copy)
-    return [f"A={a}", f"B={b},{tmp_path / 'b_copy'}"]
+    archive.pack(tmp_path / "b_copy", tmp_path / "b_copy.tar.gz")  # an archive of it
+    return [f"A={a}", f"B={b}, {tmp_path / 'b_copy.tar.gz'}"]
 
 
 def models(specs):
@@ -109,7 +111,7 @@ def test_duplicates_and_shorter_copies_are_counted_once_and_seeds_are_shared(sto
     a, b = models(stores)
     runs = cm.runs_table(b).set_index(["task", "arm"])
     assert runs.loc[("sst2", cm.DEFAULT), "runs"] == 2  # the copy in the second source is not a third seed
-    assert any("duplicate of" in (r.skip or "") for r in b.runs)
+    assert sum("duplicate of" in (r.skip or "") for r in b.runs) == 1  # the store's and the archive's copy
     assert len(a.copies) == 1 and a.copies[0][0].meta["T"] == 2  # the T = 2 copy gives way to T = 10
     assert a.seeds[("sst2", 1)] == [0, 1] and a.left[("sst2", 1)] == {cm.ZERO: [2]}
     assert cm.runs_table(a).set_index(["task", "arm"]).loc[("sst2", cm.DEFAULT), "T"] == "10"
