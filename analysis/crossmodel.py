@@ -180,9 +180,10 @@ def main_table(table: pd.DataFrame, models: list[str], arms=ARMS) -> tuple[pd.Da
             row[f"{m}: ICL acc"] = _pm(by.loc[icl, "dev_mean"], by.loc[icl, "dev_ci"]) if icl in by.index else "–"
             for a in arms:
                 k = (m, task, n_shot, a)
+                have = k in by.index and not math.isnan(by.loc[k, "dev_delta"])  # NaN: no ICL to compare with
                 row[f"{m}: {a}"] = (f"{_marked(by.loc[k, 'dev_delta'], by.loc[k, 'dev_delta_ci'])}"
-                                                     f" / {_signed(by.loc[k, 'eval_delta'], by.loc[k, 'eval_delta_ci'])}"
-                                                     if k in by.index else "–")
+                                    f" / {_signed(by.loc[k, 'eval_delta'], by.loc[k, 'eval_delta_ci'])}"
+                                    if have else "–")
         rows.append(row)
     mean = {"task": "mean over shared tasks", "n_shot": ""}
     for m in models:
@@ -350,22 +351,37 @@ def seed_notes(m: Model) -> list[str]:
 
 
 def demo_check(models: list[Model]) -> list[str]:
-    """Do the models read the same demonstrations per (task, seed)? (the seeds' recipe is model-independent)"""
+    """Do the models read the same demonstrations per (task, seed), and as many evaluation and dev rows per
+    task? (the recipe that draws them is model-independent)"""
     demos: dict[tuple, dict[str, tuple]] = {}
+    sizes: dict[tuple, dict[str, set]] = {}
     for m in models:
         for r in m.kept:
+            sizes.setdefault(_task(r), {}).setdefault(m.label, set()).add((r.meta.get("n_eval"), r.meta.get("n_dev")))
             d = r.meta.get("demonstrations") or {}
             if d.get("indices") is not None:
                 demos.setdefault((*_task(r), r.meta.get("seed")), {})[m.label] = (d.get("split"), tuple(d["indices"]))
+    said = _rows_check(sizes, len(models))
     shared = {k: v for k, v in demos.items() if len(v) == len(models)}
     differ = sorted((k for k, v in shared.items() if len(set(v.values())) > 1), key=str)
     if not shared:
-        return ["No (task, seed) that every model ran, so no demonstrations to compare."]
+        return said + ["No (task, seed) that every model ran, so no demonstrations to compare."]
     if not differ:
-        return [f"Every model read the same demonstrations (split and row indices, from meta) on all "
+        return said + [f"Every model read the same demonstrations (split and row indices, from meta) on all "
                 f"{len(shared)} (task, seed) pairs they share."]
-    return [f"The demonstrations differ between models on {len(differ)} of {len(shared)} shared (task, seed) "
+    return said + [f"The demonstrations differ between models on {len(differ)} of {len(shared)} shared (task, seed) "
             f"pairs: " + ", ".join(f"{t} seed {s}" for t, _, s in differ) + "."]
+
+
+def _rows_check(sizes: dict[tuple, dict[str, set]], n_models: int) -> list[str]:
+    tasks = sorted((t for t, v in sizes.items() if len(v) == n_models), key=str)
+    odd = [t for t in tasks if len({frozenset(v) for v in sizes[t].values()}) > 1]
+    if not tasks:
+        return []
+    if not odd:
+        return [f"The models score the same numbers of evaluation and dev rows on all {len(tasks)} tasks they share."]
+    said = [f"{t[0]} ({'; '.join(f'{m}: {sorted(map(str, v))}' for m, v in sorted(sizes[t].items()))})" for t in odd]
+    return ["The numbers of (evaluation, dev) rows differ between models on " + ", ".join(said) + "."]
 
 
 def build(models: list[Model], out: Path, title: str = "Across models", max_step: int = 8,

@@ -18,7 +18,7 @@ ZERO = {"method": "zero_shot", "position_mode": None, "eta": None, "beta": None}
 GRAD = {"method": "grad", "position_mode": None, "eta": None, "beta": None, "lr": 0.001}
 
 
-def job(root: Path, model: str, task: str, seed: int, arm: dict, acc, dev, n_shot=1, dtype="fp32"):
+def job(root: Path, model: str, task: str, seed: int, arm: dict, acc, dev, n_shot=1, dtype="fp32", **extra):
     """One finished job directory of a results store."""
     name = f"{arm['method']}-{arm['position_mode']}-{arm['eta']}-T{len(acc)}-{seed}"
     d = root / task / model / name
@@ -26,7 +26,7 @@ def job(root: Path, model: str, task: str, seed: int, arm: dict, acc, dev, n_sho
     meta = {"mode": "tune", "model": model, "task": task, "seed": seed, "T": len(acc), "n_shot": n_shot,
             "status": "finished", "dtype": dtype, "n_eval": 100, "n_dev": 30, "patience": None,
             "finished": "2026-12-04T05:00:00+0000",
-            "demonstrations": {"indices": [seed, seed + 10], "split": "train"}, **arm}
+            "demonstrations": {"indices": [seed, seed + 10], "split": "train"}, **arm, **extra}
     (d / "meta.json").write_text(json.dumps(meta))
     (d / "steps.jsonl").write_text("".join(json.dumps({"step": i + 1, "acc": a, "dev_acc": v, "tune_tokens": 10 * i})
                                            + "\n" for i, (a, v) in enumerate(zip(acc, dev))))
@@ -145,6 +145,17 @@ def test_the_t15_table_holds_the_tasks_where_every_model_reaches_step_15(tmp_pat
     assert "| mr |" not in long_.split("##")[0] and "IFT default: sst2" in long_
 
 
+def test_the_page_says_when_models_read_other_demonstrations_or_rows(tmp_path):
+    x, y = tmp_path / "x", tmp_path / "y"
+    for seed in (0, 1):
+        job(x, "mx", "sst2", seed, DEFAULT, [.5, .6], [.5, .6])
+        job(y, "my", "sst2", seed, DEFAULT, [.5, .6], [.5, .6], n_eval=50,
+            demonstrations={"indices": [seed, 99], "split": "train"})
+    said = " ".join(cm.demo_check(models([f"X={x}", f"Y={y}"])))
+    assert "rows differ between models on sst2 (X: ['(100, 30)']; Y: ['(50, 30)'])" in said
+    assert "differ between models on 2 of 2 shared (task, seed) pairs: sst2 seed 0, sst2 seed 1" in said
+
+
 def test_cli_page_is_byte_identical_on_a_rebuild(stores, tmp_path, capsys):
     outs = [tmp_path / "one", tmp_path / "two"]
     for out in outs:
@@ -157,7 +168,8 @@ def test_cli_page_is_byte_identical_on_a_rebuild(stores, tmp_path, capsys):
     page = (outs[0] / "crossmodel.md").read_text()
     assert "- IFT default: mr, sst2 (2)" in page
     assert "sst2 (1-shot): seeds 0-1 used; left out: zero-shot 2" in page
-    assert "same demonstrations" in page and "No task yet where every model has IFT runs to step 15" in page
+    assert "same numbers of evaluation and dev rows on all 2 tasks" in page
+    assert "same demonstrations (split and row indices, from meta) on all 4 (task, seed) pairs" in page and "No task yet where every model has IFT runs to step 15" in page
 
 
 @pytest.mark.parametrize("spec, says", [("nolabel", "expected LABEL=SRC"), ("=x", "expected LABEL=SRC"),
