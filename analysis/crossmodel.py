@@ -292,7 +292,8 @@ def curves_figure(cands: pd.DataFrame, models: list[str], max_step: int) -> plt.
     for ax in axes.flat[:len(tasks)]:
         for handle, lab in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(lab, handle)
-    labels = sorted(legend, key=lambda s: (models.index(s.split(": ")[0]), s))
+    owner = {f"{m}: {what}": i for i, m in enumerate(models) for what in (DEFAULT, PAPER, "ICL", ZERO)}
+    labels = sorted(legend, key=lambda s: (owner[s], s))
     ncol = len(models)  # a column per model (labels are sorted by model)
     fig.legend([legend[k] for k in labels], labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, (0.1 + 0.2 * -(-len(labels) // ncol)) / fig.get_figheight(), 1, 1))
