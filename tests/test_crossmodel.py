@@ -156,6 +156,18 @@ def test_the_page_says_when_models_read_other_demonstrations_or_rows(tmp_path):
     assert "differ between models on 2 of 2 shared (task, seed) pairs: sst2 seed 0, sst2 seed 1" in said
 
 
+def test_the_figure_has_a_panel_per_task_and_a_colour_per_model(stores):
+    fig = cm.curves_figure(cm.frame(models(stores)), ["A", "B"], 8)
+    axes = fig.get_axes()
+    assert [ax.get_title().split(",")[0] for ax in axes] == ["copa", "mr", "sst2"]
+    lines = {line.get_label(): line for line in axes[2].get_lines()}
+    assert {lines[k].get_color() for k in ("A: IFT default", "A: ICL", "A: zero-shot", "A: paper's setting")} == \
+        {lines["A: ICL"].get_color()} != {lines["B: ICL"].get_color()}
+    curve = list(lines["A: IFT default"].get_ydata())  # mean of seeds 0 and 1, all 10 steps (the tables stop at 8)
+    assert len(curve) == 10 and curve[:3] == pytest.approx([45.0, 50.0, 65.0]) and curve[8] == pytest.approx(65.0)
+    assert lines["A: ICL"].get_ydata()[0] == pytest.approx(45.0)
+
+
 def test_cli_page_is_byte_identical_on_a_rebuild(stores, tmp_path, capsys):
     outs = [tmp_path / "one", tmp_path / "two"]
     for out in outs:
