@@ -132,7 +132,14 @@ def fast_dtype(device: str = "auto") -> str:
     dev = resolve_device(device)
     if dev.type == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16-mixed" if dev.type == "cpu" and "amx_bf16" in _cpu_flags() else "fp32"
+    return "bf16-mixed" if dev.type == "cpu" and cpu_kind()["cpu_amx"] else "fp32"
+
+
+def cpu_kind() -> dict:
+    """{"cpu": model name or None, "cpu_amx": bool}: what decides bf16-mixed's speed and last bits here."""
+    info = _cpu_flags()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    return {"cpu": name, "cpu_amx": "amx_bf16" in info}
 
 
 def _cpu_flags() -> str:

@@ -39,10 +39,9 @@ def versions() -> dict:
 
     # the CPU kind too: bf16-mixed products differ in the last bits between CPUs with and without AMX, enough
     # to move an accuracy by a row (docs/results.md, *Precision*), so a rerun elsewhere is recognisable
-    flags = ift.models._cpu_flags()
-    name = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), None)
-    out = {"python": platform.python_version(), "cpu": name or platform.processor() or None,
-           "cpu_amx": "amx_bf16" in flags}
+    cpu = ift.models.cpu_kind()
+    out = {"python": platform.python_version(), "cpu": cpu["cpu"] or platform.processor() or None,
+           "cpu_amx": cpu["cpu_amx"]}
     for package in ("ift", "torch", "transformers", "datasets", "bitsandbytes"):
         try:
             out[package] = version(package)
