@@ -223,10 +223,14 @@ def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, de
     later = [(b, e, j, cont) for b, r in enumerate(batch) for e, j, cont in by_row[r] if len(cont) > 1]
     # logits only where a first continuation token is predicted: the last real query token of each row
     keep = torch.unique(lengths - 1)
-    with _own_position_only(model, torch.searchsorted(keep, lengths - 1)):
+    columns = torch.searchsorted(keep, lengths - 1)  # each row's own position among `keep`
+    with _own_position_only(model, columns):
         out = run(model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(later),
                   cache=prefix.to_cache(model, B) if prefix is not None else None, logits_to_keep=keep)
-    last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
+    logits = out.logits  # [B, 1, V]; [B, K, V] for a model without an output-embedding module to hook
+    if logits.shape[1] != 1:
+        logits = logits[torch.arange(B, device=device), columns].unsqueeze(1)
+    last = torch.log_softmax(logits[:, 0].float(), dim=-1)  # [B, V]
     for b, r in enumerate(batch):
         lp = last[b]
         for e, j, cont in by_row[r]:

@@ -153,3 +153,12 @@ def test_the_head_reads_one_position_per_row_and_scores_are_unchanged(tiny_lm, d
             lp = torch.log_softmax(lm.model(ids).logits[0].float(), dim=-1)
             want = sum(lp[len(ctx_ids) - 1 + i, t].item() for i, t in enumerate(cont_ids))
             assert abs(got - want) < 1e-4
+
+
+def test_a_model_without_a_head_to_hook_scores_the_same(tiny_lm, demos, examples, monkeypatch):
+    """No output-embedding module to hook: the rows' own positions are picked from the full logits instead."""
+    lm = tiny_lm("llama")
+    hooked = ift.score_examples(lm, examples, demonstrations=demos, batch_size=len(examples))
+    monkeypatch.setattr(lm.model, "get_output_embeddings", lambda: None)
+    plain = ift.score_examples(lm, examples, demonstrations=demos, batch_size=len(examples))
+    assert max_diff([s.sum_logprobs for s in hooked], [s.sum_logprobs for s in plain]) < 1e-5
