@@ -11,14 +11,11 @@ faster than fp32 (docs/results.md, *Precision*).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
-import torch
+from benchargs import demos_and_rows, task_parser
 
 import ift
-from ift.tasks import load_task
 
 
 def curve(lm, demo_text, examples, T, eta, mode):
@@ -30,21 +27,12 @@ def curve(lm, demo_text, examples, T, eta, mode):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = task_parser(__doc__, T=4)
     ap.add_argument("--model", default="bundled", help="any ift.load_model source")
-    ap.add_argument("--task", default="sst2")
-    ap.add_argument("--data-dir", default=os.environ.get("IFT_DATA_DIR", "../shared/data"))
-    ap.add_argument("--n-shot", type=int, default=1)
-    ap.add_argument("--limit", type=int, default=100)
-    ap.add_argument("--T", type=int, default=4)
     ap.add_argument("--eta", type=float, default=0.1)
     ap.add_argument("--mode", default="aligned", choices=["aligned", "continue"])
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    task = load_task(args.task, data_dir=args.data_dir)
-    demos = task.demonstrations(args.n_shot, seed=0)
-    examples = task.eval_examples(seed=0, limit=args.limit)
+    demos, examples = demos_and_rows(args)
     rows = {}
     for dtype in ("fp32", "bf16-mixed"):
         lm = ift.load_model(args.model, dtype=dtype, device="cpu")

@@ -11,15 +11,12 @@ costs per scored token, not per query token.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import resource
 import time
 
-import torch
+from benchargs import demos_and_rows, task_parser
 
 import ift
-from ift.tasks import load_task
 
 
 def measure(source: str, demo_text: str, examples, T: int) -> dict:
@@ -45,19 +42,10 @@ def measure(source: str, demo_text: str, examples, T: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = task_parser(__doc__, T=3)
     ap.add_argument("--models", default="bundled,gemma3-270m")
-    ap.add_argument("--task", default="sst2")
-    ap.add_argument("--data-dir", default=os.environ.get("IFT_DATA_DIR", "../shared/data"))
-    ap.add_argument("--n-shot", type=int, default=1)
-    ap.add_argument("--limit", type=int, default=100)
-    ap.add_argument("--T", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    task = load_task(args.task, data_dir=args.data_dir)
-    demos = task.demonstrations(args.n_shot, seed=0)
-    examples = task.eval_examples(seed=0, limit=args.limit)
+    demos, examples = demos_and_rows(args)
     print(f"{args.task}: {len(examples)} rows, {args.n_shot}-shot, T={args.T}, aligned eta 0.1, fp32, "
           f"{args.threads} thread(s); tune = one re-read step (mean of steps 2..T), score = all rows once")
     print("| model | layers | vocab | window | load s | prefix tok | query tok | tune s/step | score s/step "
