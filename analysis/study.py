@@ -427,12 +427,16 @@ def _save(fig, path: Path) -> Path:
 
 
 def cosine_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Signed means say whether G leans towards −∇ on average; the |cos| columns say how far single runs and
+    layers stray from 0 (a mean of ≈ 0 is no consistent alignment, not orthogonality run by run)."""
     rows = []
     for (mode, which), g in frame.groupby(["mode", "which"]):
         per_run = g.groupby(["task", "seed"])["cos"].mean()
         rows.append({"position mode": mode, "K/V": which.upper(), "mean cosine over layers": f"{per_run.mean():.3f}",
                      "min layer mean": f"{g.groupby('layer')['cos'].mean().min():.3f}",
                      "max layer mean": f"{g.groupby('layer')['cos'].mean().max():.3f}",
+                     "mean |cos| (run, layer)": f"{g['cos'].abs().mean():.3f}",
+                     "largest |cos| (run, layer)": f"{g['cos'].abs().max():.3f}",
                      "runs": len(per_run)})
     return pd.DataFrame(rows)
 

@@ -94,7 +94,7 @@ def test_page_has_overview_tables_figures_and_cosines(tmp_path):
         runs += [ift(s, [0.6, 0.7 + 0.01 * s], [0.5, 0.6]), ift(s, [0.6, 0.5], [0.5, 0.6], mode="continue"),
                  run("zero_shot", s, [0.4], [0.4]),
                  run("grad", s, [0.6, 0.62], [0.5, 0.55], lr=0.01,
-                     pseudo_grad_cosine={"continue": {"k": [0.1, 0.2], "v": [0.3, 0.1]},
+                     pseudo_grad_cosine={"continue": {"k": [0.1, -0.2], "v": [0.3, 0.1]},
                                          "aligned": {"k": [0.5, 0.6], "v": [0.2, 0.4]}})]
     runs.append(Run("broken", {"status": "failed", "error": "boom"}, skip="failed: boom"))
     page = study.build(runs, tmp_path)
@@ -105,6 +105,8 @@ def test_page_has_overview_tables_figures_and_cosines(tmp_path):
     for png in ("study_deltas.png", "study_curves.png", "study_cosine.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert "| aligned | K | 0.550 |" in text  # mean over layers 0.5, 0.6
+    # signed layers cancel in the mean (-0.05) but not in the spread: mean |cos| 0.15, largest 0.2
+    assert "| continue | K | -0.050 | -0.200 | 0.100 | 0.150 | 0.200 | 3 |" in text
 
 
 def test_early_stopping_stops_after_patience_steps_without_dev_improvement():
