@@ -110,7 +110,8 @@ def fit_check(model, demo: int, query: int = 0, answer: int = 0, T: int = 1, pos
         what += (f" and the longest example {query} query + {answer} answer tokens"
                  + (f" (example {example})" if example is not None and example >= 0 else "")
                  + f", so scoring needs {scoring} positions")
-    advice = ("Use fewer or shorter demonstrations (a lower n_shot); a smaller task.eval_limit does not help "
+    advice = ("Use fewer or shorter demonstrations (a lower n_shot, or task.demo_max_chars to draw only short "
+              "ones); a smaller task.eval_limit does not help "
               "unless it drops the longest example")
     if positions is not None:
         key, limit = positions

@@ -112,7 +112,7 @@ def test_examples_past_the_models_positions_are_refused_before_any_work(tiny_lm,
     lm = tiny_lm("gpt2", n_positions=60)
     message = (r"the demonstrations are 36 tokens and the longest example 20 query \+ 9 answer tokens "
                r"\(example 1\), so scoring needs 65 positions, but the model has 60 positions \(config "
-               r"n_positions=60\)\. Use fewer or shorter demonstrations .*task\.eval_limit")
+               r"n_positions=60\)\. Use fewer or shorter demonstrations .*task\.demo_max_chars.*task\.eval_limit")
     with pytest.raises(ValueError, match=message):
         ift.score_examples(lm, examples, demonstrations=demos)
     prefix = next(ift.ForwardTuner(lm).steps(demos, T=1))  # 36 positions fit

@@ -223,6 +223,26 @@ def test_dev_set_is_held_out_from_demonstrations(colours):
         task.dev_examples(16)
 
 
+def test_demo_max_chars_draws_only_short_demonstrations_and_keeps_dev_and_eval_rows(tmp_path):
+    rows = [{"text": "x" * (3 if i % 2 else 40) + f" {i}", "label": i % 3} for i in range(90)]
+    write_split(tmp_path, "colours", "train", rows)
+    write_split(tmp_path, "colours", "test", colour_rows(30, start=100))
+    free, short = colour_task(tmp_path, dev_size=10), colour_task(tmp_path, dev_size=10, demo_max_chars=30)
+    for seed in range(4):
+        demos = short.demonstrations(2, seed=seed)
+        texts = [short.example("demo_split", i).demonstration for i in demos.indices]
+        assert all(len(t) <= 30 for t in texts) and sorted(i % 3 for i in demos.indices) == [0, 0, 1, 1, 2, 2]
+        assert any(len(short.example("demo_split", i).demonstration) > 30 for i in free.demonstrations(2, seed).indices)
+        assert short.dev_examples(seed=seed) == free.dev_examples(seed=seed)
+        assert short.eval_examples(seed=seed, limit=10) == free.eval_examples(seed=seed, limit=10)
+        # a limit no row exceeds draws exactly what no limit draws
+        assert colour_task(tmp_path, dev_size=10, demo_max_chars=10_000).demonstrations(2, seed) == free.demonstrations(2, seed)
+    with pytest.raises(TaskError, match=r"fit task.demo_max_chars=5; raise task.demo_max_chars or lower n"):
+        colour_task(tmp_path, demo_max_chars=5).demonstrations(1)
+    with pytest.raises(TaskError, match="demo_max_chars must be a positive integer"):
+        colour_task(tmp_path, demo_max_chars=0)
+
+
 # --- data sources ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv"])

@@ -28,6 +28,8 @@ class TaskSpec:
     eval_limit: int | None = None         # evaluate a seeded subsample of this many rows (None: all)
     stratify: bool | None = None          # N per class; defaults to True exactly when label_words are given
     dev_size: int = 0                     # rows of the demo pool held out for choosing hyper-parameters
+    demo_max_chars: int | None = None     # demonstrate only rows whose rendered text is at most this long (a
+                                          # short attention window: IFT reads the demonstrations twice over)
     hub: dict | None = None               # {path, name, revision}: `datasets.load_dataset` arguments
     data_dir: str | None = None           # local root holding <dir>/<split>.{jsonl,parquet,csv}
     dir: str | None = None                # sub-directory of data_dir (default: name)
@@ -55,6 +57,8 @@ class TaskSpec:
             raise TaskError(f"{self.name}: eval_limit must be a positive integer or null, got {self.eval_limit!r}")
         if not isinstance(self.dev_size, int) or self.dev_size < 0:
             raise TaskError(f"{self.name}: dev_size must be an integer >= 0, got {self.dev_size!r}")
+        if self.demo_max_chars is not None and (not isinstance(self.demo_max_chars, int) or self.demo_max_chars < 1):
+            raise TaskError(f"{self.name}: demo_max_chars must be a positive integer or null, got {self.demo_max_chars!r}")
         if self.hub is not None and not (isinstance(self.hub, dict) and self.hub.get("path")):
             raise TaskError(f"{self.name}: hub must be a mapping with a 'path' (and optional 'name', 'revision')")
         if self.base_dir is not None:

@@ -175,6 +175,8 @@ class Task:
         if n == 0:
             return Demonstrations("", [], split)
         candidates, _ = self._order(seed)
+        if self.spec.demo_max_chars is not None:
+            candidates = self._short_enough(candidates, n)
         if self.spec.stratify:
             labels = self._labels[split]
             n_classes = len(self.spec.label_words)
@@ -193,6 +195,27 @@ class Task:
             indices = candidates[:n]
         texts = [self.example("demo_split", i).demonstration for i in indices]
         return Demonstrations(SEPARATOR.join(texts) + SEPARATOR, indices, split)
+
+    def _short_enough(self, candidates: list[int], n: int) -> list[int]:
+        """The candidates, in order, whose demonstration fits demo_max_chars, walked only until the draw is met.
+
+        Skipping the long rows keeps every short row's place, so a limit no row exceeds draws what no limit
+        does, and the dev and evaluation rows never change.
+        """
+        limit, kept = self.spec.demo_max_chars, []
+        n_classes = len(self.spec.label_words) if self.spec.stratify else 1
+        per_class = [0] * n_classes
+        labels = self._labels[self.spec.demo_split]
+        for i in candidates:
+            if len(self.example("demo_split", i).demonstration) > limit:
+                continue
+            kept.append(i)
+            per_class[self._gold(labels[i], None, n_classes) if self.spec.stratify else 0] += 1
+            if min(per_class) >= n:
+                return kept
+        raise TaskError(f"{self.name}: {n} demonstrations{' per class' if self.spec.stratify else ''} asked, but "
+                        f"only {per_class} rows of split {self.spec.demo_split!r} fit task.demo_max_chars={limit}; "
+                        f"raise task.demo_max_chars or lower n")
 
     def dev_examples(self, size: int | None = None, seed: int = 0) -> list[Example]:
         """A held-out dev set from the demo pool (source order), never among the same seed's demonstrations."""
