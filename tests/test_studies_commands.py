@@ -79,6 +79,9 @@ def test_the_gemma_study_runs_every_headline_arm_of_a_task_before_the_next_task_
     assert arms == ["method=zero_shot optim.T=8", *(f"{a} optim.T=8" for a in ift8),  # then continued to 15
                     *(f"{a} optim.T=15" for a in ift8), "method=grad optim.T=5", "method=repeat optim.T=8"]
     assert "task.eval_limit=100" in launches[0] and "task.dev_size=30" in launches[0]
+    # repetition: four copies exceed Gemma's window on some seed of SST-5 and TREC, so three there
+    caps = [next(o for o in call if "max_repeats" in o) for call in launches[-5:]]
+    assert caps == ["++method.max_repeats=4"] * 2 + ["++method.max_repeats=3"] * 2 + ["++method.max_repeats=4"]
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
