@@ -82,6 +82,21 @@ def test_store_keys_of_composed_configs_are_pinned(overrides, provisional, bound
 DATA = os.environ.get("IFT_DATA_DIR")
 
 
+def test_a_later_task_field_enters_the_key_only_when_set(tmp_path):
+    """demo_max_chars came after runs were archived: unset it must leave the task's key as it was (no such
+    entry), set it must give a new one."""
+    from ift.experiment.keys import task_identity
+    from ift.tasks import load_task
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "train.jsonl").write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    spec = {"name": "t", "template": "{text}:", "label_words": ["x", "y"], "data_dir": str(tmp_path),
+            "eval_split": "train"}
+    unset, capped = task_identity(load_task(spec)), task_identity(load_task({**spec, "demo_max_chars": 40}))
+    assert "demo_max_chars" not in unset
+    assert capped.pop("demo_max_chars") == 40 and capped == unset
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA or not Path(DATA, "sst2").is_dir(), reason="needs the local benchmark mirror (IFT_DATA_DIR)")
 def test_archived_runs_keep_their_keys():
@@ -95,7 +110,8 @@ def test_archived_runs_keep_their_keys():
             files = {m.name: m for m in tar.getmembers()}
             for name in sorted(n for n in files if n.endswith("/config.yaml")):
                 meta = json.load(tar.extractfile(files[name.replace("config.yaml", "meta.json")]))
-                kind = (meta["task"], meta["method"], meta.get("position_mode"), meta.get("patience"))
+                kind = (archive.parent.name, meta["task"], meta["method"], meta.get("position_mode"),
+                        meta.get("patience"))
                 if kind in checked:
                     continue
                 checked.add(kind)

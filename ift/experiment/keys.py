@@ -15,6 +15,9 @@ from ift.tasks.sources import split_files
 # TaskSpec fields that say where the data lives or describe the task, not what it computes: the data
 # fingerprint stands for them in the store key, so a moved mirror with the same bytes keeps its results
 SPEC_LOCATION_FIELDS = ("base_dir", "data_dir", "dir", "description")
+# TaskSpec fields added after results were archived: unset (None), a job computes exactly what it did before
+# the field existed, so the field enters the key only when set and archived runs keep their keys
+SPEC_KEYED_WHEN_SET = ("demo_max_chars",)
 
 
 _SHA256: dict[tuple[str, int, int], str] = {}
@@ -35,8 +38,10 @@ def file_sha256(path: Path) -> str:
 
 
 def task_identity(task: Task) -> dict:
-    """The resolved task spec (after its YAML is read and overrides applied), minus where its data lives."""
-    return {k: v for k, v in asdict(task.spec).items() if k not in SPEC_LOCATION_FIELDS}
+    """The resolved task spec (after its YAML is read and overrides applied), minus where its data lives and
+    minus later-added fields left unset (SPEC_KEYED_WHEN_SET)."""
+    return {k: v for k, v in asdict(task.spec).items()
+            if k not in SPEC_LOCATION_FIELDS and not (k in SPEC_KEYED_WHEN_SET and v is None)}
 
 
 def data_fingerprint(task: Task) -> dict:
