@@ -31,6 +31,11 @@
 #                                      # continued to T = 15, gradient tuning and repetition, each over every task;
 #                                      # two single-thread streams as --nine;
 #                                      # docs/results/gemma/ (GEMMA_QUANT=bf16_mixed on an AMX CPU or a GPU)
+#   bash scripts/studies.sh --gemma-agnews  # Gemma on AGNews with demonstrations of at most 300 characters
+#                                      # (+task.demo_max_chars=300, so IFT's doubled prefix fits the 512-token
+#                                      # window; other demonstrations than --gemma's AGNews, so its own store and
+#                                      # page): zero-shot, both IFT settings to T = 8, gradient tuning, repetition
+#                                      # (r <= 2: three copies exceed the window); docs/results/gemma_agnews/
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice in one launch (what CI runs, minutes)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -50,10 +55,11 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
-  --quick|--pilot|--nine|--eta|--seeds|--gemma) scale=${1#--}; shift ;;
+  --quick|--pilot|--nine|--eta|--seeds|--gemma|--gemma-agnews) scale=${1#--}; shift ;;
 esac
 case $scale in
   pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
+  gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; out=${STUDY_OUT:-docs/results/gemma_agnews} ;;
   full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
   quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
   *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
@@ -203,6 +209,19 @@ elif [ $scale = seeds ]; then
       || failed=1
     # shellcheck disable=SC2086
     $PY launch.py experiment=study_baselines method=zero_shot optim.T=8 $group "${same[@]}" "$@" || failed=1
+  done
+elif [ $scale = gemma-agnews ]; then
+  quant=${GEMMA_QUANT:-none}
+  title="AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, ${quant/none/fp32})"
+  group=(task=agnews task.demo_split=test n_shot=1 task.eval_limit=100 task.dev_size=30 +task.demo_max_chars=300
+         model=gemma3_270m seed=0,1,2,3,4 "quant=$quant" "results_dir=$results" logger=disabled)
+  for arm in "experiment=study_baselines method=zero_shot optim.T=8" \
+             "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8" \
+             "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=8" \
+             "experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5" \
+             "experiment=study_baselines method=repeat ++method.max_repeats=2 optim.T=8 eval.batch_size=8"; do
+    # shellcheck disable=SC2086
+    $PY launch.py $arm "${group[@]}" "$@" || failed=1
   done
 elif [ $scale = quick ]; then
   # one launch (one process, one model load): 2 tasks (binary classification, multiple choice; n_shot 2: the

@@ -45,7 +45,7 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", "--gemma", ""])
+@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", "--gemma", "--gemma-agnews", ""])
 def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
     calls = recorded_calls(scale, tmp_path)
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
@@ -82,6 +82,18 @@ def test_the_gemma_study_runs_every_headline_arm_of_a_task_before_the_next_task_
     # repetition: four copies exceed Gemma's window on some seed of SST-5 and TREC, so three there
     caps = [next(o for o in call if "max_repeats" in o) for call in launches[-5:]]
     assert caps == ["++method.max_repeats=4"] * 2 + ["++method.max_repeats=3"] * 2 + ["++method.max_repeats=4"]
+
+
+def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_its_own(tmp_path):
+    calls = recorded_calls("--gemma-agnews", tmp_path, STUDY_RESULTS="", STUDY_OUT="")
+    launches = [c[1:] for c in calls if c[0] == "launch.py"]
+    assert all({"task=agnews", "task.demo_split=test", "+task.demo_max_chars=300", "model=gemma3_270m",
+                "results_dir=results/gemma_agnews"} <= set(call) for call in launches)
+    assert [next(o for o in call if o.startswith("method=") or o.startswith("optim.eta=")) for call in launches] == \
+        ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad", "method=repeat"]
+    assert "++method.max_repeats=2" in launches[-1]  # three copies exceed Gemma's 512-token window
+    assert calls[-2][3:] == ["results/gemma_agnews", "docs/results/gemma_agnews/runs.tar.gz"]
+    assert calls[-1][-1] == "AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
