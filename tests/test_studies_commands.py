@@ -90,8 +90,7 @@ def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_i
     assert all({"task=agnews", "task.demo_split=test", "+task.demo_max_chars=300", "model=gemma3_270m",
                 "results_dir=results/gemma_agnews"} <= set(call) for call in launches)
     assert [next(o for o in call if o.startswith("method=") or o.startswith("optim.eta=")) for call in launches] == \
-        ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad", "method=repeat"]
-    assert "++method.max_repeats=2" in launches[-1]  # three copies exceed Gemma's 512-token window
+        ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad"]  # no repetition: 2 copies + query
     assert calls[-2][3:] == ["results/gemma_agnews", "docs/results/gemma_agnews/runs.tar.gz"]
     assert calls[-1][-1] == "AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
 
