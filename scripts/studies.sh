@@ -90,7 +90,7 @@ if [ $scale = pilot ]; then
   $PY launch.py experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
       ++method.lr=0.01 "$@"
   $PY launch.py experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
-elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ]; then
+elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ] || [ $scale = gemma-agnews ]; then
   title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
   common=(seed=0,1,2,3,4 quant=bf16_mixed "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
@@ -128,7 +128,7 @@ elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ]; then
   fi
   headline=()
   declare -A repeats_of=()  # per task, a cap on the repetition arm's copies (default: the arm's own)
-  if [ $scale = gemma ]; then
+  if [ $scale = gemma ] || [ $scale = gemma-agnews ]; then
     # a base model of another family; the same rows, seeds and demonstrations recipe as --nine. Task by task
     # (cheapest first in each stream), so a stopped run leaves whole tasks: the headline arms first, the costlier
     # baselines in a second pass
@@ -151,6 +151,13 @@ elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ]; then
     # four copies of the demonstrations exceed Gemma's 512-token sliding window on some of seeds 0-4 of these
     # (check_lengths refuses the run): three fit every seed
     repeats_of=([sst5]=3 [trec]=3 [winogrande]=3)
+    if [ $scale = gemma-agnews ]; then
+      # AGNews from demonstrations of at most 300 characters: the same headline arms to T = 8 and gradient
+      # tuning; no repetition, as two copies and the query exceed the window on 4 of seeds 0-4
+      title="AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, ${quant/none/fp32})"
+      classification=("task=agnews task.demo_split=test n_shot=1 $rows +task.demo_max_chars=300") choice=()
+      arms=("experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5")
+    fi
   fi
   stream() {
     local arm group
@@ -211,18 +218,6 @@ elif [ $scale = seeds ]; then
       || failed=1
     # shellcheck disable=SC2086
     $PY launch.py experiment=study_baselines method=zero_shot optim.T=8 $group "${same[@]}" "$@" || failed=1
-  done
-elif [ $scale = gemma-agnews ]; then
-  quant=${GEMMA_QUANT:-none}
-  title="AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, ${quant/none/fp32})"
-  group=(task=agnews task.demo_split=test n_shot=1 task.eval_limit=100 task.dev_size=30 +task.demo_max_chars=300
-         model=gemma3_270m seed=0,1,2,3,4 "quant=$quant" "results_dir=$results" logger=disabled)
-  for arm in "experiment=study_baselines method=zero_shot optim.T=8" \
-             "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8" \
-             "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=8" \
-             "experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5"; do
-    # shellcheck disable=SC2086
-    $PY launch.py $arm "${group[@]}" "$@" || failed=1
   done
 elif [ $scale = quick ]; then
   # one launch (one process, one model load): 2 tasks (binary classification, multiple choice; n_shot 2: the
