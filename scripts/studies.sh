@@ -38,6 +38,10 @@
 #                                      # repetition: two copies and the query exceed the window on 4 of 5 seeds
 #                                      # (IFT's re-read holds the doubled demonstrations without a query);
 #                                      # docs/results/gemma_agnews/
+#   bash scripts/studies.sh --gemma-seeds  # more seeds where --gemma's binary tasks are wider than +-3 points (its
+#                                      # page's estimate: SST-2 to 32 seeds, MR to 17): every --gemma arm, seed by
+#                                      # seed (a stop leaves whole seeds), two single-thread workers sharing one
+#                                      # queue; the same store, keys and page as --gemma (docs/results/gemma/)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice in one launch (what CI runs, minutes)
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
@@ -57,10 +61,11 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
-  --quick|--pilot|--nine|--eta|--seeds|--gemma|--gemma-agnews) scale=${1#--}; shift ;;
+  --quick|--pilot|--nine|--eta|--seeds|--gemma|--gemma-seeds|--gemma-agnews) scale=${1#--}; shift ;;
 esac
 case $scale in
   pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
+  gemma-seeds) results=${STUDY_RESULTS:-results/gemma}; out=${STUDY_OUT:-docs/results/gemma} ;;
   gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; out=${STUDY_OUT:-docs/results/gemma_agnews} ;;
   full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
   quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
@@ -90,7 +95,7 @@ if [ $scale = pilot ]; then
   $PY launch.py experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
       ++method.lr=0.01 "$@"
   $PY launch.py experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
-elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ] || [ $scale = gemma-agnews ]; then
+elif [[ $scale = nine || $scale = eta || $scale = gemma* ]]; then
   title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
   common=(seed=0,1,2,3,4 quant=bf16_mixed "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
@@ -128,7 +133,8 @@ elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ] || [ $scale = g
   fi
   headline=()
   declare -A repeats_of=()  # per task, a cap on the repetition arm's copies (default: the arm's own)
-  if [ $scale = gemma ] || [ $scale = gemma-agnews ]; then
+  declare -A zero_shot_only=()  # per task: only the zero-shot arm runs
+  if [[ $scale = gemma* ]]; then
     # a base model of another family; the same rows, seeds and demonstrations recipe as --nine. Task by task
     # (cheapest first in each stream), so a stopped run leaves whole tasks: the headline arms first, the costlier
     # baselines in a second pass
@@ -151,6 +157,9 @@ elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ] || [ $scale = g
     # four copies of the demonstrations exceed Gemma's 512-token sliding window on some of seeds 0-4 of these
     # (check_lengths refuses the run): three fit every seed
     repeats_of=([sst5]=3 [trec]=3 [winogrande]=3)
+    # HellaSwag's four demonstrations are 265-426 tokens on seeds 0-4: IFT's doubled cache exceeds the window on
+    # every seed (and r = 2 copies with a query on most), so the Gemma page has its zero-shot arm only
+    zero_shot_only=([hellaswag]=1)
     if [ $scale = gemma-agnews ]; then
       # AGNews from demonstrations of at most 300 characters: the same headline arms to T = 8 and gradient
       # tuning; no repetition, as two copies and the query exceed the window on 4 of seeds 0-4
@@ -158,19 +167,34 @@ elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ] || [ $scale = g
       classification=("task=agnews task.demo_split=test n_shot=1 $rows +task.demo_max_chars=300") choice=()
       arms=("experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5")
     fi
+    if [ $scale = gemma-seeds ]; then
+      # the seeds the Gemma page estimates for a +-3-point interval on IFT's delta where a binary task is wider:
+      # SST-2 to 32, MR to 17 (seeds 0-4 are --gemma's). One queue of (task group, seed), the two tasks
+      # interleaved; each job runs every arm of --gemma (T = 8 runs, then continued to 15) for its seed
+      seed_jobs=()
+      for seed in $(seq 5 31); do
+        seed_jobs+=("task=sst2 n_shot=1 $rows|$seed")
+        [ "$seed" -le 16 ] && seed_jobs+=("task=mr n_shot=1 $rows|$seed")
+      done
+      per_seed=(model=gemma3_270m "quant=$quant" "results_dir=$results" logger=disabled)
+    fi
   fi
+  task_of() { task=${1%% *}; task=${task#task=}; }  # the task of a task group, into $task
   stream() {
-    local arm group
+    local arm group task
     for group in "$@"; do  # --gemma: every headline arm of a task before the next task
       for arm in "${headline[@]}"; do
+        task_of "$group"
+        [[ -n "${zero_shot_only[$task]:-}" && $arm != *method=zero_shot* ]] && continue
         # shellcheck disable=SC2086
         $PY launch.py $arm $group "${common[@]}" "${extra[@]}" || status=1
       done
     done
     for arm in "${arms[@]}"; do
       for group in "$@"; do
-        local task=${group%% *} run_arm=$arm
-        task=${task#task=}
+        local run_arm=$arm
+        task_of "$group"
+        [ -n "${zero_shot_only[$task]:-}" ] && continue
         if [[ $arm == *method=repeat* && -n "${repeats_of[$task]:-}" ]]; then
           run_arm=${arm/max_repeats=4/max_repeats=${repeats_of[$task]}}
         fi
@@ -180,8 +204,36 @@ elif [ $scale = nine ] || [ $scale = eta ] || [ $scale = gemma ] || [ $scale = g
     done
     return ${status:-0}
   }
+  seed_worker() {  # takes the next job of the shared queue until none is left: a stop leaves whole seeds
+    local next group seed arm run_arm task
+    while :; do
+      next=$(flock "$queue" sh -c 'n=$(cat "$1"); echo $((n + 1)) > "$1"; echo "$n"' _ "$queue")
+      [ "$next" -lt ${#seed_jobs[@]} ] || break
+      group=${seed_jobs[$next]%|*} seed=${seed_jobs[$next]#*|}
+      task_of "$group"
+      for arm in "${headline[@]}" "${arms[@]}"; do
+        run_arm=$arm
+        if [[ $arm == *method=repeat* && -n "${repeats_of[$task]:-}" ]]; then
+          run_arm=${arm/max_repeats=4/max_repeats=${repeats_of[$task]}}
+        fi
+        # shellcheck disable=SC2086
+        $PY launch.py $run_arm $group "seed=$seed" "${per_seed[@]}" "${extra[@]}" || status=1
+      done
+    done
+    return ${status:-0}
+  }
   extra=("$@")
+  if [ $scale = gemma-seeds ]; then
+    queue=$(mktemp) && echo 0 > "$queue"
+    workers=${NINE_PARALLEL:-2} pids=()
+    threads=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))
+    for _ in $(seq "$workers"); do OMP_NUM_THREADS=$threads seed_worker & pids+=($!); done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    rm -f "$queue"
+    NINE_STREAM=none
+  fi
   case "${NINE_STREAM:-both}" in
+    none) ;;
     classification) stream "${classification[@]}" || failed=1 ;;
     choice) stream "${choice[@]}" || failed=1 ;;
     both)

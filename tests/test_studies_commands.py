@@ -45,7 +45,7 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", "--gemma", "--gemma-agnews", ""])
+@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", "--gemma", "--gemma-seeds", "--gemma-agnews", ""])
 def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
     calls = recorded_calls(scale, tmp_path)
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
@@ -82,6 +82,37 @@ def test_the_gemma_study_runs_every_headline_arm_of_a_task_before_the_next_task_
     # repetition: four copies exceed Gemma's window on some seed of SST-5 and TREC, so three there
     caps = [next(o for o in call if "max_repeats" in o) for call in launches[-5:]]
     assert caps == ["++method.max_repeats=4"] * 2 + ["++method.max_repeats=3"] * 2 + ["++method.max_repeats=4"]
+
+
+def test_gemma_runs_only_zero_shot_on_hellaswag_whose_demonstrations_exceed_the_window_doubled(tmp_path):
+    launches = [c[1:] for c in recorded_calls("--gemma", tmp_path, NINE_STREAM="choice") if c[0] == "launch.py"]
+    hellaswag = [call for call in launches if "task=hellaswag" in call]
+    assert [next(o for o in call if o.startswith("method=")) for call in hellaswag] == ["method=zero_shot"]
+    assert {next(o for o in call if o.startswith("task=")) for call in launches} == \
+        {"task=copa", "task=winogrande", "task=obqa", "task=hellaswag"}
+    assert len(launches) == 3 * 3 + 1 + 3 * 4  # every arm on the other three tasks
+
+
+def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_page(tmp_path):
+    (tmp_path / "g").mkdir()
+    (tmp_path / "s").mkdir()
+    gemma = [c[1:] for c in recorded_calls("--gemma", tmp_path / "g", NINE_STREAM="classification")
+             if c[0] == "launch.py" and "task=sst2" in c]
+    calls = recorded_calls("--gemma-seeds", tmp_path / "s", NINE_PARALLEL="1", STUDY_RESULTS="", STUDY_OUT="")
+    launches = [c[1:] for c in calls if c[0] == "launch.py"]
+    gemma_arms = [[o for o in call if not o.startswith(("seed=", "results_dir="))] for call in gemma]
+    assert len(gemma_arms) == 7
+    seeds = {"task=sst2": list(range(5, 32)), "task=mr": list(range(5, 17))}  # to 32 and 17 seeds
+    for task, want in seeds.items():
+        mine = [call for call in launches if task in call]
+        # one worker: whole seeds in order, each with --gemma's arms in --gemma's order
+        assert [int(next(o for o in call if o.startswith("seed="))[5:]) for call in mine[::7]] == want
+        assert all(len({o for o in call if o.startswith("seed=")}) == 1 for call in mine)
+        strip = [[o for o in call if not o.startswith(("seed=", "results_dir="))] for call in mine[:7]]
+        assert strip == [[o.replace("task=sst2", task) for o in arm] for arm in gemma_arms]
+    assert all("results_dir=results/gemma" in call for call in launches)
+    assert calls[-2][3:] == ["results/gemma", "docs/results/gemma/runs.tar.gz"]
+    assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (Gemma-3-270m base, fp32)"
 
 
 def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_its_own(tmp_path):
