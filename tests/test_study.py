@@ -249,3 +249,19 @@ def test_one_step_per_task_needs_every_seed_to_have_it():
     per_task = study.choose_per_task(study.candidates(runs), "eval").set_index(["arm", "seed"]).sort_index()
     assert list(per_task.loc[study.IFT_ALL, "step"]) == [4, 4]
     assert list(per_task.loc[study.IFT_EARLY, "step"]) == [2, 2]  # step 4 is seed 1's only; 2 and 3 tie: the earlier
+
+
+def test_a_page_mixing_bf16_mixed_runs_from_cpus_with_and_without_amx_says_so(tmp_path):
+    def on(cpu, amx, seed, dtype="bf16-mixed"):
+        return ift(seed, [0.6, 0.7], [0.5, 0.6], dtype=dtype,
+                   versions={} if amx is None else {"cpu": cpu, "cpu_amx": amx})
+    same = [on("Intel Xeon", True, 0), on("Intel Xeon", True, 1)]
+    assert study.precision_note(same) is None
+    assert study.precision_note([on("Intel Xeon", True, 0), on("AMD EPYC", False, 1, dtype="fp32")]) is None
+    mixed = [on("Intel Xeon", True, 0), on("AMD EPYC", False, 1), on(None, None, 2)]
+    note = study.precision_note(mixed)
+    assert "AMD EPYC without AMX: 1" in note and "Intel Xeon with AMX: 1" in note
+    assert "CPU kind not recorded: 1" in note
+    page = study.build(mixed, tmp_path).read_text()
+    assert "**Mixed CPU kinds.**" in page
+    assert "Mixed CPU kinds" not in study.build(same, tmp_path / "same").read_text()
