@@ -176,28 +176,33 @@ elif [[ $scale = nine || $scale = eta || $scale = gemma* ]]; then
         seed_jobs+=("task=sst2 n_shot=1 $rows|$seed")
         [ "$seed" -le 16 ] && seed_jobs+=("task=mr n_shot=1 $rows|$seed")
       done
-      per_seed=(model=gemma3_270m "quant=$quant" "results_dir=$results" logger=disabled)
+      per_seed=()  # --gemma's settings without its seeds: each job names its own
+      for setting in "${common[@]}"; do [[ $setting == seed=* ]] || per_seed+=("$setting"); done
     fi
   fi
-  task_of() { task=${1%% *}; task=${task#task=}; }  # the task of a task group, into $task
+  # the arm as it runs on a task group's task, into $run_arm: the task's cap on repetition copies applied;
+  # fails (skip it) where the task runs zero-shot only
+  arm_for() {
+    local task=${2%% *}
+    task=${task#task=}
+    [[ -n "${zero_shot_only[$task]:-}" && $1 != *method=zero_shot* ]] && return 1
+    run_arm=$1
+    if [[ $1 == *method=repeat* && -n "${repeats_of[$task]:-}" ]]; then
+      run_arm=${1/max_repeats=4/max_repeats=${repeats_of[$task]}}
+    fi
+  }
   stream() {
-    local arm group task
+    local arm group run_arm
     for group in "$@"; do  # --gemma: every headline arm of a task before the next task
       for arm in "${headline[@]}"; do
-        task_of "$group"
-        [[ -n "${zero_shot_only[$task]:-}" && $arm != *method=zero_shot* ]] && continue
+        arm_for "$arm" "$group" || continue
         # shellcheck disable=SC2086
-        $PY launch.py $arm $group "${common[@]}" "${extra[@]}" || status=1
+        $PY launch.py $run_arm $group "${common[@]}" "${extra[@]}" || status=1
       done
     done
     for arm in "${arms[@]}"; do
       for group in "$@"; do
-        local run_arm=$arm
-        task_of "$group"
-        [ -n "${zero_shot_only[$task]:-}" ] && continue
-        if [[ $arm == *method=repeat* && -n "${repeats_of[$task]:-}" ]]; then
-          run_arm=${arm/max_repeats=4/max_repeats=${repeats_of[$task]}}
-        fi
+        arm_for "$arm" "$group" || continue
         # shellcheck disable=SC2086
         $PY launch.py $run_arm $group "${common[@]}" "${extra[@]}" || status=1
       done
@@ -205,17 +210,13 @@ elif [[ $scale = nine || $scale = eta || $scale = gemma* ]]; then
     return ${status:-0}
   }
   seed_worker() {  # takes the next job of the shared queue until none is left: a stop leaves whole seeds
-    local next group seed arm run_arm task
+    local next group seed arm run_arm
     while :; do
       next=$(flock "$queue" sh -c 'n=$(cat "$1"); echo $((n + 1)) > "$1"; echo "$n"' _ "$queue")
       [ "$next" -lt ${#seed_jobs[@]} ] || break
       group=${seed_jobs[$next]%|*} seed=${seed_jobs[$next]#*|}
-      task_of "$group"
       for arm in "${headline[@]}" "${arms[@]}"; do
-        run_arm=$arm
-        if [[ $arm == *method=repeat* && -n "${repeats_of[$task]:-}" ]]; then
-          run_arm=${arm/max_repeats=4/max_repeats=${repeats_of[$task]}}
-        fi
+        arm_for "$arm" "$group" || continue
         # shellcheck disable=SC2086
         $PY launch.py $run_arm $group "seed=$seed" "${per_seed[@]}" "${extra[@]}" || status=1
       done
