@@ -4,7 +4,7 @@
 #   bash scripts/studies.sh            # the full study: 9 tasks x 5 seeds, every method (days on a 2-core CPU,
 #                                      # hours on one GPU; see docs/results.md for the measured cost);
 #                                      # docs/results/full/
-#   bash scripts/studies.sh --pilot    # the fp32 pilot behind docs/results/study.md: SST-2 and TREC x 5 seeds, every
+#   bash scripts/studies.sh --pilot    # the fp32 pilot, docs/results/pilot/: SST-2 and TREC x 5 seeds, every
 #                                      # method (gradient tuning and its cosine with IFT's G included), 100 eval and
 #                                      # 30 dev rows, T <= 8 (about 3 process-hours on this CPU)
 #   bash scripts/studies.sh --nine     # the nine local benchmarks x 5 seeds in bf16-mixed (quant=bf16_mixed):
@@ -50,7 +50,7 @@
 # no checkpoints) and restored from it on the next run, so a study continues on another machine and its page
 # is rebuilt from a clone: `python -m analysis.study docs/results/nine/runs.tar.gz --out DIR`.
 # Environment: IFT_DATA_DIR (default ../shared/data), STUDY_RESULTS (the store; default results/<scale>),
-# STUDY_OUT (the page; default docs/results/<scale>, the pilot's docs/results), and any extra launch.py
+# STUDY_OUT (the page; default docs/results/<scale>), and any extra launch.py
 # overrides as arguments after the scale flag (e.g. `bash scripts/studies.sh quant=bf16_mixed`: about 2x faster on a CPU with AMX or on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +64,6 @@ case "${1:-}" in
   --quick|--pilot|--nine|--eta|--seeds|--gemma|--gemma-seeds|--gemma-agnews) scale=${1#--}; shift ;;
 esac
 case $scale in
-  pilot) results=${STUDY_RESULTS:-results/pilot}; out=${STUDY_OUT:-docs/results} ;;
   gemma-seeds) results=${STUDY_RESULTS:-results/gemma}; out=${STUDY_OUT:-docs/results/gemma} ;;
   gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; out=${STUDY_OUT:-docs/results/gemma_agnews} ;;
   full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
@@ -89,6 +88,7 @@ if [ -f "$out/runs.tar.gz" ]; then
 fi
 
 if [ $scale = pilot ]; then
+  title="IFT against its baselines (bundled SmolLM2-135M, fp32): pilot"
   pilot=(task=sst2,trec seed=0,1,2,3,4 n_shot=1 task.eval_limit=100 task.dev_size=30 "results_dir=$results"
          logger=disabled)
   # fp32; grad: lr 0.01 for 4 Adam steps (the pilot's setting; the default is now 0.001, see docs/results.md)

@@ -115,6 +115,15 @@ def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_
     assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (Gemma-3-270m base, fp32)"
 
 
+def test_pilot_runs_both_tasks_in_fp32_into_a_page_directory_of_its_own(tmp_path):
+    calls = recorded_calls("--pilot", tmp_path, STUDY_RESULTS="", STUDY_OUT="")
+    launches = [c[1:] for c in calls if c[0] == "launch.py"]
+    assert all({"task=sst2,trec", "seed=0,1,2,3,4", "results_dir=results/pilot"} <= set(call) for call in launches)
+    assert not any(o.startswith("quant=") for call in launches for o in call)  # the default precision: fp32
+    assert calls[-2][3:] == ["results/pilot", "docs/results/pilot/runs.tar.gz"]
+    assert calls[-1][-1] == "IFT against its baselines (bundled SmolLM2-135M, fp32): pilot"
+
+
 def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_its_own(tmp_path):
     calls = recorded_calls("--gemma-agnews", tmp_path, STUDY_RESULTS="", STUDY_OUT="")
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
