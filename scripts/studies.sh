@@ -6,7 +6,7 @@
 #                                      # docs/results/full/
 #   bash scripts/studies.sh --pilot    # the fp32 pilot, docs/results/pilot/: SST-2 and TREC x 5 seeds, every
 #                                      # method (gradient tuning and its cosine with IFT's G included), 100 eval and
-#                                      # 30 dev rows, T <= 8 (about 3 process-hours on this CPU)
+#                                      # 30 dev rows, T <= 8 (80 runs, about 1.3 process-hours on this CPU)
 #   bash scripts/studies.sh --nine     # the nine local benchmarks x 5 seeds in bf16-mixed (quant=bf16_mixed):
 #                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), gradient
 #                                      # tuning, beta 0, repetition, more demonstrations, aligned eta 0.01 (T 8 and
