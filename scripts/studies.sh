@@ -14,6 +14,10 @@
 #                                      # processes at once (NINE_PARALLEL=1 for one; NINE_STREAM=classification or
 #                                      # choice runs one task stream only);
 #                                      # docs/results/nine/ (~7 hours here)
+#   bash scripts/studies.sh --nine-fp32  # the same arms, rows and seeds as --nine in fp32 (reproduces on any CPU;
+#                                      # bf16-mixed reproduces to the digit only on the CPU kind that ran it), plus
+#                                      # the default and the paper's IFT settings continued to T = 15 (the arms the
+#                                      # cross-model page compares with Gemma's fp32 runs); docs/results/nine_fp32/
 #   bash scripts/studies.sh --eta      # the step size: aligned IFT with eta 0.001, 0.01 and 0.1 up to T = 15, then
 #                                      # the paper's continue/0.01 to T = 15 (the same rows, streams and store keys
 #                                      # as --nine); docs/results/eta/
@@ -61,11 +65,12 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
-  --quick|--pilot|--nine|--eta|--seeds|--gemma|--gemma-seeds|--gemma-agnews) scale=${1#--}; shift ;;
+  --quick|--pilot|--nine|--nine-fp32|--eta|--seeds|--gemma|--gemma-seeds|--gemma-agnews) scale=${1#--}; shift ;;
 esac
 case $scale in
   gemma-seeds) results=${STUDY_RESULTS:-results/gemma}; out=${STUDY_OUT:-docs/results/gemma} ;;
   gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; out=${STUDY_OUT:-docs/results/gemma_agnews} ;;
+  nine-fp32) results=${STUDY_RESULTS:-results/nine_fp32}; out=${STUDY_OUT:-docs/results/nine_fp32} ;;
   full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
   quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
   *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
@@ -95,7 +100,7 @@ if [ $scale = pilot ]; then
   $PY launch.py experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
       ++method.lr=0.01 "$@"
   $PY launch.py experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
-elif [[ $scale = nine || $scale = eta || $scale = gemma* ]]; then
+elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
   title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
   common=(seed=0,1,2,3,4 quant=bf16_mixed "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
@@ -121,6 +126,13 @@ elif [[ $scale = nine || $scale = eta || $scale = gemma* ]]; then
         # T up to 15 where the dev rows chose the last steps of T = 8 (it continues the T = 8 run: steps 9-15)
         "experiment=study_ift optim.eta=0.01 optim.position_mode=aligned optim.T=15"
         "experiment=study_ift optim.eta=0.001 optim.position_mode=aligned optim.T=15")
+  if [ $scale = nine-fp32 ]; then
+    title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)"
+    common=(seed=0,1,2,3,4 quant=none "results_dir=$results" logger=disabled)
+    # the default and the paper's settings continued to T = 15 (steps 9-15 of their T = 8 runs), as on Gemma
+    arms+=("experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15"
+           "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=15")
+  fi
   if [ $scale = eta ]; then
     # the step size, tuned to T = 15 in the default position mode, smallest first (the nine-task page lacks it),
     # then the paper's own setting (continue, eta 0.01) at the paper's T = 15; the same rows and keys as --nine,

@@ -45,7 +45,7 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--eta", "--seeds", "--gemma", "--gemma-seeds", "--gemma-agnews", ""])
+@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--nine-fp32", "--eta", "--seeds", "--gemma", "--gemma-seeds", "--gemma-agnews", ""])
 def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
     calls = recorded_calls(scale, tmp_path)
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
@@ -113,6 +113,23 @@ def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_
     assert all("results_dir=results/gemma" in call for call in launches)
     assert calls[-2][3:] == ["results/gemma", "docs/results/gemma/runs.tar.gz"]
     assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (Gemma-3-270m base, fp32)"
+
+
+def test_nine_fp32_runs_the_nine_task_arms_in_fp32_plus_both_ift_settings_to_15_into_its_own_page(tmp_path):
+    (tmp_path / "bf16").mkdir()
+    (tmp_path / "fp32").mkdir()
+    nine = [c[1:] for c in recorded_calls("--nine", tmp_path / "bf16") if c[0] == "launch.py"]
+    calls = recorded_calls("--nine-fp32", tmp_path / "fp32", STUDY_RESULTS="", STUDY_OUT="")
+    launches = [c[1:] for c in calls if c[0] == "launch.py"]
+    assert all("quant=none" in call and "results_dir=results/nine_fp32" in call for call in launches)
+    strip = lambda calls: [[o for o in c if not o.startswith(("quant=", "results_dir="))] for c in calls]
+    extra = [c for c in strip(launches) if c not in strip(nine)]
+    assert {" ".join(o for o in c if o.startswith(("optim.eta=", "optim.position_mode=", "optim.T=")))
+            for c in extra} == {"optim.eta=0.1 optim.position_mode=aligned optim.T=15",
+                                "optim.eta=0.01 optim.position_mode=continue optim.T=15"}
+    assert len(extra) == 2 * 4 and len(launches) == len(nine) + len(extra)  # 4 task groups per new arm
+    assert calls[-2][3:] == ["results/nine_fp32", "docs/results/nine_fp32/runs.tar.gz"]
+    assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)"
 
 
 def test_pilot_runs_both_tasks_in_fp32_into_a_page_directory_of_its_own(tmp_path):
