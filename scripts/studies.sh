@@ -28,6 +28,8 @@
 #                                      # MR had +-3.1 with 20, SST-2 +-3.0 with 30, TREC +-6.9 with 15);
 #                                      # docs/results/seeds/ (~6 hours here); SEEDS_TASKS=mr,hellaswag
 #                                      # runs those tasks only (same seeds and store), page docs/results/seeds_<tasks>/
+#   bash scripts/studies.sh --seeds-fp32  # the same in fp32 (reproduces on any CPU): store results/seeds_fp32,
+#                                      # page docs/results/seeds_fp32/ (SEEDS_TASKS: docs/results/seeds_fp32_<tasks>/)
 #   bash scripts/studies.sh --gemma    # the second model family (issue 19): Gemma-3-270m base (model=gemma3_270m, fp32:
 #                                      # this study's CPUs have no AMX, where bf16-mixed is no faster), the nine-task
 #                                      # rows and seeds 0-4; per task, cheapest first: zero-shot, IFT default (aligned,
@@ -65,12 +67,13 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
-  --quick|--pilot|--nine|--nine-fp32|--eta|--seeds|--gemma|--gemma-seeds|--gemma-agnews) scale=${1#--}; shift ;;
+  --quick|--pilot|--nine|--nine-fp32|--eta|--seeds|--seeds-fp32|--gemma|--gemma-seeds|--gemma-agnews) scale=${1#--}; shift ;;
 esac
 case $scale in
   gemma-seeds) results=${STUDY_RESULTS:-results/gemma}; out=${STUDY_OUT:-docs/results/gemma} ;;
   gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; out=${STUDY_OUT:-docs/results/gemma_agnews} ;;
   nine-fp32) results=${STUDY_RESULTS:-results/nine_fp32}; out=${STUDY_OUT:-docs/results/nine_fp32} ;;
+  seeds-fp32) results=${STUDY_RESULTS:-results/seeds_fp32}; out=${STUDY_OUT:-docs/results/seeds_fp32} ;;
   full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
   quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
   *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
@@ -79,13 +82,13 @@ esac
 # (SEEDS_TASKS) is checked before anything runs and gets a page of its own (the store is shared, so no run is
 # done twice)
 seeds_tasks=(sst2 mr sst5 trec copa obqa agnews winogrande hellaswag)
-if [ $scale = seeds ] && [ -n "${SEEDS_TASKS:-}" ]; then
+if [[ $scale = seeds* && -n "${SEEDS_TASKS:-}" ]]; then
   for task in ${SEEDS_TASKS//,/ }; do
     if [[ " ${seeds_tasks[*]} " != *" $task "* ]]; then
       echo "SEEDS_TASKS=${SEEDS_TASKS}: '$task' is not one of: ${seeds_tasks[*]}" >&2; exit 2
     fi
   done
-  out=${STUDY_OUT:-docs/results/seeds_${SEEDS_TASKS//,/_}}
+  out=${STUDY_OUT:-docs/results/${scale/-/_}_${SEEDS_TASKS//,/_}}
 fi
 # the study's finished runs from earlier sessions or machines (committed beside its page): skipped, not re-run
 if [ -f "$out/runs.tar.gz" ]; then
@@ -262,11 +265,15 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
       fi ;;
     *) echo "NINE_STREAM=${NINE_STREAM}: expected classification, choice or both" >&2; exit 2 ;;
   esac
-elif [ $scale = seeds ]; then
-  title="Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, bf16-mixed)"
+elif [[ $scale = seeds* ]]; then
+  quant=bf16_mixed
+  [ $scale = seeds-fp32 ] && quant=none
+  title="Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, ${quant/none/fp32})"
+  title=${title/bf16_mixed/bf16-mixed}
   [ -n "${SEEDS_TASKS:-}" ] && title="$title: ${SEEDS_TASKS//,/, }"
-  # the same rows and settings as --nine, so its seeds 0-4 are the same runs (copy them in to skip them)
-  same=(quant=bf16_mixed "results_dir=$results" logger=disabled)
+  # the same rows and settings as --nine (--seeds-fp32: --nine-fp32), so its seeds 0-4 are the same runs (copy
+  # them in to skip them)
+  same=("quant=$quant" "results_dir=$results" logger=disabled)
   rows="task.eval_limit=100 task.dev_size=30"
   declare -A group_of=(
     [sst2]="seed=range(0,40) n_shot=1 $rows" [mr]="seed=range(0,40) n_shot=1 $rows"
@@ -308,7 +315,7 @@ fi
 # `python -m analysis.study $out/runs.tar.gz`, and the next run of this script restores them and skips them
 # (a many-seeds subset packs and reports only its own tasks: the store is shared with the other subsets)
 sources=("$results") only=()
-if [ $scale = seeds ] && [ -n "${SEEDS_TASKS:-}" ]; then
+if [[ $scale = seeds* && -n "${SEEDS_TASKS:-}" ]]; then
   only=(--tasks "$SEEDS_TASKS") sources=()
   for task in ${SEEDS_TASKS//,/ }; do
     if [ -d "$results/$task" ]; then sources+=("$results/$task"); fi

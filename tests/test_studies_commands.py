@@ -45,7 +45,7 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--nine-fp32", "--eta", "--seeds", "--gemma", "--gemma-seeds", "--gemma-agnews", ""])
+@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--nine-fp32", "--eta", "--seeds", "--seeds-fp32", "--gemma", "--gemma-seeds", "--gemma-agnews", ""])
 def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
     calls = recorded_calls(scale, tmp_path)
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
@@ -130,6 +130,20 @@ def test_nine_fp32_runs_the_nine_task_arms_in_fp32_plus_both_ift_settings_to_15_
     assert len(extra) == 2 * 4 and len(launches) == len(nine) + len(extra)  # 4 task groups per new arm
     assert calls[-2][3:] == ["results/nine_fp32", "docs/results/nine_fp32/runs.tar.gz"]
     assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)"
+
+
+def test_seeds_fp32_runs_the_many_seeds_launches_in_fp32_into_a_store_and_page_of_its_own(tmp_path):
+    (tmp_path / "bf16").mkdir()
+    (tmp_path / "fp32").mkdir()
+    bf16 = [c[1:] for c in recorded_calls("--seeds", tmp_path / "bf16", SEEDS_TASKS="sst5,trec",
+                                          STUDY_RESULTS="", STUDY_OUT="") if c[0] == "launch.py"]
+    calls = recorded_calls("--seeds-fp32", tmp_path / "fp32", SEEDS_TASKS="sst5,trec", STUDY_RESULTS="", STUDY_OUT="")
+    launches = [c[1:] for c in calls if c[0] == "launch.py"]
+    assert all("quant=bf16_mixed" in call for call in bf16)
+    assert [[o.replace("quant=bf16_mixed", "quant=none").replace("results/seeds", "results/seeds_fp32") for o in c]
+            for c in bf16] == launches
+    assert calls[-2][3:] == ["results/seeds_fp32", "docs/results/seeds_fp32_sst5_trec/runs.tar.gz", "--tasks", "sst5,trec"]
+    assert calls[-1][-1] == "Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, fp32): sst5, trec"
 
 
 def test_pilot_runs_both_tasks_in_fp32_into_a_page_directory_of_its_own(tmp_path):
