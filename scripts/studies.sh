@@ -29,7 +29,9 @@
 #                                      # docs/results/seeds/ (~6 hours here); SEEDS_TASKS=mr,hellaswag
 #                                      # runs those tasks only (same seeds and store), page docs/results/seeds_<tasks>/
 #   bash scripts/studies.sh --seeds-fp32  # the same in fp32 (reproduces on any CPU): store results/seeds_fp32,
-#                                      # page docs/results/seeds_fp32/ (SEEDS_TASKS: docs/results/seeds_fp32_<tasks>/)
+#                                      # page docs/results/seeds_fp32/ (SEEDS_TASKS: docs/results/seeds_fp32_<tasks>/);
+#                                      # both copy seeds 0-4 from their nine-task study (its store NINE_RESULTS,
+#                                      # default results/nine[_fp32], or its committed archive) instead of re-running
 #   bash scripts/studies.sh --gemma    # the second model family (issue 19): Gemma-3-270m base (model=gemma3_270m, fp32:
 #                                      # this study's CPUs have no AMX, where bf16-mixed is no faster), the nine-task
 #                                      # rows and seeds 0-4; per task, cheapest first: zero-shot, IFT default (aligned,
@@ -271,9 +273,15 @@ elif [[ $scale = seeds* ]]; then
   title="Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, ${quant/none/fp32})"
   title=${title/bf16_mixed/bf16-mixed}
   [ -n "${SEEDS_TASKS:-}" ] && title="$title: ${SEEDS_TASKS//,/, }"
-  # the same rows and settings as --nine (--seeds-fp32: --nine-fp32), so its seeds 0-4 are the same runs (copy
-  # them in to skip them)
-  same=("quant=$quant" "results_dir=$results" logger=disabled)
+  # the same rows and settings as --nine (--seeds-fp32: --nine-fp32), so its seeds 0-4 are the same runs:
+  # copied in from that study's store or committed archive (reuse_from: same key), not run again
+  nine=nine ; [ $scale = seeds-fp32 ] && nine=nine_fp32
+  reuse=$(mktemp -d)/$nine && trap 'rm -rf "${reuse%/*}"' EXIT
+  if [ -f "docs/results/$nine/runs.tar.gz" ]; then
+    $PY -m analysis.archive unpack "docs/results/$nine/runs.tar.gz" "$reuse" >/dev/null
+  fi
+  same=("quant=$quant" "results_dir=$results" logger=disabled
+        "reuse_from=[$(realpath -m "${NINE_RESULTS:-results/$nine}"),$reuse]")
   rows="task.eval_limit=100 task.dev_size=30"
   declare -A group_of=(
     [sst2]="seed=range(0,40) n_shot=1 $rows" [mr]="seed=range(0,40) n_shot=1 $rows"

@@ -19,7 +19,7 @@ from analysis.load import load as load_runs
 from ift.experiment import job as job_module
 from ift.experiment import run_job
 from ift.experiment import store as store_module
-from ift.experiment.config import parse_config
+from ift.experiment.config import ConfigError, parse_config
 from ift.experiment.hydra_app import SweepReport
 from ift.experiment.job import prepare
 from ift.experiment.store import JobStore, StoreLocked
@@ -462,3 +462,32 @@ def test_a_failed_model_load_is_not_retried_by_the_next_jobs(tiny_dir, tmp_path,
     with pytest.raises(OSError, match="other/model"):  # another source is tried
         run_job(compose_cfg(["model=hf", "model.source=other/model", "logger=disabled", f"results_dir={tmp_path}"]))
     assert calls == ["nobody/missing-model", "other/model"]
+
+
+# ---------------------------------------------------------------- reusing another store's runs
+def test_a_run_ended_in_another_store_under_the_same_key_is_copied_in_not_run(tiny_dir, tmp_path, monkeypatch):
+    first = run_job(tiny_cfg(tiny_dir, tmp_path / "nine", "optim.T=2", "seed=1"))
+    monkeypatch.setattr(job_module, "load_model_once", lambda *a, **k: pytest.fail("the model was loaded"))
+    reused = run_job(tiny_cfg(tiny_dir, tmp_path / "seeds", "optim.T=2", "seed=1",
+                              f"reuse_from=[{tmp_path / 'missing'},{tmp_path / 'nine'}]"))
+    assert (reused["status"], reused["skipped"], reused["reused_from"]) == ("finished", True, first["store"])
+    copy, source = Path(reused["store"]), Path(first["store"])
+    assert copy.parent.parent.parent == tmp_path / "seeds" and copy.name == source.name
+    assert strict_rows(copy / "steps.jsonl") == strict_rows(source / "steps.jsonl")
+    assert meta_of(copy) == {**meta_of(source), "reused_from": first["store"]}
+    assert JobStore(prepare(tiny_cfg(tiny_dir, tmp_path / "seeds", "optim.T=2", "seed=1")).job).ended() == "finished"
+
+
+@pytest.mark.parametrize("other", [["seed=2"], ["optim.T=3"], ["skip_finished=false"]])
+def test_another_store_is_not_reused_for_another_key_or_a_forced_run(other, tiny_dir, tmp_path):
+    run_job(tiny_cfg(tiny_dir, tmp_path / "nine", "optim.T=2", "seed=1"))
+    ran = []
+    result = run_job(tiny_cfg(tiny_dir, tmp_path / "seeds", "optim.T=2", "seed=1", *other,
+                              f"reuse_from=[{tmp_path / 'nine'}]"), on_step=ran.append)
+    assert not result["skipped"] and "reused_from" not in result and ran
+    assert "reused_from" not in meta_of(Path(result["store"]))
+
+
+def test_reuse_from_must_be_a_list_of_directories(tmp_path):
+    with pytest.raises(ConfigError, match=r"reuse_from must be a list of results-store directories.*'results/nine'"):
+        parse_config(compose_cfg([f"results_dir={tmp_path}", "logger=disabled", "reuse_from=results/nine"]))

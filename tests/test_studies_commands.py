@@ -140,8 +140,17 @@ def test_seeds_fp32_runs_the_many_seeds_launches_in_fp32_into_a_store_and_page_o
     calls = recorded_calls("--seeds-fp32", tmp_path / "fp32", SEEDS_TASKS="sst5,trec", STUDY_RESULTS="", STUDY_OUT="")
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
     assert all("quant=bf16_mixed" in call for call in bf16)
-    assert [[o.replace("quant=bf16_mixed", "quant=none").replace("results/seeds", "results/seeds_fp32") for o in c]
-            for c in bf16] == launches
+
+    def reused(call):
+        return next(o for o in call if o.startswith("reuse_from="))
+
+    assert [[o.replace("quant=bf16_mixed", "quant=none").replace("results/seeds", "results/seeds_fp32") for o in c
+             if o != reused(c)] for c in bf16] == [[o for o in c if o != reused(c)] for c in launches]
+    # seeds 0-4 are the nine-task fp32 study's runs: reused from its store, or from its archive unpacked aside
+    unpack = next(c for c in calls if c[:3] == ["-m", "analysis.archive", "unpack"])
+    assert unpack[3] == "docs/results/nine_fp32/runs.tar.gz" and Path(unpack[4]).name == "nine_fp32"
+    assert {reused(c) for c in launches} == {f"reuse_from=[{ROOT / 'results' / 'nine_fp32'},{unpack[4]}]"}
+    assert {reused(c) for c in bf16} != {reused(c) for c in launches}
     assert calls[-2][3:] == ["results/seeds_fp32", "docs/results/seeds_fp32_sst5_trec/runs.tar.gz", "--tasks", "sst5,trec"]
     assert calls[-1][-1] == "Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, fp32): sst5, trec"
 
@@ -177,8 +186,9 @@ def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_the
     calls = recorded_calls("--seeds", tmp_path / "some", SEEDS_TASKS="hellaswag,winogrande", STUDY_OUT="")
     some = [c[1:] for c in calls if c[0] == "launch.py"]
     assert {o for call in some for o in call if o.startswith("task=")} == {"task=winogrande", "task=hellaswag"}
-    assert [[o for o in call if not o.startswith("results_dir=")] for call in some] == \
-        [[o for o in call if not o.startswith("results_dir=")] for call in every
+    own = ("results_dir=", "reuse_from=")  # the store, and where the nine-task archive is unpacked (a temp dir)
+    assert [[o for o in call if not o.startswith(own)] for call in some] == \
+        [[o for o in call if not o.startswith(own)] for call in every
          if "task=winogrande" in call or "task=hellaswag" in call]
     assert calls[-2][3:] == [str(results), "docs/results/seeds_hellaswag_winogrande/runs.tar.gz",
                              "--tasks", "hellaswag,winogrande"]

@@ -107,6 +107,7 @@ class JobConfig:
     save_prefix: bool = True    # keep the last tuned prefix (also the resume checkpoint)
     progress: bool = True
     skip_finished: bool = True
+    reuse_from: tuple[Path, ...] = ()  # other stores whose ended runs of the same key are copied in, not re-run
     efficiency: dict = field(default_factory=dict)
     method: Method = field(default_factory=Ift)  # ift/experiment/methods.py
     # what the opened task contributes to the key: {task: resolved spec, data: fingerprint, demonstrations: text}
@@ -235,6 +236,17 @@ def _bool(node: dict, key: str, field_name: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{field_name} must be true or false, got {value!r}")
     return value
+
+
+def _reuse_from(value, base: Path) -> tuple[Path, ...]:
+    """reuse_from: a list of results-store directories (relative to the launch directory); [] or null: none."""
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
+            not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"reuse_from must be a list of results-store directories, e.g. reuse_from=[results/nine], "
+                          f"got {value!r}")
+    return tuple((base / Path(v).expanduser()).resolve() for v in value)
 
 
 def _number(value, field_name: str, what: str, ok) -> float:
@@ -398,6 +410,7 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
         batch_size=_int(ev["batch_size"], "eval.batch_size", 1),
         save_predictions=ev["save_predictions"], save_prefix=ev["save_prefix"], progress=ev["progress"],
         skip_finished=_bool(c, "skip_finished", "skip_finished", True),
+        reuse_from=_reuse_from(c.get("reuse_from"), base),
         efficiency=_efficiency(c.get("efficiency")) if mode == "efficiency" else {},
         method=_method(c.get("method"), mode),
     )

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -26,7 +27,7 @@ from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
 from ift.experiment.modelcache import load_model_once
 from ift.experiment.resume import continue_shorter_run, prefix_mismatch, shorter_run  # noqa: F401 - re-exported
-from ift.experiment.store import PREFIX_FILE, JobStore, StoreLocked, summarize
+from ift.experiment.store import LOCK_FILE, PREFIX_FILE, JobStore, StoreLocked, summarize
 from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
 from ift.tasks.task import Demonstrations
@@ -155,9 +156,32 @@ def _already_ended(job: JobConfig, store: JobStore) -> dict | None:
     return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
 
 
+def _reuse_ended(job: JobConfig, store: JobStore) -> dict | None:
+    """Copy in this job's run from another store (`reuse_from`) where it already ended under the same key, so
+    that studies sharing runs (the many-seeds study's seeds 0-4 are the nine-task study's) compute them once.
+    The key covers the config, the data and the demonstrations, so the copy is the run this job would make;
+    meta.json names its source. Only into a directory with no attempt of its own (that one resumes)."""
+    if not job.skip_finished or store.meta() or store.steps():
+        return None
+    for root in job.reuse_from:
+        source = JobStore(job, root)
+        ended = source.ended()
+        if not ended:
+            continue
+        for path in sorted(source.path.iterdir()):
+            if path.is_file() and path.name != LOCK_FILE:
+                shutil.copyfile(path, store.file(path.name))
+        store.update_meta(reused_from=str(source.path))
+        log.info("already %s in %s (same key): copied in, nothing to run", ended, source.path)
+        return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary(),
+                "reused_from": str(source.path)}
+    return None
+
+
 def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> dict:
     job, task, demos, examples, dev = ready.job, ready.task, ready.demos, ready.examples, ready.dev
-    done = _already_ended(job, store)  # again under the lock: another process may have just finished it
+    # again under the lock: another process may have just finished it
+    done = _already_ended(job, store) or _reuse_ended(job, store)
     if done:
         return done
 

@@ -137,8 +137,10 @@ def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 class JobStore:
-    def __init__(self, job: JobConfig):
-        self.path = job.results_dir / _safe(job.task_name) / _safe(job.model.name) / job.hash[:16]
+    def __init__(self, job: JobConfig, results_dir: Path | None = None):
+        """The job's directory in its own store, or in another one (`results_dir`: `reuse_from`)."""
+        root = job.results_dir if results_dir is None else Path(results_dir)
+        self.path = root / _safe(job.task_name) / _safe(job.model.name) / job.hash[:16]
         self._lock_fd: int | None = None
 
     def file(self, name: str) -> Path:
