@@ -11,8 +11,9 @@
 #                                      # zero-shot, IFT (eta 0.1 both modes, the paper's continue/0.01), gradient
 #                                      # tuning, beta 0, repetition, more demonstrations, aligned eta 0.01 (T 8 and
 #                                      # 15) and 0.001 (T 15); 100 eval + 30 dev rows, T <= 8 otherwise; two
-#                                      # processes at once (NINE_PARALLEL=1 for one; NINE_STREAM=classification or
-#                                      # choice runs one task stream only);
+#                                      # processes at once taking the launches (arm x task group) from one queue
+#                                      # (NINE_PARALLEL=1 for one; NINE_STREAM=classification or choice runs one
+#                                      # task kind only);
 #                                      # docs/results/nine/ (~7 hours here)
 #   bash scripts/studies.sh --nine-fp32  # the same arms, rows and seeds as --nine in fp32 (reproduces on any CPU;
 #                                      # bf16-mixed reproduces to the digit only on the CPU kind that ran it), plus
@@ -209,23 +210,37 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
       run_arm=${1/max_repeats=4/max_repeats=${repeats_of[$task]}}
     fi
   }
-  stream() {
+  # the launches over the task groups "$@" in order of priority, one "arm|group" item each, into $items:
+  # --gemma's headline arms task group by task group, then every arm over all the groups before the next arm
+  items_of() {
     local arm group run_arm
-    for group in "$@"; do  # --gemma: every headline arm of a task before the next task
-      for arm in "${headline[@]}"; do
-        arm_for "$arm" "$group" || continue
-        # shellcheck disable=SC2086
-        $PY launch.py $run_arm $group "${common[@]}" "${extra[@]}" || status=1
-      done
+    items=()
+    for group in "$@"; do
+      for arm in "${headline[@]}"; do arm_for "$arm" "$group" && items+=("$run_arm|$group"); done
     done
     for arm in "${arms[@]}"; do
-      for group in "$@"; do
-        arm_for "$arm" "$group" || continue
-        # shellcheck disable=SC2086
-        $PY launch.py $run_arm $group "${common[@]}" "${extra[@]}" || status=1
-      done
+      for group in "$@"; do arm_for "$arm" "$group" && items+=("$run_arm|$group"); done
     done
-    return ${status:-0}
+    return 0
+  }
+  launch_item() {
+    # shellcheck disable=SC2086
+    $PY launch.py ${1%|*} ${1#*|} "${common[@]}" "${extra[@]}"
+  }
+  stream() {
+    local item status=0
+    items_of "$@"
+    for item in "${items[@]}"; do launch_item "$item" || status=1; done
+    return $status
+  }
+  item_worker() {  # takes the next launch of the shared queue until none is left
+    local next status=0
+    while :; do
+      next=$(flock "$queue" sh -c 'n=$(cat "$1"); echo $((n + 1)) > "$1"; echo "$n"' _ "$queue")
+      [ "$next" -lt ${#items[@]} ] || break
+      launch_item "${items[$next]}" || status=1
+    done
+    return $status
   }
   seed_worker() {  # takes the next job of the shared queue until none is left: a stop leaves whole seeds
     local next group seed arm run_arm
@@ -257,11 +272,16 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
     choice) stream "${choice[@]}" || failed=1 ;;
     both)
       if [ "${NINE_PARALLEL:-2}" = 2 ]; then
+        # two workers on one queue of every task group's launches, so neither idles while the other has work
+        # (two streams, one per task kind, left the classification one done hours before multiple choice)
+        items_of "${classification[@]}" "${choice[@]}"
+        queue=$(mktemp) && echo 0 > "$queue"
         threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
-        OMP_NUM_THREADS=$threads stream "${classification[@]}" & first=$!
-        OMP_NUM_THREADS=$threads stream "${choice[@]}" & second=$!
+        OMP_NUM_THREADS=$threads item_worker & first=$!
+        OMP_NUM_THREADS=$threads item_worker & second=$!
         wait $first || failed=1
         wait $second || failed=1
+        rm -f "$queue"
       else
         stream "${classification[@]}" "${choice[@]}" || failed=1
       fi ;;

@@ -205,3 +205,45 @@ def test_a_bad_setting_is_refused_before_any_launch(scale, env, message, tmp_pat
     proc = run_script(scale, tmp_path, **env)
     assert proc.returncode == 2 and message in proc.stderr
     assert not (tmp_path / "calls.jsonl").exists()
+
+
+def test_two_nine_task_workers_share_one_queue_every_launch_once_in_order_of_priority(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    def launches(calls):  # without the store, which is each run's own
+        return [[o for o in c[1:] if not o.startswith("results_dir=")] for c in calls if c[0] == "launch.py"]
+
+    serial = launches(recorded_calls("--nine-fp32", tmp_path / "one", NINE_PARALLEL="1"))
+    shared = launches(recorded_calls("--nine-fp32", tmp_path / "two"))
+    assert len({json.dumps(c) for c in serial}) == len(serial)  # no launch twice
+    assert sorted(map(json.dumps, shared)) == sorted(map(json.dumps, serial))  # the same launches, each once
+    # every arm over all four task groups (both task kinds) before the next arm
+    groups = [next(o for o in c if o.startswith("task=")) for c in serial]
+    assert groups[:4] == ["task=sst2,trec,sst5,mr", "task=agnews", "task=copa,winogrande,obqa", "task=hellaswag"]
+    arm = [" ".join(o for o in c if o.startswith(("experiment=", "method=", "optim.eta=", "optim.position_mode=",
+                                                  "optim.T="))) for c in serial]
+    assert all(len(set(arm[i:i + 4])) == 1 for i in range(0, len(arm), 4)), arm
+    assert len(set(arm)) == len(arm) // 4
+
+
+def test_with_slow_multiple_choice_launches_neither_worker_runs_ahead_by_arms(tmp_path):
+    """Two workers on one queue stay within an arm of each other however long a task kind takes (two streams,
+    one per task kind, let the classification stream finish every arm while multiple choice was on its third)."""
+    slow = f"""#!/bin/sh
+exec {sys.executable} -c 'import json, os, sys, time
+open(os.environ["CALLS"], "a").write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "launch.py": time.sleep(0.6 if any(a in sys.argv for a in ("task=copa,winogrande,obqa", "task=hellaswag")) else 0.1)' "$@"
+"""
+    (tmp_path / "python").write_text(slow)
+    (tmp_path / "python").chmod(0o755)
+    proc = subprocess.run(["bash", "scripts/studies.sh", "--nine-fp32"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PY": str(tmp_path / "python"), "CALLS": str(tmp_path / "calls.jsonl"),
+                               "STUDY_RESULTS": str(tmp_path / "results"), "STUDY_OUT": str(tmp_path / "page")},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    arms = [" ".join(o for o in c if o.startswith(("experiment=", "method=", "optim.eta=", "optim.position_mode=",
+                                                   "optim.T="))) for c in calls if c[0] == "launch.py"]
+    order = list(dict.fromkeys(arms))  # the arms in queue order
+    started = [order.index(a) for a in arms]
+    assert all(started[j] >= started[i] - 1 for i in range(len(started)) for j in range(i, len(started))), started
