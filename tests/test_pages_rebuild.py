@@ -12,8 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # pages whose every run is in their archive (nine/ and seeds/ predate archives: their stores were lost; the pilot's
-# was too, and was re-run into its archive; nine_fp32 is the nine-task study re-run in fp32, in progress)
-PAGES = ["pilot", "seeds_sst2", "seeds_mr_winogrande_hellaswag", "eta", "gemma", "gemma_agnews", "nine_fp32"]
+# was too, and was re-run into its archive; nine_fp32 and seeds_fp32_* re-run them in fp32, in progress)
+PAGES = ["pilot", "seeds_sst2", "seeds_mr_winogrande_hellaswag", "eta", "gemma", "gemma_agnews", "nine_fp32",
+         "seeds_fp32_sst5_trec_copa_obqa_agnews"]
 
 
 def same_files(built: Path, where: Path) -> None:
