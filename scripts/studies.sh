@@ -233,10 +233,13 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
     for item in "${items[@]}"; do launch_item "$item" || status=1; done
     return $status
   }
+  queue_next() {  # the shared queue's next index (the file $queue holds it), taken under a lock
+    flock "$queue" sh -c 'n=$(cat "$1"); echo $((n + 1)) > "$1"; echo "$n"' _ "$queue"
+  }
   item_worker() {  # takes the next launch of the shared queue until none is left
     local next status=0
     while :; do
-      next=$(flock "$queue" sh -c 'n=$(cat "$1"); echo $((n + 1)) > "$1"; echo "$n"' _ "$queue")
+      next=$(queue_next)
       [ "$next" -lt ${#items[@]} ] || break
       launch_item "${items[$next]}" || status=1
     done
@@ -245,7 +248,7 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
   seed_worker() {  # takes the next job of the shared queue until none is left: a stop leaves whole seeds
     local next group seed arm run_arm
     while :; do
-      next=$(flock "$queue" sh -c 'n=$(cat "$1"); echo $((n + 1)) > "$1"; echo "$n"' _ "$queue")
+      next=$(queue_next)
       [ "$next" -lt ${#seed_jobs[@]} ] || break
       group=${seed_jobs[$next]%|*} seed=${seed_jobs[$next]#*|}
       for arm in "${headline[@]}" "${arms[@]}"; do

@@ -19,10 +19,10 @@ exec {sys.executable} -c 'import json, os, sys; open(os.environ["CALLS"], "a").w
 """
 
 
-def run_script(scale: str, tmp_path: Path, *extra: str, **env) -> subprocess.CompletedProcess:
+def run_script(scale: str, tmp_path: Path, *extra: str, recorder: str = RECORDER, **env) -> subprocess.CompletedProcess:
     """studies.sh with the stand-in interpreter, which appends each call's arguments to tmp_path/calls.jsonl."""
     fake = tmp_path / "python"
-    fake.write_text(RECORDER)
+    fake.write_text(recorder)
     fake.chmod(0o755)
     return subprocess.run(["bash", "scripts/studies.sh", *([scale] if scale else []), *extra], cwd=ROOT,
                           env={**os.environ, "PY": str(fake), "CALLS": str(tmp_path / "calls.jsonl"),
@@ -31,8 +31,8 @@ def run_script(scale: str, tmp_path: Path, *extra: str, **env) -> subprocess.Com
                           capture_output=True, text=True, timeout=60)
 
 
-def recorded_calls(scale: str, tmp_path: Path, *extra: str, **env) -> list[list[str]]:
-    proc = run_script(scale, tmp_path, *extra, **env)
+def recorded_calls(scale: str, tmp_path: Path, *extra: str, recorder: str = RECORDER, **env) -> list[list[str]]:
+    proc = run_script(scale, tmp_path, *extra, recorder=recorder, **env)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
 
@@ -207,9 +207,16 @@ def test_a_bad_setting_is_refused_before_any_launch(scale, env, message, tmp_pat
     assert not (tmp_path / "calls.jsonl").exists()
 
 
+def arm_of(call: list[str]) -> str:
+    """A launch's arm: the settings that tell the nine-task study's arms apart."""
+    return " ".join(o for o in call if o.startswith(("experiment=", "method=", "optim.eta=", "optim.position_mode=",
+                                                      "optim.T=")))
+
+
 def test_two_nine_task_workers_share_one_queue_every_launch_once_in_order_of_priority(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
+
     def launches(calls):  # without the store, which is each run's own
         return [[o for o in c[1:] if not o.startswith("results_dir=")] for c in calls if c[0] == "launch.py"]
 
@@ -220,8 +227,7 @@ def test_two_nine_task_workers_share_one_queue_every_launch_once_in_order_of_pri
     # every arm over all four task groups (both task kinds) before the next arm
     groups = [next(o for o in c if o.startswith("task=")) for c in serial]
     assert groups[:4] == ["task=sst2,trec,sst5,mr", "task=agnews", "task=copa,winogrande,obqa", "task=hellaswag"]
-    arm = [" ".join(o for o in c if o.startswith(("experiment=", "method=", "optim.eta=", "optim.position_mode=",
-                                                  "optim.T="))) for c in serial]
+    arm = [arm_of(c) for c in serial]
     assert all(len(set(arm[i:i + 4])) == 1 for i in range(0, len(arm), 4)), arm
     assert len(set(arm)) == len(arm) // 4
 
@@ -234,16 +240,8 @@ exec {sys.executable} -c 'import json, os, sys, time
 open(os.environ["CALLS"], "a").write(json.dumps(sys.argv[1:]) + "\\n")
 if sys.argv[1] == "launch.py": time.sleep(0.6 if any(a in sys.argv for a in ("task=copa,winogrande,obqa", "task=hellaswag")) else 0.1)' "$@"
 """
-    (tmp_path / "python").write_text(slow)
-    (tmp_path / "python").chmod(0o755)
-    proc = subprocess.run(["bash", "scripts/studies.sh", "--nine-fp32"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PY": str(tmp_path / "python"), "CALLS": str(tmp_path / "calls.jsonl"),
-                               "STUDY_RESULTS": str(tmp_path / "results"), "STUDY_OUT": str(tmp_path / "page")},
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
-    arms = [" ".join(o for o in c if o.startswith(("experiment=", "method=", "optim.eta=", "optim.position_mode=",
-                                                   "optim.T="))) for c in calls if c[0] == "launch.py"]
+    calls = recorded_calls("--nine-fp32", tmp_path, recorder=slow)
+    arms = [arm_of(c) for c in calls if c[0] == "launch.py"]
     order = list(dict.fromkeys(arms))  # the arms in queue order
     started = [order.index(a) for a in arms]
     assert all(started[j] >= started[i] - 1 for i in range(len(started)) for j in range(i, len(started))), started
