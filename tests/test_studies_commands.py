@@ -165,7 +165,8 @@ def test_pilot_runs_both_tasks_in_fp32_into_a_page_directory_of_its_own(tmp_path
 
 
 def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_its_own(tmp_path):
-    calls = recorded_calls("--gemma-agnews", tmp_path, STUDY_RESULTS="", STUDY_OUT="")
+    # one worker: the launches in queue order (two workers take them from the queue in either order)
+    calls = recorded_calls("--gemma-agnews", tmp_path, NINE_PARALLEL="1", STUDY_RESULTS="", STUDY_OUT="")
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
     assert all({"task=agnews", "task.demo_split=test", "+task.demo_max_chars=300", "model=gemma3_270m",
                 "results_dir=results/gemma_agnews"} <= set(call) for call in launches)
