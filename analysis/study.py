@@ -468,6 +468,19 @@ def precision_note(runs: list[load.Run]) -> str | None:
             "does.\n")
 
 
+def setup_table(runs: list[load.Run]) -> pd.DataFrame | None:
+    """Per task, the model and precision its runs used, when the page mixes them, else None.
+
+    A page built from several studies' archives can put a bf16-mixed task beside an fp32 one (or two models'
+    tasks side by side): each task's Δ is still paired within its own runs, but the mean over tasks pools
+    them, and a reader must see that before reading it."""
+    counts = Counter((r.meta.get("task"), r.meta.get("model"), r.meta.get("dtype") or "not recorded") for r in runs)
+    if len({(model, dtype) for _, model, dtype in counts}) < 2:
+        return None
+    return pd.DataFrame([{"task": task, "model": model, "precision": dtype, "runs": n}
+                         for (task, model, dtype), n in sorted(counts.items(), key=lambda kv: tuple(map(str, kv[0])))])
+
+
 def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "Study results") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -479,6 +492,10 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
     note = precision_note(good)
     if note:
         md.append(note)
+    setups = setup_table(good)
+    if setups is not None:
+        md += ["**Mixed models or precisions.** This page's runs are not all one model in one precision; per task:\n",
+               markdown_table(setups) + "\n"]
     if cands.empty:
         md.append("No usable runs.\n")
     else:

@@ -135,9 +135,13 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
   if [ $scale = nine-fp32 ]; then
     title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)"
     common=(seed=0,1,2,3,4 quant=none "results_dir=$results" logger=disabled)
-    # the default and the paper's settings continued to T = 15 (steps 9-15 of their T = 8 runs), as on Gemma
-    arms+=("experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15"
-           "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=15")
+    # the default and the paper's settings continued to T = 15 (steps 9-15 of their T = 8 runs), as on Gemma: the
+    # cross-model page's arms, so before the two step-size arms to T = 15, which the step-size page already has
+    # (from its own archive, bf16-mixed)
+    arms=("${arms[@]:0:8}"
+          "experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=15"
+          "experiment=study_ift optim.eta=0.01 optim.position_mode=continue optim.T=15"
+          "${arms[@]:8}")
   fi
   if [ $scale = eta ]; then
     # the step size, tuned to T = 15 in the default position mode, smallest first (the nine-task page lacks it),

@@ -128,6 +128,11 @@ def test_nine_fp32_runs_the_nine_task_arms_in_fp32_plus_both_ift_settings_to_15_
             for c in extra} == {"optim.eta=0.1 optim.position_mode=aligned optim.T=15",
                                 "optim.eta=0.01 optim.position_mode=continue optim.T=15"}
     assert len(extra) == 2 * 4 and len(launches) == len(nine) + len(extra)  # 4 task groups per new arm
+    # the cross-model page's two arms run before the step-size arms to T = 15 (the step-size page has those)
+    stripped = strip(launches)
+    last_new = max(i for i, c in enumerate(stripped) if c in extra)
+    step_size = [i for i, c in enumerate(stripped) if "optim.T=15" in c and c not in extra]
+    assert step_size and last_new < min(step_size)
     assert calls[-2][3:] == ["results/nine_fp32", "docs/results/nine_fp32/runs.tar.gz"]
     assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)"
 

@@ -265,3 +265,17 @@ def test_a_page_mixing_bf16_mixed_runs_from_cpus_with_and_without_amx_says_so(tm
     page = study.build(mixed, tmp_path).read_text()
     assert "**Mixed CPU kinds.**" in page
     assert "Mixed CPU kinds" not in study.build(same, tmp_path / "same").read_text()
+
+
+def test_a_page_mixing_precisions_or_models_lists_them_per_task(tmp_path):
+    fp32 = [ift(seed, [0.6, 0.7], [0.5, 0.6], task="trec", dtype="fp32") for seed in (0, 1)]
+    bf16 = [ift(seed, [0.6, 0.7], [0.5, 0.6], dtype="bf16-mixed") for seed in (0, 1)]
+    assert study.setup_table(fp32) is None
+    table = study.setup_table(bf16 + fp32)
+    assert table.to_dict("records") == [{"task": "sst2", "model": "m", "precision": "bf16-mixed", "runs": 2},
+                                        {"task": "trec", "model": "m", "precision": "fp32", "runs": 2}]
+    other_model = [ift(seed, [0.6, 0.7], [0.5, 0.6], task="trec", dtype="fp32", model="other") for seed in (0, 1)]
+    assert study.setup_table(fp32 + other_model) is not None
+    page = study.build(bf16 + fp32, tmp_path).read_text()
+    assert "**Mixed models or precisions.**" in page and "| trec | m | fp32 | 2 |" in page
+    assert "Mixed models" not in study.build(fp32, tmp_path / "one").read_text()
