@@ -52,6 +52,9 @@
 #                                      # seed (a stop leaves whole seeds), two single-thread workers sharing one
 #                                      # queue; the same store, keys and page as --gemma (docs/results/gemma/)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice in one launch (what CI runs, minutes)
+#   bash scripts/studies.sh --nine-fp32 dry_run=true   # what is left: each launch's sweep report says, per job, skip,
+#                                      # copy in, resume, continue or run (its archive restored first), and how
+#                                      # many jobs would compute; nothing is computed, packed or built
 #
 # Every method reads the same demonstrations and is scored on the same rows per seed (the seed draws
 # both). Re-running skips finished jobs and resumes killed ones, so the full study can be run in pieces.
@@ -356,6 +359,9 @@ if [[ $scale = seeds* && -n "${SEEDS_TASKS:-}" ]]; then
     if [ -d "$results/$task" ]; then sources+=("$results/$task"); fi
   done
 fi
+# dry_run=true: every launch above said what each job would do (skip, copy in, resume, continue, run); nothing to
+# pack or report
+for arg in "$@"; do [ "$arg" = dry_run=true ] && exit ${failed:-0}; done
 $PY -m analysis.archive pack "$results" "$out/runs.tar.gz" "${only[@]}"
 $PY -m analysis.study "${sources[@]}" --out "$out" --title "$title"
 exit ${failed:-0}  # a failed job (named in its sweep report) fails the script, after the page is written

@@ -491,3 +491,55 @@ def test_another_store_is_not_reused_for_another_key_or_a_forced_run(other, tiny
 def test_reuse_from_must_be_a_list_of_directories(tmp_path):
     with pytest.raises(ConfigError, match=r"reuse_from must be a list of results-store directories.*'results/nine'"):
         parse_config(compose_cfg([f"results_dir={tmp_path}", "logger=disabled", "reuse_from=results/nine"]))
+
+
+# ---------------------------------------------------------------- dry runs
+def dry(tiny_dir, results, *extra):
+    return run_job(tiny_cfg(tiny_dir, results, "dry_run=true", *extra))
+
+
+def test_a_dry_run_says_what_each_job_would_do_and_computes_nothing(tiny_dir, tmp_path, monkeypatch):
+    run_job(tiny_cfg(tiny_dir, tmp_path / "r", "optim.T=2", "seed=1"))
+    with pytest.raises(Killed):
+        run_job(tiny_cfg(tiny_dir, tmp_path / "r", "optim.T=3", "seed=2"), on_step=kill_at(2))
+    run_job(tiny_cfg(tiny_dir, tmp_path / "other", "optim.T=2", "seed=3"))
+    monkeypatch.setattr(job_module, "load_model_once", lambda *a, **k: pytest.fail("the model was loaded"))
+    before = sorted(p for p in (tmp_path / "r").rglob("*") if p.is_file())
+    results = tmp_path / "r"
+    plans = {name: dry(tiny_dir, results, *extra) for name, extra in {
+        "ended": ["optim.T=2", "seed=1"], "longer": ["optim.T=4", "seed=1"], "killed": ["optim.T=3", "seed=2"],
+        "new": ["optim.T=2", "seed=4"], "forced": ["optim.T=2", "seed=1", "skip_finished=false"],
+        "elsewhere": ["optim.T=2", "seed=3", f"reuse_from=[{tmp_path / 'other'}]"]}.items()}
+    assert {name: p["action"] for name, p in plans.items()} == {
+        "ended": "skip", "longer": "continue", "killed": "resume", "new": "run", "forced": "run",
+        "elsewhere": "copy in"}
+    assert plans["longer"]["plan"] == "continue: its finished 2-step run, to step 4"
+    assert plans["killed"]["plan"] == "resume: an earlier attempt recorded 2 of 3 step(s)"
+    assert plans["new"]["plan"] == "run: 2 step(s)"
+    assert all(p["status"] == "planned" and p["skipped"] and p["summary"] is None for p in plans.values())
+    assert sorted(p for p in results.rglob("*") if p.is_file()) == before  # nothing written, nothing removed
+    assert not Path(plans["new"]["store"]).exists()
+
+
+def test_a_dry_run_names_a_job_that_another_process_is_running(tiny_dir, tmp_path):
+    holder = JobStore(prepare(tiny_cfg(tiny_dir, tmp_path, "optim.T=2")).job)
+    holder.lock()
+    try:
+        plan = dry(tiny_dir, tmp_path, "optim.T=2")
+    finally:
+        holder.unlock()
+    assert plan["action"] == "running elsewhere" and f"pid {os.getpid()}" in plan["plan"]
+    assert dry(tiny_dir, tmp_path, "optim.T=2")["action"] == "run"  # released: no lock left behind
+
+
+def test_the_sweep_report_of_a_dry_run_counts_the_jobs_that_would_compute(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, (action, plan) in enumerate([("skip", "skip: already finished"), ("run", "run: 8 step(s)"),
+                                        ("resume", "resume: an earlier attempt recorded 3 of 8 step(s)")]):
+        (sweep / str(i)).mkdir(parents=True)
+        (sweep / str(i) / "job.json").write_text(json.dumps(
+            {"status": "planned", "skipped": True, "action": action, "plan": plan, "overrides": [f"seed={i}"]}))
+    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))  # exits 0
+    report = (sweep / "sweep_report.txt").read_text()
+    assert "3 job(s), 0 failed (dry run: 2 of 3 would compute)" in report
+    assert "[planned, resume: an earlier attempt recorded 3 of 8 step(s)] seed=2" in report

@@ -251,3 +251,15 @@ if sys.argv[1] == "launch.py": time.sleep(0.6 if any(a in sys.argv for a in ("ta
     order = list(dict.fromkeys(arms))  # the arms in queue order
     started = [order.index(a) for a in arms]
     assert all(started[j] >= started[i] - 1 for i in range(len(started)) for j in range(i, len(started))), started
+
+
+def test_a_dry_run_passes_dry_run_to_every_launch_and_packs_and_builds_nothing(tmp_path):
+    (tmp_path / "dry").mkdir()
+    (tmp_path / "real").mkdir()
+    real = recorded_calls("--nine-fp32", tmp_path / "real", NINE_PARALLEL="1")
+    calls = recorded_calls("--nine-fp32", tmp_path / "dry", "dry_run=true", NINE_PARALLEL="1")
+    same_store = lambda c: [o.replace(str(tmp_path / "real"), str(tmp_path / "dry")) for o in c]
+    assert [c for c in calls if c[0] == "launch.py"] == [same_store(c) + ["dry_run=true"] for c in real
+                                                         if c[0] == "launch.py"]
+    assert real[-2][:3] == ["-m", "analysis.archive", "pack"] and real[-1][:2] == ["-m", "analysis.study"]
+    assert not any(c[:3] == ["-m", "analysis.archive", "pack"] or c[:2] == ["-m", "analysis.study"] for c in calls)

@@ -108,6 +108,7 @@ class JobConfig:
     progress: bool = True
     skip_finished: bool = True
     reuse_from: tuple[Path, ...] = ()  # other stores whose ended runs of the same key are copied in, not re-run
+    dry_run: bool = False       # say what the job would do (`run_job`'s plan) and compute nothing
     efficiency: dict = field(default_factory=dict)
     method: Method = field(default_factory=Ift)  # ift/experiment/methods.py
     # what the opened task contributes to the key: {task: resolved spec, data: fingerprint, demonstrations: text}
@@ -411,6 +412,7 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
         save_predictions=ev["save_predictions"], save_prefix=ev["save_prefix"], progress=ev["progress"],
         skip_finished=_bool(c, "skip_finished", "skip_finished", True),
         reuse_from=_reuse_from(c.get("reuse_from"), base),
+        dry_run=_bool(c, "dry_run", "dry_run", False),
         efficiency=_efficiency(c.get("efficiency")) if mode == "efficiency" else {},
         method=_method(c.get("method"), mode),
     )

@@ -21,13 +21,14 @@ from hydra.types import RunMode
 from hydra.utils import get_original_cwd
 
 from ift.experiment.config import ConfigError
-from ift.experiment.job import run_job
+from ift.experiment.job import COMPUTING_ACTIONS, run_job
 from ift.tasks.spec import TaskError
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
 DONE = ("finished", "diverged")  # a job that ran to its end (diverged is a result, not an error)
 LOCKED = "locked"              # the same job was running in another process: skipped, no result yet
+PLANNED = "planned"            # dry_run=true: what the job would do, nothing computed
 
 
 def run_hydra_job(cfg) -> dict:
@@ -86,8 +87,12 @@ class SweepReport(Callback):
         if not records:
             return
         locked = [r for r in records if r.get("status") == LOCKED]
-        failed = [r for r in records if r.get("status") not in DONE and r.get("status") != LOCKED]
+        failed = [r for r in records if r.get("status") not in (*DONE, LOCKED, PLANNED)]
         head = f"sweep {sweep_dir}: {len(records)} job(s), {len(failed)} failed"
+        planned = [r for r in records if r.get("status") == PLANNED]
+        if planned:
+            to_compute = sum(r.get("action") in COMPUTING_ACTIONS for r in planned)
+            head += f" (dry run: {to_compute} of {len(planned)} would compute)"
         if locked:
             head += (f", {len(locked)} skipped because the same job is running in another process "
                      f"(run the sweep again once it ends to pick up its result)")
@@ -95,6 +100,8 @@ class SweepReport(Callback):
         for r in records:
             if r.get("status") == LOCKED:
                 note = " (running elsewhere: skipped)"
+            elif r.get("status") == PLANNED:
+                note = f", {r.get('plan')}"
             else:
                 note = " (already finished: skipped)" if r.get("skipped") else ""
             lines.append(f"  [{r.get('status')}{note}] {' '.join(r.get('overrides', []))}  "

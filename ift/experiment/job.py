@@ -130,6 +130,8 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     """
     ready = prepare(cfg, base_dir)
     job = ready.job
+    if job.dry_run:
+        return dry_run(job)
     _fit_threads_to_allocation()
     store = JobStore(job)
     done = _already_ended(job, store)  # before the lock too, so that a re-run touches no file of a finished job
@@ -154,6 +156,48 @@ def _already_ended(job: JobConfig, store: JobStore) -> dict | None:
         return None
     log.info("already %s with this config (%s): nothing to do", ended, store.path)
     return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
+
+
+# what a dry run says a job would do: running elsewhere, skip, copy in, or one of these, which compute
+COMPUTING_ACTIONS = ("resume", "continue", "run")
+
+
+def plan(job: JobConfig) -> tuple[str, str]:
+    """(action, why): what running this job now would do, by the checks run_job makes before it loads the
+    model: skip it (ended), copy it in (`reuse_from`), resume an earlier attempt, continue a finished shorter
+    run, or run it."""
+    store = JobStore(job)
+    total = job.method.steps(job.optim)
+    holder = store.running_elsewhere()
+    if holder:
+        return "running elsewhere", f"running in another process ({holder})"
+    if not job.skip_finished:
+        return "run", f"{total} step(s), skip_finished=false: nothing kept"
+    ended = store.ended()
+    if ended:
+        return "skip", f"already {ended}"
+    if not store.meta() and not store.steps():
+        for root in job.reuse_from:
+            source = JobStore(job, root)
+            if source.ended():
+                return "copy in", f"already {source.ended()} in {source.path}"
+    recorded = len(store.steps())
+    if recorded:
+        return "resume", f"an earlier attempt recorded {recorded} of {total} step(s)"
+    if job.method.checkpoints and job.mode == "tune":
+        shorter = shorter_run(job)
+        if shorter is not None:
+            return "continue", f"its finished {len(shorter.steps())}-step run, to step {total}"
+    return "run", f"{total} step(s)"
+
+
+def dry_run(job: JobConfig) -> dict:
+    """run_job's result for `dry_run=true`: the plan; nothing computed, no file written."""
+    action, why = plan(job)
+    path = JobStore(job).path
+    log.info("dry run: %s, %s (%s)", action, why, path)
+    return {"status": "planned", "skipped": True, "action": action, "plan": f"{action}: {why}", "store": str(path),
+            "summary": None}
 
 
 def _reuse_ended(job: JobConfig, store: JobStore) -> dict | None:

@@ -204,6 +204,22 @@ class JobStore:
             text = ""
         return text or "holder unknown"
 
+    def running_elsewhere(self) -> str | None:
+        """The lock's holder when another process holds this directory now, else None; takes nothing and
+        creates nothing (a dry run asks it)."""
+        if fcntl is None or not self.file(LOCK_FILE).exists():
+            return None
+        fd = os.open(self.file(LOCK_FILE), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return self.holder()
+            return None
+        finally:
+            os.close(fd)  # closing releases a lock taken here
+        return None
+
     def unlock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
         if fd is None:
