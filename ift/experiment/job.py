@@ -176,11 +176,9 @@ def plan(job: JobConfig) -> tuple[str, str]:
     ended = store.ended()
     if ended:
         return "skip", f"already {ended}"
-    if not store.meta() and not store.steps():
-        for root in job.reuse_from:
-            source = JobStore(job, root)
-            if source.ended():
-                return "copy in", f"already {source.ended()} in {source.path}"
+    source = _reuse_source(job, store)
+    if source is not None:
+        return "copy in", f"already {source.ended()} in {source.path}"
     recorded = len(store.steps())
     if recorded:
         return "resume", f"an earlier attempt recorded {recorded} of {total} step(s)"
@@ -200,26 +198,30 @@ def dry_run(job: JobConfig) -> dict:
             "summary": None}
 
 
+def _reuse_source(job: JobConfig, store: JobStore) -> JobStore | None:
+    """The first store of `reuse_from` where this job ended under the same key; None if none, or if this job's
+    own directory holds an attempt (that one resumes), or with skip_finished=false."""
+    if not job.skip_finished or store.meta() or store.steps():
+        return None
+    return next((JobStore(job, root) for root in job.reuse_from if JobStore(job, root).ended()), None)
+
+
 def _reuse_ended(job: JobConfig, store: JobStore) -> dict | None:
     """Copy in this job's run from another store (`reuse_from`) where it already ended under the same key, so
     that studies sharing runs (the many-seeds study's seeds 0-4 are the nine-task study's) compute them once.
     The key covers the config, the data and the demonstrations, so the copy is the run this job would make;
-    meta.json names its source. Only into a directory with no attempt of its own (that one resumes)."""
-    if not job.skip_finished or store.meta() or store.steps():
+    meta.json names its source."""
+    source = _reuse_source(job, store)
+    if source is None:
         return None
-    for root in job.reuse_from:
-        source = JobStore(job, root)
-        ended = source.ended()
-        if not ended:
-            continue
-        for path in sorted(source.path.iterdir()):
-            if path.is_file() and path.name != LOCK_FILE:
-                shutil.copyfile(path, store.file(path.name))
-        store.update_meta(reused_from=str(source.path))
-        log.info("already %s in %s (same key): copied in, nothing to run", ended, source.path)
-        return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary(),
-                "reused_from": str(source.path)}
-    return None
+    ended = source.ended()
+    for path in sorted(source.path.iterdir()):
+        if path.is_file() and path.name != LOCK_FILE:
+            shutil.copyfile(path, store.file(path.name))
+    store.update_meta(reused_from=str(source.path))
+    log.info("already %s in %s (same key): copied in, nothing to run", ended, source.path)
+    return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary(),
+            "reused_from": str(source.path)}
 
 
 def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> dict:
