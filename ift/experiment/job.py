@@ -162,11 +162,10 @@ def _already_ended(job: JobConfig, store: JobStore) -> dict | None:
 COMPUTING_ACTIONS = ("resume", "continue", "run")
 
 
-def plan(job: JobConfig) -> tuple[str, str]:
+def plan(job: JobConfig, store: JobStore) -> tuple[str, str]:
     """(action, why): what running this job now would do, by the checks run_job makes before it loads the
     model: skip it (ended), copy it in (`reuse_from`), resume an earlier attempt, continue a finished shorter
     run, or run it."""
-    store = JobStore(job)
     total = job.method.steps(job.optim)
     holder = store.running_elsewhere()
     if holder:
@@ -191,11 +190,11 @@ def plan(job: JobConfig) -> tuple[str, str]:
 
 def dry_run(job: JobConfig) -> dict:
     """run_job's result for `dry_run=true`: the plan; nothing computed, no file written."""
-    action, why = plan(job)
-    path = JobStore(job).path
-    log.info("dry run: %s, %s (%s)", action, why, path)
-    return {"status": "planned", "skipped": True, "action": action, "plan": f"{action}: {why}", "store": str(path),
-            "summary": None}
+    store = JobStore(job)
+    action, why = plan(job, store)
+    log.info("dry run: %s, %s (%s)", action, why, store.path)
+    return {"status": "planned", "skipped": True, "action": action, "plan": f"{action}: {why}",
+            "store": str(store.path), "summary": None}
 
 
 def _reuse_source(job: JobConfig, store: JobStore) -> JobStore | None:
@@ -203,7 +202,11 @@ def _reuse_source(job: JobConfig, store: JobStore) -> JobStore | None:
     own directory holds an attempt (that one resumes), or with skip_finished=false."""
     if not job.skip_finished or store.meta() or store.steps():
         return None
-    return next((JobStore(job, root) for root in job.reuse_from if JobStore(job, root).ended()), None)
+    for root in job.reuse_from:
+        source = JobStore(job, root)
+        if source.ended():
+            return source
+    return None
 
 
 def _reuse_ended(job: JobConfig, store: JobStore) -> dict | None:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PREFIX_FILE = "prefix.safetensors"
 LOCK_FILE = ".lock"
+HELD_ELSEWHERE = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # a non-blocking flock that another process holds
 
 
 class StoreLocked(RuntimeError):
@@ -187,7 +188,7 @@ class JobStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if err.errno in HELD_ELSEWHERE:
                 raise StoreLocked(self.path, self.holder()) from None
             log.warning("cannot lock %s (%s): running without a lock; do not run this job twice at once",
                         self.path, err)
@@ -213,7 +214,7 @@ class JobStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as err:
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if err.errno in HELD_ELSEWHERE:
                 return self.holder()
             return None
         finally:
