@@ -134,7 +134,10 @@ def test_nine_fp32_runs_the_nine_task_arms_in_fp32_plus_both_ift_settings_to_15_
     step_size = [i for i, c in enumerate(stripped) if "optim.T=15" in c and c not in extra]
     assert step_size and last_new < min(step_size)
     assert calls[-2][3:] == ["results/nine_fp32", "docs/results/nine_fp32/runs.tar.gz"]
-    assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)"
+    # its page chooses among steps <= 8 (the bf16-mixed page's T) while the runs continue to 15; no other page does
+    assert calls[-1][-3:] == ["IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)",
+                              "--max-step", "8"]
+    assert "--max-step" not in recorded_calls("--nine", tmp_path / "bf16")[-1]
 
 
 def test_seeds_fp32_runs_the_many_seeds_launches_in_fp32_into_a_store_and_page_of_its_own(tmp_path):

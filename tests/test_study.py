@@ -279,3 +279,29 @@ def test_a_page_mixing_precisions_or_models_lists_them_per_task(tmp_path):
     page = study.build(bf16 + fp32, tmp_path).read_text()
     assert "**Mixed models or precisions.**" in page and "| trec | m | fp32 | 2 |" in page
     assert "Mixed models" not in study.build(fp32, tmp_path / "one").read_text()
+
+
+def test_a_page_of_baselines_alone_has_no_empty_ift_settings_table(tmp_path):
+    runs = []
+    for s in range(3):
+        runs += [run("zero_shot", s, [0.4], [0.4]), run("repeat", s, [0.5, 0.55], [0.5, 0.6])]
+    text = study.build(runs, tmp_path).read_text()
+    assert "ICL ×r (r on dev)" in text
+    assert "## IFT settings" not in text and "|  |\n||" not in text
+
+
+def test_max_step_chooses_among_the_first_steps_everywhere_but_tuning_longer(tmp_path):
+    # seed 0's dev rows peak at step 10 (eval +20 there); within 8 steps they pick step 2 (+0)
+    long = [ift(0, [0.5] * 9 + [0.7, 0.5, 0.5], [0.1, 0.2] + [0.2] * 7 + [0.9, 0.1, 0.1]),
+            ift(1, [0.6, 0.7] + [0.6] * 10, [0.1, 0.9] + [0.1] * 10)]
+    cut = [Run(r.id, {**r.meta, "T": 8}, r.steps[:8], r.summary) for r in long]
+    limited = study.build(long, tmp_path / "limited", max_step=8).read_text()
+    every = study.build(long, tmp_path / "every").read_text()
+    eight = study.build(cut, tmp_path / "eight").read_text()
+    section = lambda text, name: text.split(f"## {name}", 1)[1].split("\n## ", 1)[0].split("\n![", 1)[0]
+    for name in ("Overview", "By task", "IFT settings"):
+        assert section(limited, name) == section(eight, name)
+    assert section(limited, "Overview") != section(every, "Overview")
+    assert "chooses among steps ≤ 8" in limited and "chooses among steps" not in every
+    assert section(limited, "Tuning longer") == section(every, "Tuning longer")
+    assert "| +5.0 ± " in section(limited, "Tuning longer") and "| +15.0 ± " in section(limited, "Tuning longer")
