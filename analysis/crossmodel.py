@@ -105,12 +105,6 @@ def _task(run: load.Run) -> tuple:
     return run.meta.get("task"), run.meta.get("n_shot")
 
 
-def _without_t(run: load.Run) -> tuple:
-    key = run.key()  # (mode, model, task, eta, beta, T, position_mode, n_shot, method, ..., seed)
-    t = 1 + load.KEYS.index("T")
-    return key[:t] + key[t + 1:]
-
-
 def prepare(label: str, sources: list[str], runs: list[load.Run] | None = None) -> Model:
     """Read a model's sources and apply the rules: one run per arm setting and seed (a run to T = 15 and one to
     T = 8 of the same setting and seed: the longer is kept), one seed set per task that every arm present has,
@@ -119,19 +113,15 @@ def prepare(label: str, sources: list[str], runs: list[load.Run] | None = None) 
     tune = [r for r in load.used(m.runs) if r.mode == "tune"]
     mine = [r for r in tune if arm_of(r)]
     m.outside = len(tune) - len(mine)
-    longest: dict[tuple, load.Run] = {}
-    for r in sorted(mine, key=lambda r: (-len(r.steps), r.id)):
-        other = longest.setdefault(_without_t(r), r)
-        if other is not r:
-            m.copies.append((r, other))
+    longest, m.copies = load.longest(mine)
     have: dict[tuple, dict[str, set]] = {}
-    for r in longest.values():
+    for r in longest:
         have.setdefault(_task(r), {}).setdefault(arm_of(r), set()).add(r.meta.get("seed"))
     for task, arms in have.items():
         common = set.intersection(*arms.values())
         m.seeds[task] = sorted(common, key=str)
         m.left[task] = {a: sorted(s - common, key=str) for a, s in arms.items() if s - common}
-    m.kept = drop_incomplete(sorted((r for r in longest.values() if r.meta.get("seed") in m.seeds[_task(r)]),
+    m.kept = drop_incomplete(sorted((r for r in longest if r.meta.get("seed") in m.seeds[_task(r)]),
                                     key=lambda r: r.id))
     return m
 

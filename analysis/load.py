@@ -253,6 +253,22 @@ def classify(runs: list[Run]) -> list[Run]:
     return runs
 
 
+def longest(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """One run per setting and seed, the one with the most steps: a run continued to T = 15 from its finished
+    T = 8 run holds the shorter one's steps, so counting both would count those twice. Returns the kept runs
+    (in their input order) and the (shorter, kept longer) pairs left out."""
+    t = 1 + KEYS.index("T")  # key(): (mode, model, task, eta, beta, T, ...)
+    best: dict[tuple, Run] = {}
+    copies = []
+    for r in sorted(runs, key=lambda r: (-len(r.steps), r.id)):
+        key = r.key()
+        other = best.setdefault(key[:t] + key[t + 1:], r)
+        if other is not r:
+            copies.append((r, other))
+    kept = {id(r) for r in best.values()}
+    return [r for r in runs if id(r) in kept], copies
+
+
 def used(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.skip is None]
 

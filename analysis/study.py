@@ -289,9 +289,10 @@ def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
 
 def cost_table(runs: list[load.Run]) -> pd.DataFrame:
     """What each method cost here, per task: wall time of a whole run (every step tuned and scored on the
-    evaluation and dev rows), per step, and the tuning tokens of its last step."""
+    evaluation and dev rows), per step, and the tuning tokens of its last step. A run continued to a larger T
+    counts once, as the longer run (whose steps hold the shorter one's)."""
     rows = []
-    for run in runs:
+    for run in load.longest(runs)[0]:
         m = run.meta
         label = ift_setting(m) + f" η={float(m.get('eta')):g}" if method(run) == "ift" else arms_of(run)[0]
         steps = run.steps

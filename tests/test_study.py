@@ -305,3 +305,13 @@ def test_max_step_chooses_among_the_first_steps_everywhere_but_tuning_longer(tmp
     assert "chooses among steps ≤ 8" in limited and "chooses among steps" not in every
     assert section(limited, "Tuning longer") == section(every, "Tuning longer")
     assert "| +5.0 ± " in section(limited, "Tuning longer") and "| +15.0 ± " in section(limited, "Tuning longer")
+
+
+def test_compute_counts_a_run_continued_to_a_larger_t_once_as_the_longer_run():
+    short = ift(0, [0.5] * 8, [0.5] * 8)
+    steps = [{**s, "time_s": 2.0} for s in ift(0, [0.5] * 15, [0.5] * 15).steps]
+    long = Run("sst2/ift/0/long", {**short.meta, "T": 15}, steps, {"status": "finished"})
+    other = ift(1, [0.5] * 8, [0.5] * 8)  # another seed: a run of its own
+    row = study.cost_table([short, long, other]).iloc[0]
+    assert row["runs"] == 2 and row["steps"] == "11.5"  # (15 + 8) / 2, not (8 + 15 + 8) / 3
+    assert row["wall s per run"] == "15"  # 30 s for the continued run, 0 for the other
