@@ -54,8 +54,9 @@ def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
         for overrides in launches:
             job = parse_config(compose("config", overrides=first_of_each_sweep(overrides)))
             assert job.results_dir == tmp_path / "results", overrides
-    # then the runs are packed beside the page, and the page is built
-    assert calls[-2][:3] == ["-m", "analysis.archive", "pack"] and calls[-1][:2] == ["-m", "analysis.study"]
+    # then the runs are packed beside the page, the page is built, and the prose quoting pages is checked
+    assert calls[-3][:3] == ["-m", "analysis.archive", "pack"] and calls[-2][:2] == ["-m", "analysis.study"]
+    assert calls[-1] == ["-m", "analysis.quotes", "check", "docs/results.md", "README.md"]
 
 
 def test_the_eta_study_sweeps_the_three_step_sizes_and_the_papers_setting_to_15_steps(tmp_path):
@@ -111,8 +112,8 @@ def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_
         strip = [[o for o in call if not o.startswith(("seed=", "results_dir="))] for call in mine[:7]]
         assert strip == [[o.replace("task=sst2", task) for o in arm] for arm in gemma_arms]
     assert all("results_dir=results/gemma" in call for call in launches)
-    assert calls[-2][3:] == ["results/gemma", "docs/results/gemma/runs.tar.gz"]
-    assert calls[-1][-1] == "IFT against its baselines on nine benchmarks (Gemma-3-270m base, fp32)"
+    assert calls[-3][3:] == ["results/gemma", "docs/results/gemma/runs.tar.gz"]
+    assert calls[-2][-1] == "IFT against its baselines on nine benchmarks (Gemma-3-270m base, fp32)"
 
 
 def test_nine_fp32_runs_the_nine_task_arms_in_fp32_plus_both_ift_settings_to_15_into_its_own_page(tmp_path):
@@ -133,9 +134,9 @@ def test_nine_fp32_runs_the_nine_task_arms_in_fp32_plus_both_ift_settings_to_15_
     last_new = max(i for i, c in enumerate(stripped) if c in extra)
     step_size = [i for i, c in enumerate(stripped) if "optim.T=15" in c and c not in extra]
     assert step_size and last_new < min(step_size)
-    assert calls[-2][3:] == ["results/nine_fp32", "docs/results/nine_fp32/runs.tar.gz"]
+    assert calls[-3][3:] == ["results/nine_fp32", "docs/results/nine_fp32/runs.tar.gz"]
     # its page chooses among steps <= 8 (the bf16-mixed page's T) while the runs continue to 15; no other page does
-    assert calls[-1][-3:] == ["IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)",
+    assert calls[-2][-3:] == ["IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)",
                               "--max-step", "8"]
     assert "--max-step" not in recorded_calls("--nine", tmp_path / "bf16")[-1]
 
@@ -159,8 +160,8 @@ def test_seeds_fp32_runs_the_many_seeds_launches_in_fp32_into_a_store_and_page_o
     assert unpack[3] == "docs/results/nine_fp32/runs.tar.gz" and Path(unpack[4]).name == "nine_fp32"
     assert {reused(c) for c in launches} == {f"reuse_from=[{ROOT / 'results' / 'nine_fp32'},{unpack[4]}]"}
     assert {reused(c) for c in bf16} != {reused(c) for c in launches}
-    assert calls[-2][3:] == ["results/seeds_fp32", "docs/results/seeds_fp32_sst5_trec/runs.tar.gz", "--tasks", "sst5,trec"]
-    assert calls[-1][-1] == "Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, fp32): sst5, trec"
+    assert calls[-3][3:] == ["results/seeds_fp32", "docs/results/seeds_fp32_sst5_trec/runs.tar.gz", "--tasks", "sst5,trec"]
+    assert calls[-2][-1] == "Many seeds: the default IFT setting against ICL and zero-shot (bundled SmolLM2-135M, fp32): sst5, trec"
 
 
 def test_pilot_runs_both_tasks_in_fp32_into_a_page_directory_of_its_own(tmp_path):
@@ -168,8 +169,8 @@ def test_pilot_runs_both_tasks_in_fp32_into_a_page_directory_of_its_own(tmp_path
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
     assert all({"task=sst2,trec", "seed=0,1,2,3,4", "results_dir=results/pilot"} <= set(call) for call in launches)
     assert not any(o.startswith("quant=") for call in launches for o in call)  # the default precision: fp32
-    assert calls[-2][3:] == ["results/pilot", "docs/results/pilot/runs.tar.gz"]
-    assert calls[-1][-1] == "IFT against its baselines (bundled SmolLM2-135M, fp32): pilot"
+    assert calls[-3][3:] == ["results/pilot", "docs/results/pilot/runs.tar.gz"]
+    assert calls[-2][-1] == "IFT against its baselines (bundled SmolLM2-135M, fp32): pilot"
 
 
 def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_its_own(tmp_path):
@@ -180,8 +181,8 @@ def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_i
                 "results_dir=results/gemma_agnews"} <= set(call) for call in launches)
     assert [next(o for o in call if o.startswith("method=") or o.startswith("optim.eta=")) for call in launches] == \
         ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad"]  # no repetition: 2 copies + query
-    assert calls[-2][3:] == ["results/gemma_agnews", "docs/results/gemma_agnews/runs.tar.gz"]
-    assert calls[-1][-1] == "AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
+    assert calls[-3][3:] == ["results/gemma_agnews", "docs/results/gemma_agnews/runs.tar.gz"]
+    assert calls[-2][-1] == "AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
@@ -199,9 +200,9 @@ def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_the
     assert [[o for o in call if not o.startswith(own)] for call in some] == \
         [[o for o in call if not o.startswith(own)] for call in every
          if "task=winogrande" in call or "task=hellaswag" in call]
-    assert calls[-2][3:] == [str(results), "docs/results/seeds_hellaswag_winogrande/runs.tar.gz",
+    assert calls[-3][3:] == [str(results), "docs/results/seeds_hellaswag_winogrande/runs.tar.gz",
                              "--tasks", "hellaswag,winogrande"]
-    assert calls[-1][2:5] == [str(results / "hellaswag"), "--out", "docs/results/seeds_hellaswag_winogrande"]
+    assert calls[-2][2:5] == [str(results / "hellaswag"), "--out", "docs/results/seeds_hellaswag_winogrande"]
 
 
 @pytest.mark.parametrize("scale,env,message", [
@@ -264,5 +265,5 @@ def test_a_dry_run_passes_dry_run_to_every_launch_and_packs_and_builds_nothing(t
     same_store = lambda c: [o.replace(str(tmp_path / "real"), str(tmp_path / "dry")) for o in c]
     assert [c for c in calls if c[0] == "launch.py"] == [same_store(c) + ["dry_run=true"] for c in real
                                                          if c[0] == "launch.py"]
-    assert real[-2][:3] == ["-m", "analysis.archive", "pack"] and real[-1][:2] == ["-m", "analysis.study"]
+    assert real[-3][:3] == ["-m", "analysis.archive", "pack"] and real[-2][:2] == ["-m", "analysis.study"]
     assert not any(c[:3] == ["-m", "analysis.archive", "pack"] or c[:2] == ["-m", "analysis.study"] for c in calls)

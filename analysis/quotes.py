@@ -1,0 +1,195 @@
+"""Numbers in prose quoted from a results page, kept true to the page.
+
+A page rebuilt with more seeds changes its numbers; prose that still quotes the old ones is a stale result
+that nothing else catches. So a quoted number carries the address of its cell, in an HTML comment the
+rendered markdown hides:
+
+    SST-2 <!-- results/gemma/study.md | By task | sst2 | IFT (mode, η, β, T on dev) -->+6.6 ± 4.5
+
+The address is `PAGE | SECTION | ROW | COLUMN [| PICK]`: PAGE relative to the quoting document; SECTION a
+heading of the page (or its unique prefix); ROW the row's label cells (its first three, less numbers and
+blanks) joined by " / "; COLUMN a header (or its unique prefix). The number after the comment is the cell's
+first `x ± y` or plain number; PICK takes another: `2` the cell's second number, `count>=6` / `count>8` how
+many of a list of steps are at least 6 / above 8, `len` how many entries the list has.
+
+    python -m analysis.quotes check docs/results.md README.md    # exit 1 on any quote that differs
+    python -m analysis.quotes update docs/results.md README.md   # rewrite them; lists each change with
+                                                                 # the cell's verdict (▲ / ▼), for the words around it
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+QUOTE = re.compile(r"<!--\s*(.*?)\s*-->([-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?)")
+NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?")
+PICK = re.compile(r"^(?:(\d+)|count(>=|>)(\d+)|len)$")
+
+
+class QuoteError(ValueError):
+    """A quote whose address names no cell."""
+
+
+def _is_label(cell: str) -> bool:
+    return bool(cell) and not NUMBER.fullmatch(cell.replace("▲", "").replace("▼", "").strip())
+
+
+def parse_page(text: str) -> dict[str, list[tuple[list[str], list[str]]]]:
+    """{section heading: [(header, row), ...]} for every markdown table of a page."""
+    sections: dict[str, list[tuple[list[str], list[str]]]] = {}
+    section, header = "", None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            section, header = line.lstrip("#").strip(), None
+            sections.setdefault(section, [])
+            continue
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not set("".join(cells)) <= set("-: "):
+            sections.setdefault(section, []).append((header, cells))
+    return sections
+
+
+def row_label(cells: list[str]) -> str:
+    return " / ".join(c for c in cells[:3] if _is_label(c))
+
+
+def _unique(name: str, what: str, choices: list[str]) -> str:
+    if name in choices:
+        return name
+    hits = [c for c in choices if c.startswith(name)]
+    if len(hits) == 1:
+        return hits[0]
+    shown = "; ".join(dict.fromkeys(choices))
+    raise QuoteError(f"{what} {name!r} {'is ambiguous' if hits else 'not found'}; choices: {shown}")
+
+
+def cell(sections: dict, section: str, row: str, column: str) -> str:
+    """The text of one cell, by section, row label and column; a clear error naming the choices."""
+    section = _unique(section, "section", list(sections))
+    rows = sections[section]
+    matching = [(h, c) for h, c in rows if row_label(c) == row]
+    if not matching:
+        raise QuoteError(f"row {row!r} not found in section {section!r}; rows: "
+                         + "; ".join(dict.fromkeys(row_label(c) for _, c in rows)))
+    header, cells = matching[0]
+    return cells[header.index(_unique(column, "column", header))]
+
+
+def pick(text: str, how: str | None) -> str:
+    """The quoted number of a cell: its first number, or what PICK asks for."""
+    if how is None:
+        how = "1"
+    m = PICK.match(how)
+    if not m:
+        raise QuoteError(f"pick {how!r}: expected a position (1, 2, ...), count>=N, count>N or len")
+    if how == "len":
+        return str(len([s for s in text.split(",") if s.strip()]))
+    if m.group(2):
+        steps = [int(s) for s in text.split(",") if s.strip()]
+        bound = int(m.group(3))
+        return str(sum(s >= bound if m.group(2) == ">=" else s > bound for s in steps))
+    numbers = NUMBER.findall(text)
+    if len(numbers) < int(m.group(1)):
+        raise QuoteError(f"cell {text!r} has no number {m.group(1)}")
+    return numbers[int(m.group(1)) - 1]
+
+
+def _same(a: str, b: str) -> bool:
+    return a.replace("−", "-") == b.replace("−", "-")
+
+
+def _typeset(number: str) -> str:
+    return "−" + number[1:] if number.startswith("-") else number
+
+
+def _verdict(text: str) -> str:
+    return "▲" if "▲" in text else "▼" if "▼" in text else ""
+
+
+@dataclass
+class Quote:
+    doc: Path
+    line: int
+    address: str
+    quoted: str
+    current: str
+    verdict: str = ""  # the cell's ▲ / ▼, if any: prose around a changed number may need a new verdict
+
+
+def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
+    """Every quote of a document with the page's current value (pages: a cache of parsed pages)."""
+    pages = {} if pages is None else pages
+    found = []
+    text = doc.read_text()
+    for m in QUOTE.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        parts = [p.strip() for p in m.group(1).split("|")]
+        if len(parts) not in (4, 5):
+            raise QuoteError(f"{doc}:{line}: quote address {m.group(1)!r} is not PAGE | SECTION | ROW | COLUMN [| PICK]")
+        page = (doc.parent / parts[0]).resolve()
+        if page not in pages:
+            if not page.exists():
+                raise QuoteError(f"{doc}:{line}: page {parts[0]} does not exist")
+            pages[page] = parse_page(page.read_text())
+        try:
+            text_cell = cell(pages[page], *parts[1:4])
+            value = pick(text_cell, parts[4] if len(parts) == 5 else None)
+        except QuoteError as err:
+            raise QuoteError(f"{doc}:{line}: {err}") from None
+        found.append(Quote(doc, line, m.group(1), m.group(2), value, _verdict(text_cell)))
+    return found
+
+
+def stale(docs: list[Path]) -> list[Quote]:
+    pages: dict = {}
+    return [q for d in docs for q in quotes(d, pages) if not _same(q.quoted, q.current)]
+
+
+def update(doc: Path) -> list[Quote]:
+    """Rewrite a document's stale quotes in place; returns them."""
+    changed = [q for q in quotes(doc) if not _same(q.quoted, q.current)]
+    if changed:
+        doc.write_text(QUOTE.sub(lambda m: _rewrite(m, doc, changed), doc.read_text()))
+    return changed
+
+
+def _rewrite(m: re.Match, doc: Path, changed: list[Quote]) -> str:
+    for q in changed:
+        if q.address == m.group(1) and _same(q.quoted, m.group(2)):
+            return f"<!-- {m.group(1)} -->{_typeset(q.current)}"
+    return m.group(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.quotes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["check", "update"])
+    parser.add_argument("docs", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "check":
+            bad = stale(args.docs)
+            for q in bad:
+                print(f"{q.doc}:{q.line}: quotes {q.quoted}, the page has {q.current}  [{q.address}]")
+            total = sum(len(quotes(d)) for d in args.docs)
+            print(f"{total - len(bad)} of {total} quotes match their pages")
+            return 1 if bad else 0
+        for doc in args.docs:
+            for q in update(doc):
+                flag = f"  (the cell reads {q.verdict or 'no ▲/▼'}: check the words around it)"
+                print(f"{q.doc}:{q.line}: {q.quoted} -> {_typeset(q.current)}  [{q.address}]{flag}")
+        return 0
+    except QuoteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
