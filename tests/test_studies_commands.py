@@ -94,6 +94,19 @@ def test_gemma_runs_only_zero_shot_on_hellaswag_whose_demonstrations_exceed_the_
     assert len(launches) == 3 * 3 + 1 + 3 * 4  # every arm on the other three tasks
 
 
+def _as_task(override: str, task: str) -> str:
+    """An SST-2 override of --gemma as --gemma-seeds runs it on another task (multiple choice: 4 shots;
+    WinoGrande: at most 3 copies, four exceed Gemma's window)."""
+    choice = task in ("task=copa", "task=winogrande")
+    if override == "task=sst2":
+        return task
+    if override == "n_shot=1" and choice:
+        return "n_shot=4"
+    if override == "++method.max_repeats=4" and task == "task=winogrande":
+        return "++method.max_repeats=3"
+    return override
+
+
 def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_page(tmp_path):
     (tmp_path / "g").mkdir()
     (tmp_path / "s").mkdir()
@@ -103,14 +116,18 @@ def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
     gemma_arms = [[o for o in call if not o.startswith(("seed=", "results_dir="))] for call in gemma]
     assert len(gemma_arms) == 7
-    seeds = {"task=sst2": list(range(5, 50)), "task=mr": list(range(5, 48))}  # to 50 and 48 seeds
+    # to 7, 8, 50 and 48 seeds, the cheap tasks first
+    seeds = {"task=copa": [5, 6], "task=winogrande": [5, 6, 7], "task=sst2": list(range(5, 50)),
+             "task=mr": list(range(5, 48))}
+    first_tasks = [next(o for o in call if o.startswith("task=")) for call in launches[:35:7]]
+    assert first_tasks == ["task=copa"] * 2 + ["task=winogrande"] * 3
     for task, want in seeds.items():
         mine = [call for call in launches if task in call]
         # one worker: whole seeds in order, each with --gemma's arms in --gemma's order
         assert [int(next(o for o in call if o.startswith("seed="))[5:]) for call in mine[::7]] == want
         assert all(len({o for o in call if o.startswith("seed=")}) == 1 for call in mine)
         strip = [[o for o in call if not o.startswith(("seed=", "results_dir="))] for call in mine[:7]]
-        assert strip == [[o.replace("task=sst2", task) for o in arm] for arm in gemma_arms]
+        assert strip == [[_as_task(o, task) for o in arm] for arm in gemma_arms]
     assert all("results_dir=results/gemma" in call for call in launches)
     assert calls[-3][3:] == ["results/gemma", "docs/results/gemma/runs.tar.gz"]
     assert calls[-2][-1] == "IFT against its baselines on nine benchmarks (Gemma-3-270m base, fp32)"
