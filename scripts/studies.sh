@@ -48,6 +48,12 @@
 #                                      # repetition: two copies and the query exceed the window on 4 of 5 seeds
 #                                      # (IFT's re-read holds the doubled demonstrations without a query);
 #                                      # docs/results/gemma_agnews/
+#   bash scripts/studies.sh --gemma-hellaswag  # Gemma on HellaSwag with demonstrations of at most 300 characters
+#                                      # (its four are 145-179 tokens on seeds 0-4, so IFT's doubled cache fits the
+#                                      # window; --gemma's are 265-426 and run zero-shot only): zero-shot, both IFT
+#                                      # settings to T = 8, gradient tuning and repetition up to 2 copies (three
+#                                      # and a query exceed the window); docs/results/gemma_hellaswag/ (≈ 4.5 h of
+#                                      # two workers here: a step scores 70 four-ending rows, ≈ 4.5 min)
 #   bash scripts/studies.sh --gemma-seeds  # more seeds where --gemma's binary tasks are wider than +-3 points (its
 #                                      # page's estimate: COPA to 7 seeds, WinoGrande to 8, SST-2 to 50, MR to 48): every --gemma arm, seed by
 #                                      # seed (a stop leaves whole seeds), two single-thread workers sharing one
@@ -74,11 +80,12 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 scale=full
 title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
-  --quick|--pilot|--nine|--nine-fp32|--eta|--seeds|--seeds-fp32|--gemma|--gemma-seeds|--gemma-agnews) scale=${1#--}; shift ;;
+  --quick|--pilot|--nine|--nine-fp32|--eta|--seeds|--seeds-fp32|--gemma|--gemma-seeds|--gemma-agnews|--gemma-hellaswag) scale=${1#--}; shift ;;
 esac
 case $scale in
   gemma-seeds) results=${STUDY_RESULTS:-results/gemma}; out=${STUDY_OUT:-docs/results/gemma} ;;
   gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; out=${STUDY_OUT:-docs/results/gemma_agnews} ;;
+  gemma-hellaswag) results=${STUDY_RESULTS:-results/gemma_hellaswag}; out=${STUDY_OUT:-docs/results/gemma_hellaswag} ;;
   nine-fp32) results=${STUDY_RESULTS:-results/nine_fp32}; out=${STUDY_OUT:-docs/results/nine_fp32} ;;
   seeds-fp32) results=${STUDY_RESULTS:-results/seeds_fp32}; out=${STUDY_OUT:-docs/results/seeds_fp32} ;;
   full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
@@ -192,6 +199,16 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
       title="AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, ${quant/none/fp32})"
       classification=("task=agnews task.demo_split=test n_shot=1 $rows +task.demo_max_chars=300") choice=()
       arms=("experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5")
+    fi
+    if [ $scale = gemma-hellaswag ]; then
+      # HellaSwag from demonstrations of at most 300 characters: the headline arms to T = 8, gradient tuning,
+      # and repetition capped at 2 copies (2 copies and the longest query: 410-482 tokens on seeds 0-4)
+      title="HellaSwag with demonstrations of at most 300 characters (Gemma-3-270m base, ${quant/none/fp32})"
+      classification=()
+      choice=("task=hellaswag task.demo_split=validation n_shot=4 task.eval_limit=50 task.dev_size=20 +task.demo_max_chars=300")
+      arms=("experiment=study_baselines method=grad ++method.lr=0.01 optim.T=5"
+            "experiment=study_baselines method=repeat ++method.max_repeats=4 optim.T=8 eval.batch_size=8")
+      repeats_of=([hellaswag]=2) zero_shot_only=()
     fi
     if [ $scale = gemma-seeds ]; then
       # the seeds the Gemma page estimates for a +-3-point interval on IFT's delta where a binary task is wider:

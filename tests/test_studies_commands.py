@@ -45,7 +45,7 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--nine-fp32", "--eta", "--seeds", "--seeds-fp32", "--gemma", "--gemma-seeds", "--gemma-agnews", ""])
+@pytest.mark.parametrize("scale", ["--quick", "--pilot", "--nine", "--nine-fp32", "--eta", "--seeds", "--seeds-fp32", "--gemma", "--gemma-seeds", "--gemma-agnews", "--gemma-hellaswag", ""])
 def test_every_launch_of_a_study_is_a_valid_config(scale, tmp_path):
     calls = recorded_calls(scale, tmp_path)
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
@@ -200,6 +200,19 @@ def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_i
         ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad"]  # no repetition: 2 copies + query
     assert calls[-3][3:] == ["results/gemma_agnews", "docs/results/gemma_agnews/runs.tar.gz"]
     assert calls[-2][-1] == "AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
+
+
+def test_gemma_hellaswag_draws_short_demonstrations_and_caps_repetition_at_two_copies(tmp_path):
+    calls = recorded_calls("--gemma-hellaswag", tmp_path, NINE_PARALLEL="1", STUDY_RESULTS="", STUDY_OUT="")
+    launches = [c[1:] for c in calls if c[0] == "launch.py"]
+    assert all({"task=hellaswag", "task.demo_split=validation", "n_shot=4", "+task.demo_max_chars=300",
+                "model=gemma3_270m", "seed=0,1,2,3,4", "results_dir=results/gemma_hellaswag"} <= set(call)
+               for call in launches)
+    assert [next(o for o in call if o.startswith("method=") or o.startswith("optim.eta=")) for call in launches] == \
+        ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad", "method=repeat"]
+    assert "++method.max_repeats=2" in launches[-1]
+    assert calls[-3][3:] == ["results/gemma_hellaswag", "docs/results/gemma_hellaswag/runs.tar.gz"]
+    assert calls[-2][-1] == "HellaSwag with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
