@@ -14,6 +14,7 @@ and the file is deterministic (sorted members, fixed times), so re-packing the s
     python -m analysis.archive pack results/eta docs/results/eta/runs.tar.gz
     python -m analysis.archive unpack docs/results/eta/runs.tar.gz results/eta
     python -m analysis.archive pack results/seeds docs/results/seeds_sst2/runs.tar.gz --tasks sst2
+    python -m analysis.archive pack results/gemma docs/results/gemma/runs.tar.gz --whole-seeds sst2,mr
 """
 from __future__ import annotations
 
@@ -75,9 +76,26 @@ def read(archive: Path) -> dict[str, dict[str, bytes]]:
     return jobs
 
 
-def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None) -> tuple[int, int]:
+def partial_seeds(jobs: dict[str, dict[str, bytes]], tasks: Iterable[str]) -> dict[tuple[str, object], tuple[int, int]]:
+    """{(task, seed): (its runs, the task's fullest seed's runs)} for the seeds of `tasks` with fewer runs than
+    the task's fullest seed: a study stopped mid-seed (a seed-by-seed run such as `--gemma-seeds`). Packed, such
+    a seed would make every arm it lacks incomplete, and the page's complete-or-absent rule drop that arm."""
+    count: dict[str, dict[object, int]] = {}
+    for job, files in jobs.items():
+        task = job.split("/", 1)[0]
+        if task in tasks:
+            seed = json.loads(files["meta.json"]).get("seed")
+            count.setdefault(task, {}).setdefault(seed, 0)
+            count[task][seed] += 1
+    return {(task, seed): (n, max(seeds.values())) for task, seeds in count.items()
+            for seed, n in seeds.items() if n < max(seeds.values())}
+
+
+def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None,
+         whole_seeds: Iterable[str] = ()) -> tuple[int, int]:
     """Write the ended runs of `store` (merged with those only `archive` already holds) to `archive`; with
-    `tasks`, only the runs under those task directories (a store shared by several pages, one per subset).
+    `tasks`, only the runs under those task directories (a store shared by several pages, one per subset);
+    with `whole_seeds`, those tasks' partial seeds (`partial_seeds`) are left out, reported on stdout.
     Returns (runs from the store, runs kept from the archive)."""
     store, archive = Path(store), Path(archive)
     if not store.is_dir():
@@ -85,9 +103,23 @@ def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None) -> tupl
     roots = [store / task for task in tasks] if tasks is not None else [store]
     jobs = {m.parent.relative_to(store).as_posix(): _job_files(m.parent)
             for root in roots for m in sorted(root.rglob("meta.json")) if ended(m.parent)}
-    new = len(jobs)
+    from_store = set(jobs)
     for job, files in (read(archive) if archive.exists() else {}).items():
         jobs.setdefault(job, files)
+    whole_seeds = set(whole_seeds)
+    missing = whole_seeds - {job.split("/", 1)[0] for job in jobs}
+    if missing:
+        raise ValueError(f"--whole-seeds: no runs of task(s) {', '.join(sorted(missing))} in {store} or {archive}")
+    partial = partial_seeds(jobs, whole_seeds)
+    task_seed = {job: (job.split("/", 1)[0], json.loads(files["meta.json"]).get("seed")) for job, files in jobs.items()}
+    only_archived = sorted({task_seed[job] for job in jobs if task_seed[job] in partial and job not in from_store}, key=str)
+    if only_archived:  # leaving them out would lose finished runs that no store holds
+        raise ValueError(f"--whole-seeds: partial seed(s) {only_archived} have runs only {archive} holds; restore "
+                         f"them (python -m analysis.archive unpack {archive} {store}) and finish those seeds")
+    for (task, seed), (n, full) in sorted(partial.items(), key=str):
+        print(f"{task} seed {seed}: {n} of {full} runs, left out (a partial seed)")
+    jobs = {job: files for job, files in jobs.items() if task_seed[job] not in partial}
+    new = len(from_store & set(jobs))
     archive.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
@@ -127,13 +159,17 @@ def main(argv=None) -> None:
     p.add_argument("store")
     p.add_argument("archive")
     p.add_argument("--tasks", help="comma-separated task directories of the store to pack (default: all)")
+    p.add_argument("--whole-seeds", default="", metavar="TASKS",
+                   help="comma-separated tasks whose partial seeds (fewer runs than the task's fullest seed: a "
+                        "seed-by-seed study stopped midway) are left out")
     u = verbs.add_parser("unpack", help="an archive's runs into a store (existing job directories are kept)")
     u.add_argument("archive")
     u.add_argument("store")
     args = ap.parse_args(argv)
     if args.verb == "pack":
         tasks = args.tasks.split(",") if args.tasks else None
-        new, kept = pack(Path(args.store), Path(args.archive), tasks)
+        whole = [t for t in args.whole_seeds.split(",") if t]
+        new, kept = pack(Path(args.store), Path(args.archive), tasks, whole)
         print(f"{args.archive}: {new} run(s) from {args.store}, {kept} kept from the archive")
     else:
         written, present = unpack(Path(args.archive), Path(args.store))

@@ -373,6 +373,8 @@ fi
 # `python -m analysis.study $out/runs.tar.gz`, and the next run of this script restores them and skips them
 # (a many-seeds subset packs and reports only its own tasks: the store is shared with the other subsets)
 sources=("$results") only=()
+# a seed-by-seed study packs whole seeds only (a seed a failed run left partial would drop the arms it lacks)
+[ $scale = gemma-seeds ] && only=(--whole-seeds copa,winogrande,sst2,mr)
 if [[ $scale = seeds* && -n "${SEEDS_TASKS:-}" ]]; then
   only=(--tasks "$SEEDS_TASKS") sources=()
   for task in ${SEEDS_TASKS//,/ }; do

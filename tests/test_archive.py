@@ -114,6 +114,28 @@ def test_packing_some_tasks_of_a_shared_store_leaves_the_others_out(store, tmp_p
     assert archive.pack(shared, tmp_path / "all.tar.gz") == (4, 0)
 
 
+def test_whole_seeds_leaves_out_a_seed_stopped_midway(store, tmp_path, capsys):
+    """A seed-by-seed study stopped mid-seed: seed 1 has one run where seed 0 has two (a second arm)."""
+    shared = tmp_path / "shared"
+    (task,) = [d.name for d in store.iterdir()]
+    shutil.copytree(store / task, shared / task)
+    seed0 = next(m.parent for m in shared.rglob("meta.json") if json.loads(m.read_text())["seed"] == 0)
+    shutil.copytree(seed0, seed0.with_name("another-arm"))
+    seeds = lambda path: sorted(json.loads(f["meta.json"])["seed"] for f in archive.read(path).values())
+    assert archive.pack(shared, tmp_path / "all.tar.gz") == (3, 0)
+    assert seeds(tmp_path / "all.tar.gz") == [0, 0, 1]
+    assert archive.pack(shared, tmp_path / "whole.tar.gz", whole_seeds=[task]) == (2, 0)
+    assert seeds(tmp_path / "whole.tar.gz") == [0, 0]
+    assert f"{task} seed 1: 1 of 2 runs, left out (a partial seed)" in capsys.readouterr().out
+    # a partial seed's runs are left out only where the store holds them: never lose a run only an archive has
+    shutil.rmtree(next(m.parent for m in shared.rglob("meta.json") if json.loads(m.read_text())["seed"] == 1))
+    with pytest.raises(ValueError, match=r"partial seed\(s\) \[\('.*', 1\)\] have runs only .*all.tar.gz holds"):
+        archive.pack(shared, tmp_path / "all.tar.gz", whole_seeds=[task])
+    assert seeds(tmp_path / "all.tar.gz") == [0, 0, 1]  # untouched
+    with pytest.raises(ValueError, match="--whole-seeds: no runs of task\\(s\\) nope"):
+        archive.pack(shared, tmp_path / "x.tar.gz", whole_seeds=["nope"])
+
+
 def test_an_archive_with_other_files_or_paths_is_refused(tmp_path):
     for name in ("../escape/meta.json", "sst2/model/abc/prefix.safetensors"):
         buf = io.BytesIO()

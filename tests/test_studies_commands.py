@@ -129,7 +129,8 @@ def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_
         strip = [[o for o in call if not o.startswith(("seed=", "results_dir="))] for call in mine[:7]]
         assert strip == [[_as_task(o, task) for o in arm] for arm in gemma_arms]
     assert all("results_dir=results/gemma" in call for call in launches)
-    assert calls[-3][3:] == ["results/gemma", "docs/results/gemma/runs.tar.gz"]
+    assert calls[-3][3:] == ["results/gemma", "docs/results/gemma/runs.tar.gz", "--whole-seeds",
+                             "copa,winogrande,sst2,mr"]
     assert calls[-2][-1] == "IFT against its baselines on nine benchmarks (Gemma-3-270m base, fp32)"
 
 
