@@ -26,6 +26,7 @@ from pathlib import Path
 
 QUOTE = re.compile(r"<!--\s*(.*?)\s*-->([-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?)")
 NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?")
+ADDRESS = re.compile(r"<!--\s*[^|>\n]*\.md\s*\|.*?-->")  # a comment that names a page cell, quoted or not
 PICK = re.compile(r"^(?:(\d+)|count(>=|>)(\d+)|len)$")
 
 
@@ -129,6 +130,11 @@ def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
     pages = {} if pages is None else pages
     found = []
     text = doc.read_text()
+    starts = {m.start() for m in QUOTE.finditer(text)}
+    for m in ADDRESS.finditer(text):
+        if m.start() not in starts:  # a space or a word before the number: the quote would go unchecked
+            line = text.count("\n", 0, m.start()) + 1
+            raise QuoteError(f"{doc}:{line}: {m.group(0)!r} is not followed directly by the number it quotes")
     for m in QUOTE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
         parts = [p.strip() for p in m.group(1).split("|")]

@@ -92,6 +92,13 @@ def test_an_address_that_names_no_cell_is_an_error_naming_the_choices(tmp_path, 
     assert quotes.main(["check", str(doc)]) == 2
 
 
+def test_an_address_not_followed_directly_by_its_number_is_an_error(tmp_path):
+    """Else the quote would go unchecked, silently."""
+    doc = _write(tmp_path, "x\nSST-2 <!-- page.md | By task | sst2 | IFT --> +6.6 ± 4.5\n")
+    with pytest.raises(quotes.QuoteError, match="doc.md:2: .* is not followed directly by the number it quotes"):
+        quotes.quotes(doc)
+
+
 def test_a_missing_page_is_an_error(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- gone.md | By task | sst2 | IFT -->1")
