@@ -27,6 +27,7 @@ from pathlib import Path
 QUOTE = re.compile(r"<!--\s*(.*?)\s*-->([-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?)")
 NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?")
 ADDRESS = re.compile(r"<!--\s*[^|>\n]*\.md\s*\|.*?-->")  # a comment that names a page cell, quoted or not
+CELL_SEP = re.compile(r"(?<!\\)\|")
 PICK = re.compile(r"^(?:(\d+)|count(>=|>)(\d+)|len)$")
 
 
@@ -50,7 +51,8 @@ def parse_page(text: str) -> dict[str, list[tuple[list[str], list[str]]]]:
         if not line.startswith("|"):
             header = None
             continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        # a cell's own "|" is escaped (a header "mean \\|cos\\|"): split on the others only
+        cells = [c.strip().replace("\\|", "|") for c in CELL_SEP.split(line.strip().strip("|"))]
         if header is None:
             header = cells
         elif not set("".join(cells)) <= set("-: "):
