@@ -51,7 +51,7 @@ def parse_page(text: str) -> dict[str, list[tuple[list[str], list[str]]]]:
         if not line.startswith("|"):
             header = None
             continue
-        # a cell's own "|" is escaped (a header "mean \\|cos\\|"): split on the others only
+        # a cell's own "|" is escaped (a header such as `mean \|cos\|`): split on the others only
         cells = [c.strip().replace("\\|", "|") for c in CELL_SEP.split(line.strip().strip("|"))]
         if header is None:
             header = cells
@@ -139,7 +139,7 @@ def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
             raise QuoteError(f"{doc}:{line}: {m.group(0)!r} is not followed directly by the number it quotes")
     for m in QUOTE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
-        parts = [p.strip() for p in m.group(1).split("|")]
+        parts = [p.strip().replace("\\|", "|") for p in CELL_SEP.split(m.group(1))]
         if len(parts) not in (4, 5):
             raise QuoteError(f"{doc}:{line}: quote address {m.group(1)!r} is not PAGE | SECTION | ROW | COLUMN [| PICK]")
         page = (doc.parent / parts[0]).resolve()
