@@ -119,3 +119,20 @@ def test_the_committed_docs_quote_their_pages_as_they_are():
     docs = [ROOT / "docs" / "results.md", ROOT / "README.md"]
     assert sum(len(quotes.quotes(d)) for d in docs) > 50
     assert [(x.doc.name, x.line, x.quoted, x.current) for x in quotes.stale(docs)] == []
+
+
+def test_the_findings_table_holds_the_nine_task_pages_numbers():
+    """results.md's findings table (cells cannot hold an address: its pipes would split them) is the nine-task
+    page's By task and Overview cells, minus signs typeset."""
+    page = quotes.parse_page((ROOT / "docs" / "results" / "nine_fp32" / "study.md").read_text())
+    columns = ["ICL acc", "zero-shot", "ICL ×r (r on dev)", "ICL, k×n shots (k on dev)",
+               "gradient tuning lr=0.01 (steps on dev)", "IFT (mode, η, β, T on dev)",
+               "IFT (mode, η, β on dev; T by early stopping, patience 2)", "IFT, paper protocol Δ"]
+    names = {"SST-2": "sst2", "SST-5": "sst5", "MR": "mr", "TREC": "trec", "AGNews": "agnews", "COPA": "copa",
+             "WinoGrande": "winogrande", "OpenBookQA": "obqa", "HellaSwag": "hellaswag"}
+    want = {name: [quotes.cell(page, "By task", task, c) for c in columns] for name, task in names.items()}
+    want["**mean over tasks**"] = [""] + [quotes.cell(page, "Overview", method, "mean honest Δ") for method in columns[1:-1]] \
+        + [quotes.cell(page, "Overview", "IFT (mode, η, β, T on dev)", "mean paper Δ")]
+    section = quotes.parse_page((ROOT / "docs" / "results.md").read_text())["Findings (nine tasks)"]
+    have = {row[0]: [c.replace("−", "-") for c in row[1:]] for _, row in section}
+    assert have == want
