@@ -191,29 +191,27 @@ def test_pilot_runs_both_tasks_in_fp32_into_a_page_directory_of_its_own(tmp_path
     assert calls[-2][-1] == "IFT against its baselines (bundled SmolLM2-135M, fp32): pilot"
 
 
-def test_gemma_agnews_draws_only_short_demonstrations_into_a_store_and_page_of_its_own(tmp_path):
+@pytest.mark.parametrize("scale, overrides, methods, title", [
+    # no repetition on AGNews: 2 copies and the query exceed the window on 4 of 5 seeds
+    ("agnews", {"task=agnews", "task.demo_split=test"}, ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01",
+     "method=grad"], "AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"),
+    # HellaSwag: repetition capped at 2 copies (with the longest query, 410-482 tokens)
+    ("hellaswag", {"task=hellaswag", "task.demo_split=validation", "n_shot=4"}, ["method=zero_shot",
+     "optim.eta=0.1", "optim.eta=0.01", "method=grad", "method=repeat"],
+     "HellaSwag with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"),
+])
+def test_a_short_demonstrations_study_draws_them_into_a_store_and_page_of_its_own(scale, overrides, methods, title,
+                                                                                  tmp_path):
     # one worker: the launches in queue order (two workers take them from the queue in either order)
-    calls = recorded_calls("--gemma-agnews", tmp_path, NINE_PARALLEL="1", STUDY_RESULTS="", STUDY_OUT="")
+    calls = recorded_calls(f"--gemma-{scale}", tmp_path, NINE_PARALLEL="1", STUDY_RESULTS="", STUDY_OUT="")
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
-    assert all({"task=agnews", "task.demo_split=test", "+task.demo_max_chars=300", "model=gemma3_270m",
-                "results_dir=results/gemma_agnews"} <= set(call) for call in launches)
+    assert all(overrides | {"+task.demo_max_chars=300", "model=gemma3_270m", "seed=0,1,2,3,4",
+                            f"results_dir=results/gemma_{scale}"} <= set(call) for call in launches)
     assert [next(o for o in call if o.startswith("method=") or o.startswith("optim.eta=")) for call in launches] == \
-        ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad"]  # no repetition: 2 copies + query
-    assert calls[-3][3:] == ["results/gemma_agnews", "docs/results/gemma_agnews/runs.tar.gz"]
-    assert calls[-2][-1] == "AGNews with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
-
-
-def test_gemma_hellaswag_draws_short_demonstrations_and_caps_repetition_at_two_copies(tmp_path):
-    calls = recorded_calls("--gemma-hellaswag", tmp_path, NINE_PARALLEL="1", STUDY_RESULTS="", STUDY_OUT="")
-    launches = [c[1:] for c in calls if c[0] == "launch.py"]
-    assert all({"task=hellaswag", "task.demo_split=validation", "n_shot=4", "+task.demo_max_chars=300",
-                "model=gemma3_270m", "seed=0,1,2,3,4", "results_dir=results/gemma_hellaswag"} <= set(call)
-               for call in launches)
-    assert [next(o for o in call if o.startswith("method=") or o.startswith("optim.eta=")) for call in launches] == \
-        ["method=zero_shot", "optim.eta=0.1", "optim.eta=0.01", "method=grad", "method=repeat"]
-    assert "++method.max_repeats=2" in launches[-1]
-    assert calls[-3][3:] == ["results/gemma_hellaswag", "docs/results/gemma_hellaswag/runs.tar.gz"]
-    assert calls[-2][-1] == "HellaSwag with demonstrations of at most 300 characters (Gemma-3-270m base, fp32)"
+        methods
+    assert all("++method.max_repeats=2" in call for call in launches if "method=repeat" in call)
+    assert calls[-3][3:] == [f"results/gemma_{scale}", f"docs/results/gemma_{scale}/runs.tar.gz"]
+    assert calls[-2][-1] == title
 
 
 def test_seeds_tasks_runs_only_those_tasks_with_the_same_seeds_and_a_page_of_their_own(tmp_path):
