@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -76,19 +77,35 @@ def read(archive: Path) -> dict[str, dict[str, bytes]]:
     return jobs
 
 
-def partial_seeds(jobs: dict[str, dict[str, bytes]], tasks: Iterable[str]) -> dict[tuple[str, object], tuple[int, int]]:
-    """{(task, seed): (its runs, the task's fullest seed's runs)} for the seeds of `tasks` with fewer runs than
-    the task's fullest seed: a study stopped mid-seed (a seed-by-seed run such as `--gemma-seeds`). Packed, such
-    a seed would make every arm it lacks incomplete, and the page's complete-or-absent rule drop that arm."""
-    count: dict[str, dict[object, int]] = {}
-    for job, files in jobs.items():
-        task = job.split("/", 1)[0]
-        if task in tasks:
-            seed = json.loads(files["meta.json"]).get("seed")
-            count.setdefault(task, {}).setdefault(seed, 0)
-            count[task][seed] += 1
-    return {(task, seed): (n, max(seeds.values())) for task, seeds in count.items()
-            for seed, n in seeds.items() if n < max(seeds.values())}
+def partial_seeds(seed_of: dict[str, tuple[str, object]]) -> dict[tuple[str, object], tuple[int, int]]:
+    """{(task, seed): (its runs, the task's fullest seed's runs)} for the seeds with fewer runs than their task's
+    fullest seed (`seed_of`: job directory -> (task, seed)): a study stopped mid-seed (a seed-by-seed run such
+    as `--gemma-seeds`). Packed, such a seed would make every arm it lacks incomplete, and the page's
+    complete-or-absent rule drop that arm."""
+    runs = Counter(seed_of.values())
+    fullest: dict[str, int] = {}
+    for (task, _), n in runs.items():
+        fullest[task] = max(fullest.get(task, 0), n)
+    return {(task, seed): (n, fullest[task]) for (task, seed), n in runs.items() if n < fullest[task]}
+
+
+def _whole_seeds(jobs: dict[str, dict[str, bytes]], tasks: set[str], from_store: set[str], store: Path,
+                 archive: Path) -> dict[str, dict[str, bytes]]:
+    """`jobs` without the partial seeds of `tasks` (reported on stdout); refuses to drop a run only the archive
+    holds (it would be lost)."""
+    missing = tasks - {job.split("/", 1)[0] for job in jobs}
+    if missing:
+        raise ValueError(f"--whole-seeds: no runs of task(s) {', '.join(sorted(missing))} in {store} or {archive}")
+    seed_of = {job: (job.split("/", 1)[0], json.loads(files["meta.json"]).get("seed"))
+               for job, files in jobs.items() if job.split("/", 1)[0] in tasks}
+    partial = partial_seeds(seed_of)
+    only_archived = sorted({ts for job, ts in seed_of.items() if ts in partial and job not in from_store}, key=str)
+    if only_archived:
+        raise ValueError(f"--whole-seeds: partial seed(s) {only_archived} have runs only {archive} holds; restore "
+                         f"them (python -m analysis.archive unpack {archive} {store}) and finish those seeds")
+    for (task, seed), (n, full) in sorted(partial.items(), key=str):
+        print(f"{task} seed {seed}: {n} of {full} runs, left out (a partial seed)")
+    return {job: files for job, files in jobs.items() if seed_of.get(job) not in partial}
 
 
 def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None,
@@ -106,19 +123,8 @@ def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None,
     from_store = set(jobs)
     for job, files in (read(archive) if archive.exists() else {}).items():
         jobs.setdefault(job, files)
-    whole_seeds = set(whole_seeds)
-    missing = whole_seeds - {job.split("/", 1)[0] for job in jobs}
-    if missing:
-        raise ValueError(f"--whole-seeds: no runs of task(s) {', '.join(sorted(missing))} in {store} or {archive}")
-    partial = partial_seeds(jobs, whole_seeds)
-    task_seed = {job: (job.split("/", 1)[0], json.loads(files["meta.json"]).get("seed")) for job, files in jobs.items()}
-    only_archived = sorted({task_seed[job] for job in jobs if task_seed[job] in partial and job not in from_store}, key=str)
-    if only_archived:  # leaving them out would lose finished runs that no store holds
-        raise ValueError(f"--whole-seeds: partial seed(s) {only_archived} have runs only {archive} holds; restore "
-                         f"them (python -m analysis.archive unpack {archive} {store}) and finish those seeds")
-    for (task, seed), (n, full) in sorted(partial.items(), key=str):
-        print(f"{task} seed {seed}: {n} of {full} runs, left out (a partial seed)")
-    jobs = {job: files for job, files in jobs.items() if task_seed[job] not in partial}
+    if whole_seeds:
+        jobs = _whole_seeds(jobs, set(whole_seeds), from_store, store, archive)
     new = len(from_store & set(jobs))
     archive.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

@@ -126,6 +126,10 @@ class Quote:
     current: str
     verdict: str = ""  # the cell's ▲ / ▼, if any: prose around a changed number may need a new verdict
 
+    @property
+    def is_stale(self) -> bool:
+        return not _same(self.quoted, self.current)
+
 
 def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
     """Every quote of a document with the page's current value (pages: a cache of parsed pages)."""
@@ -158,18 +162,18 @@ def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
 
 def stale(docs: list[Path]) -> list[Quote]:
     pages: dict = {}
-    return [q for d in docs for q in quotes(d, pages) if not _same(q.quoted, q.current)]
+    return [q for d in docs for q in quotes(d, pages) if q.is_stale]
 
 
 def update(doc: Path) -> list[Quote]:
     """Rewrite a document's stale quotes in place; returns them."""
-    changed = [q for q in quotes(doc) if not _same(q.quoted, q.current)]
+    changed = [q for q in quotes(doc) if q.is_stale]
     if changed:
-        doc.write_text(QUOTE.sub(lambda m: _rewrite(m, doc, changed), doc.read_text()))
+        doc.write_text(QUOTE.sub(lambda m: _rewrite(m, changed), doc.read_text()))
     return changed
 
 
-def _rewrite(m: re.Match, doc: Path, changed: list[Quote]) -> str:
+def _rewrite(m: re.Match, changed: list[Quote]) -> str:
     for q in changed:
         if q.address == m.group(1) and _same(q.quoted, m.group(2)):
             return f"<!-- {m.group(1)} -->{_typeset(q.current)}"
@@ -183,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.action == "check":
-            bad = stale(args.docs)
+            pages: dict = {}
+            found = [q for doc in args.docs for q in quotes(doc, pages)]
+            bad = [q for q in found if q.is_stale]
             for q in bad:
                 print(f"{q.doc}:{q.line}: quotes {q.quoted}, the page has {q.current}  [{q.address}]")
-            total = sum(len(quotes(d)) for d in args.docs)
-            print(f"{total - len(bad)} of {total} quotes match their pages")
+            print(f"{len(found) - len(bad)} of {len(found)} quotes match their pages")
             return 1 if bad else 0
         for doc in args.docs:
             for q in update(doc):
