@@ -14,7 +14,10 @@ many of a list of steps are at least 6 / above 8, `len` how many entries the lis
 
     python -m analysis.quotes check docs/results.md README.md    # exit 1 on any quote that differs
     python -m analysis.quotes update docs/results.md README.md   # rewrite them; lists each change with
-                                                                 # the cell's verdict (▲ / ▼), for the words around it
+                                                                 # the cell's verdict (▲ / ▼, the row's
+                                                                 # verdict column) for the words around it,
+                                                                 # and flags a difference whose interval
+                                                                 # crossed zero (significant <-> not)
 """
 from __future__ import annotations
 
@@ -74,16 +77,26 @@ def _unique(name: str, what: str, choices: list[str]) -> str:
     raise QuoteError(f"{what} {name!r} {'is ambiguous' if hits else 'not found'}; choices: {shown}")
 
 
-def cell(sections: dict, section: str, row: str, column: str) -> str:
-    """The text of one cell, by section, row label and column; a clear error naming the choices."""
+def _row(sections: dict, section: str, row: str) -> tuple[list[str], list[str]]:
     section = _unique(section, "section", list(sections))
     rows = sections[section]
     matching = [(h, c) for h, c in rows if row_label(c) == row]
     if not matching:
         raise QuoteError(f"row {row!r} not found in section {section!r}; rows: "
                          + "; ".join(dict.fromkeys(row_label(c) for _, c in rows)))
-    header, cells = matching[0]
+    return matching[0]
+
+
+def cell(sections: dict, section: str, row: str, column: str) -> str:
+    """The text of one cell, by section, row label and column; a clear error naming the choices."""
+    header, cells = _row(sections, section, row)
     return cells[header.index(_unique(column, "column", header))]
+
+
+def row_verdict(sections: dict, section: str, row: str) -> str:
+    """The row's own `verdict` column (better / worse / no difference), where its table has one."""
+    header, cells = _row(sections, section, row)
+    return cells[header.index("verdict")] if "verdict" in header else ""
 
 
 def pick(text: str, how: str | None) -> str:
@@ -117,6 +130,20 @@ def _verdict(text: str) -> str:
     return "▲" if "▲" in text else "▼" if "▼" in text else ""
 
 
+SIGNED_INTERVAL = re.compile(r"^([-+−]\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?)$")
+
+
+def side_of_zero(number: str) -> str:
+    """Where a signed difference's printed interval lies: "lies above 0", "lies below 0", "includes 0"; "" for a number
+    that is no signed `x ± y` (an accuracy, a count). From the rounded text, so an interval that touches 0
+    after rounding reads "includes 0"."""
+    m = SIGNED_INTERVAL.match(number.strip())
+    if not m:
+        return ""
+    mean, half = float(m.group(1).replace("−", "-")), float(m.group(2))
+    return "lies above 0" if mean - half > 0 else "lies below 0" if mean + half < 0 else "includes 0"
+
+
 @dataclass
 class Quote:
     doc: Path
@@ -124,11 +151,19 @@ class Quote:
     address: str
     quoted: str
     current: str
-    verdict: str = ""  # the cell's ▲ / ▼, if any: prose around a changed number may need a new verdict
+    verdict: str = ""  # the cell's ▲ / ▼ and its row's verdict column, if any: prose around a changed number
+                       # may need a new verdict
 
     @property
     def is_stale(self) -> bool:
         return not _same(self.quoted, self.current)
+
+    @property
+    def crossed_zero(self) -> bool:
+        """A quoted difference whose interval moved across 0 (significant ↔ not, or flipped sign): the words
+        around it ("better", "significant", "no difference") are now wrong."""
+        old, new = side_of_zero(self.quoted), side_of_zero(self.current)
+        return bool(old and new and old != new)
 
 
 def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
@@ -154,9 +189,10 @@ def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
         try:
             text_cell = cell(pages[page], *parts[1:4])
             value = pick(text_cell, parts[4] if len(parts) == 5 else None)
+            verdict = " ".join(v for v in (_verdict(text_cell), row_verdict(pages[page], *parts[1:3])) if v)
         except QuoteError as err:
             raise QuoteError(f"{doc}:{line}: {err}") from None
-        found.append(Quote(doc, line, m.group(1), m.group(2), value, _verdict(text_cell)))
+        found.append(Quote(doc, line, m.group(1), m.group(2), value, verdict))
     return found
 
 
@@ -191,13 +227,22 @@ def main(argv: list[str] | None = None) -> int:
             found = [q for doc in args.docs for q in quotes(doc, pages)]
             bad = [q for q in found if q.is_stale]
             for q in bad:
-                print(f"{q.doc}:{q.line}: quotes {q.quoted}, the page has {q.current}  [{q.address}]")
+                crossed = "  CROSSED ZERO" if q.crossed_zero else ""
+                print(f"{q.doc}:{q.line}: quotes {q.quoted}, the page has {q.current}  [{q.address}]{crossed}")
             print(f"{len(found) - len(bad)} of {len(found)} quotes match their pages")
             return 1 if bad else 0
+        crossed = []
         for doc in args.docs:
             for q in update(doc):
                 flag = f"  (the cell reads {q.verdict or 'no ▲/▼'}: check the words around it)"
+                if q.crossed_zero:
+                    flag += (f"\n    CROSSED ZERO: the quoted interval {side_of_zero(q.quoted)}, the page's "
+                             f"{side_of_zero(q.current)}: the verdict in the prose must change")
+                    crossed.append(q)
                 print(f"{q.doc}:{q.line}: {q.quoted} -> {_typeset(q.current)}  [{q.address}]{flag}")
+        if crossed:
+            print(f"{len(crossed)} quoted difference(s) crossed zero: "
+                  + ", ".join(f"{q.doc}:{q.line}" for q in crossed))
         return 0
     except QuoteError as err:
         print(f"error: {err}", file=sys.stderr)

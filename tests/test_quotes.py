@@ -56,6 +56,34 @@ def test_a_changed_page_makes_the_quote_stale_and_update_rewrites_it(tmp_path):
     assert "-->+6.6 ± 4.5," in doc.read_text() and doc.read_text().startswith("intro\n")
 
 
+def test_update_flags_a_quoted_difference_whose_interval_crossed_zero(tmp_path, capsys):
+    doc = _write(tmp_path, "IFT " + q("By task | sst2 | IFT", "+2.0 ± 3.0") + " (no difference); paper "
+                 + q("By task | sst2 | IFT, paper Δ", "+11.0 ± 4.0") + "; zero-shot "
+                 + q("By task | sst2 | zero-shot", "+1.0 ± 0.5") + "; other "
+                 + q("Other | sst2 | IFT", "+1.5 ± 1.5") + ".\n")
+    crossed = {x.quoted: x.crossed_zero for x in quotes.stale([doc])}
+    # includes 0 -> above 0; above -> above; above -> below; touching 0 after rounding still includes it
+    assert crossed == {"+2.0 ± 3.0": True, "+11.0 ± 4.0": False, "+1.0 ± 0.5": True, "+1.5 ± 1.5": False}
+    assert quotes.main(["update", str(doc)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("CROSSED ZERO") == 2 and "2 quoted difference(s) crossed zero" in out
+    assert "the quoted interval includes 0, the page's lies above 0" in out
+
+
+def test_side_of_zero_reads_only_signed_intervals():
+    assert quotes.side_of_zero("−4.9 ± 5.2") == "includes 0"
+    assert quotes.side_of_zero("-6.0 ± 5.2") == "lies below 0"
+    assert quotes.side_of_zero("60.6 ± 2.0") == ""  # an accuracy, not a difference
+    assert quotes.side_of_zero("26") == ""
+
+
+def test_the_verdict_shows_the_rows_verdict_column(tmp_path):
+    page = PAGE + "\n## Arms\n\n| task | arm | honest Δ vs ICL | verdict |\n|---|---|---|---|\n" \
+                  "| sst2 | IFT | +3.9 ± 4.4 | no difference |\n"
+    doc = _write(tmp_path, q("Arms | sst2 / IFT | honest", "+4.5 ± 3.8") + "\n", page)
+    assert [x.verdict for x in quotes.stale([doc])] == ["no difference"]
+
+
 def test_update_typesets_negative_numbers_with_a_minus_sign(tmp_path):
     doc = _write(tmp_path, q("By task | sst2 | zero-shot", "0") + "\n")
     quotes.update(doc)
