@@ -57,6 +57,28 @@ def seeds_for(half: float, n: int, target: float = 3.0) -> int | None:
     return m
 
 
+def sd_ratio(base, other, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """How much `other` spreads over seeds relative to `base`, paired by seed: (sd(other) / sd(base), and a 95%
+    percentile bootstrap interval over seeds). A fixed generator seed, so a page rebuilds byte for byte;
+    resamples whose base has no spread are left out."""
+    x, y = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if len(x) != len(y) or len(x) < 3 or x.std(ddof=1) == 0:
+        return np.nan, np.nan, np.nan
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    sx, sy = x[idx].std(axis=1, ddof=1), y[idx].std(axis=1, ddof=1)
+    ratios = sy[sx > 0] / sx[sx > 0]
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(y.std(ddof=1) / x.std(ddof=1)), float(lo), float(hi)
+
+
+def ratio_cell(ratio: float, lo: float, hi: float) -> str:
+    """A spread ratio with its interval, ▼ / ▲ where the interval lies below / above 1."""
+    if math.isnan(ratio):
+        return "–"
+    mark = " ▼" if hi < 1 else " ▲" if lo > 1 else ""
+    return f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]{mark}"
+
+
 # ---------------------------------------------------------------- cells
 
 def pm(mean: float, half: float) -> str:

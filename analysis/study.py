@@ -57,7 +57,7 @@ from analysis.arms import (  # noqa: E402,F401
     ift_step_arms,
     method,
 )
-from analysis.stats import half_width, interval, seeds_for, verdict  # noqa: E402,F401
+from analysis.stats import half_width, interval, ratio_cell, sd_ratio, seeds_for, verdict  # noqa: E402,F401
 from analysis.stats import marked as _marked  # noqa: E402
 from analysis.stats import pm as _pm  # noqa: E402
 from analysis.stats import signed as _signed  # noqa: E402
@@ -259,6 +259,36 @@ def tie_sensitivity(cands: pd.DataFrame, arms=(IFT_ALL, IFT_EARLY)) -> pd.DataFr
             mean[f"honest Δ, ties to the {name} step"] = f"{_marked(d, h)} ({n} tasks)"
         mean["seeds whose pick moves"] = ""
         rows.append(mean)
+    return pd.DataFrame(rows)
+
+
+SPREAD_MIN_SEEDS = 10  # a standard deviation's bootstrap interval from fewer seeds says little
+
+
+def spread_table(cands: pd.DataFrame, min_seeds: int = SPREAD_MIN_SEEDS) -> pd.DataFrame:
+    """How much each method's accuracy depends on which demonstrations a seed drew: per task with at least
+    `min_seeds` seeds, ICL's standard deviation over seeds and each main arm's, as a ratio to ICL's with a
+    paired bootstrap interval (▼: the arm's accuracy spreads less than ICL's; ▲: more). A seed also draws its
+    evaluation rows: zero-shot, which reads no demonstrations, shows that share of the spread."""
+    picks = choose(cands, "dev")
+    icl = {key: g.set_index("seed")["acc"].sort_index()
+           for key, g in icl_rows(cands).groupby(["model", "task", "n_shot"], sort=True)}
+    arms = [a for a in (IFT_ALL, IFT_EARLY, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"])
+            if a in set(picks["arm"])] + sorted(picks[picks["method"] == "grad"]["arm"].unique())
+    rows = []
+    for (model, task, n_shot), g in picks.groupby(["model", "task", "n_shot"], sort=True):
+        base = icl.get((model, task, n_shot))
+        if base is None or len(base) < min_seeds:
+            continue
+        zero = g[g["arm"] == ZERO]["acc"]
+        row = {"task": task, "n_shot": n_shot, "seeds": len(base), "ICL sd": f"{base.std(ddof=1):.1f}",
+               "zero-shot sd (rows only)": f"{zero.std(ddof=1):.1f}" if len(zero) >= min_seeds else "–"}
+        for arm in arms:
+            mine = g[g["arm"] == arm].set_index("seed")["acc"].sort_index()
+            common = mine.index.intersection(base.index)
+            row[f"{arm}: sd / ICL sd"] = ("–" if len(common) < min_seeds
+                                          else ratio_cell(*sd_ratio(base[common], mine[common])))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -534,6 +564,17 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    "reports plain ICL; here the same honest Δ vs ICL with ties to the costliest choice, then the "
                    "latest step (`COSTLIEST`). ▲ / ▼: the paired 95% interval excludes 0; the mean over tasks has a "
                    "t-interval over tasks.\n", markdown_table(ties) + "\n"]
+        spread = spread_table(cands)
+        if not spread.empty:
+            md += ["## Spread over seeds: how much the demonstrations matter\n",
+                   f"Each seed draws other demonstrations and another sample of evaluation rows (the same rows for "
+                   f"every method of the seed), so a method's accuracy spreads over seeds by how much it depends on "
+                   f"the demonstrations it read, plus the rows' share, which zero-shot (no demonstrations) shows. Per "
+                   f"task with at least {SPREAD_MIN_SEEDS} seeds: the standard deviations over seeds of ICL and "
+                   f"zero-shot (points) and each method's as a ratio to ICL's, both chosen on dev, with a 95% paired bootstrap interval over seeds (4000 "
+                   f"resamples); ▼ / ▲: the interval lies below / above 1 (less / more dependent than ICL). One "
+                   f"interval per cell, none corrected for how many cells the table has.\n",
+                   markdown_table(spread) + "\n"]
         md += ["## Per task: baselines and IFT\n", markdown_table(format_arms(main_arms(table))) + "\n"]
         settings = ift_settings(table)
         if not settings.empty:  # a page of baselines alone (zero-shot, repetition) has no IFT settings

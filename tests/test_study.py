@@ -315,3 +315,29 @@ def test_compute_counts_a_run_continued_to_a_larger_t_once_as_the_longer_run():
     row = study.cost_table([short, long, other]).iloc[0]
     assert row["runs"] == 2 and row["steps"] == "11.5"  # (15 + 8) / 2, not (8 + 15 + 8) / 3
     assert row["wall s per run"] == "15"  # 30 s for the continued run, 0 for the other
+
+
+def test_sd_ratio_is_the_ratio_of_standard_deviations_with_a_paired_bootstrap_interval():
+    x = np.array([50.0, 60, 70, 55, 65, 80, 45, 75, 62, 58])
+    assert study.sd_ratio(x, 50 + 0.5 * (x - 50)) == pytest.approx((0.5, 0.5, 0.5))  # paired: every resample 0.5
+    assert study.sd_ratio(x, x + 7) == pytest.approx((1.0, 1.0, 1.0))  # a constant gain leaves the spread alone
+    y = np.array([60.0, 62, 61, 66, 59, 64, 63, 60, 65, 61])
+    ratio, lo, hi = study.sd_ratio(x, y)
+    assert ratio == pytest.approx(y.std(ddof=1) / x.std(ddof=1)) and lo < ratio < hi < 1
+    assert study.sd_ratio(x, y) == (ratio, lo, hi)  # a fixed generator: the page rebuilds byte for byte
+    assert math.isnan(study.sd_ratio([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])[0])  # ICL without spread: no ratio
+    assert study.ratio_cell(ratio, lo, hi).endswith("▼") and study.ratio_cell(1.5, 1.2, 1.9).endswith("▲")
+    assert study.ratio_cell(1.0, 0.8, 1.2) == "1.00 [0.80, 1.20]"
+
+
+def test_the_spread_table_compares_each_methods_spread_over_seeds_with_icls_on_tasks_with_enough_seeds():
+    icl = [0.50, 0.60, 0.70, 0.55, 0.65, 0.80, 0.45, 0.75, 0.62, 0.58]
+    runs = [ift(s, [a, 0.6 + (a - 0.6) / 4], [0.1, 0.9]) for s, a in enumerate(icl)]  # IFT: a quarter the spread
+    runs += [run("zero_shot", s, [0.5 + 0.01 * (s % 2)], [0.5]) for s in range(10)]
+    runs += [ift(s, [a, a], [0.1, 0.9], task="mr") for s, a in enumerate(icl[:9])]  # 9 seeds: too few
+    table = study.spread_table(study.candidates(runs))
+    assert list(table["task"]) == ["sst2"]
+    row = table.iloc[0]
+    assert row["ICL sd"] == f"{100 * np.std(icl, ddof=1):.1f}"
+    assert row["zero-shot sd (rows only)"] == f"{100 * np.std([0.5, 0.51] * 5, ddof=1):.1f}"
+    assert row[f"{study.IFT_ALL}: sd / ICL sd"] == "0.25 [0.25, 0.25] ▼"
