@@ -87,15 +87,19 @@ def _row(sections: dict, section: str, row: str) -> tuple[list[str], list[str]]:
     return matching[0]
 
 
-def cell(sections: dict, section: str, row: str, column: str) -> str:
-    """The text of one cell, by section, row label and column; a clear error naming the choices."""
-    header, cells = _row(sections, section, row)
+def _in_column(row: tuple[list[str], list[str]], column: str) -> str:
+    header, cells = row
     return cells[header.index(_unique(column, "column", header))]
 
 
-def row_verdict(sections: dict, section: str, row: str) -> str:
+def cell(sections: dict, section: str, row: str, column: str) -> str:
+    """The text of one cell, by section, row label and column; a clear error naming the choices."""
+    return _in_column(_row(sections, section, row), column)
+
+
+def _row_verdict(row: tuple[list[str], list[str]]) -> str:
     """The row's own `verdict` column (better / worse / no difference), where its table has one."""
-    header, cells = _row(sections, section, row)
+    header, cells = row
     return cells[header.index("verdict")] if "verdict" in header else ""
 
 
@@ -187,9 +191,10 @@ def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
                 raise QuoteError(f"{doc}:{line}: page {parts[0]} does not exist")
             pages[page] = parse_page(page.read_text())
         try:
-            text_cell = cell(pages[page], *parts[1:4])
+            row = _row(pages[page], *parts[1:3])
+            text_cell = _in_column(row, parts[3])
             value = pick(text_cell, parts[4] if len(parts) == 5 else None)
-            verdict = " ".join(v for v in (_verdict(text_cell), row_verdict(pages[page], *parts[1:3])) if v)
+            verdict = " ".join(v for v in (_verdict(text_cell), _row_verdict(row)) if v)
         except QuoteError as err:
             raise QuoteError(f"{doc}:{line}: {err}") from None
         found.append(Quote(doc, line, m.group(1), m.group(2), value, verdict))

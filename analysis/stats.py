@@ -57,7 +57,10 @@ def seeds_for(half: float, n: int, target: float = 3.0) -> int | None:
     return m
 
 
-def sd_ratio(base, other, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+BOOTSTRAP_RESAMPLES = 4000
+
+
+def sd_ratio(base, other, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
     """How much `other` spreads over seeds relative to `base`, paired by seed: (sd(other) / sd(base), and a 95%
     percentile bootstrap interval over seeds). A fixed generator seed, so a page rebuilds byte for byte;
     resamples whose base has no spread are left out."""

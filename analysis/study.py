@@ -57,7 +57,7 @@ from analysis.arms import (  # noqa: E402,F401
     ift_step_arms,
     method,
 )
-from analysis.stats import half_width, interval, ratio_cell, sd_ratio, seeds_for, verdict  # noqa: E402,F401
+from analysis.stats import BOOTSTRAP_RESAMPLES, half_width, interval, ratio_cell, sd_ratio, seeds_for, verdict  # noqa: E402,F401
 from analysis.stats import marked as _marked  # noqa: E402
 from analysis.stats import pm as _pm  # noqa: E402
 from analysis.stats import signed as _signed  # noqa: E402
@@ -159,11 +159,16 @@ def overview(table: pd.DataFrame) -> pd.DataFrame:
 MATRIX_ARMS = (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"], IFT_EARLY, IFT_ALL)  # then gradients
 
 
+def _present(frame: pd.DataFrame, arms) -> list[str]:
+    """Those of `arms` that `frame` has, in that order, then its gradient-tuning arms (one per learning rate)."""
+    have = set(frame["arm"])
+    return [a for a in arms if a in have] + sorted(frame[frame["method"] == "grad"]["arm"].unique())
+
+
 def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
     """One row per task: ICL accuracy, each main arm's honest Δ vs ICL (▲ better, ▼ worse: the paired 95%
     interval excludes 0), IFT's Δ under the paper's protocol, and the seeds IFT's Δ would need for ± target."""
-    arms = [a for a in MATRIX_ARMS if a in set(table["arm"])]
-    arms += sorted(table[table["method"] == "grad"]["arm"].unique())
+    arms = _present(table, MATRIX_ARMS)
     rows = []
     for (model, task, n_shot), g in table.groupby(["model", "task", "n_shot"], sort=True):
         g = g.set_index("arm")
@@ -188,9 +193,7 @@ def task_matrix(table: pd.DataFrame, target: float = 3.0) -> pd.DataFrame:
 
 def _rivals(picks: pd.DataFrame) -> list[str]:
     """The baselines IFT must beat to be worth its cost: zero-shot, re-reading, more demonstrations, the gradient."""
-    arms = set(picks["arm"])
-    return ([a for a in (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"]) if a in arms]
-            + sorted(picks[picks["method"] == "grad"]["arm"].unique()))
+    return _present(picks, (ZERO, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"]))
 
 
 def head_to_head(cands: pd.DataFrame, arm: str = IFT_ALL) -> pd.DataFrame:
@@ -273,8 +276,7 @@ def spread_table(cands: pd.DataFrame, min_seeds: int = SPREAD_MIN_SEEDS) -> pd.D
     picks = choose(cands, "dev")
     icl = {key: g.set_index("seed")["acc"].sort_index()
            for key, g in icl_rows(cands).groupby(["model", "task", "n_shot"], sort=True)}
-    arms = [a for a in (IFT_ALL, IFT_EARLY, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"])
-            if a in set(picks["arm"])] + sorted(picks[picks["method"] == "grad"]["arm"].unique())
+    arms = _present(picks, (IFT_ALL, IFT_EARLY, BASELINE_ARMS["repeat"], BASELINE_ARMS["more_demos"]))
     rows = []
     for (model, task, n_shot), g in picks.groupby(["model", "task", "n_shot"], sort=True):
         base = icl.get((model, task, n_shot))
@@ -571,8 +573,8 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"every method of the seed), so a method's accuracy spreads over seeds by how much it depends on "
                    f"the demonstrations it read, plus the rows' share, which zero-shot (no demonstrations) shows. Per "
                    f"task with at least {SPREAD_MIN_SEEDS} seeds: the standard deviations over seeds of ICL and "
-                   f"zero-shot (points) and each method's as a ratio to ICL's, both chosen on dev, with a 95% paired bootstrap interval over seeds (4000 "
-                   f"resamples); ▼ / ▲: the interval lies below / above 1 (less / more dependent than ICL). One "
+                   f"zero-shot (points) and each method's as a ratio to ICL's, both chosen on dev, with a 95% paired "
+                   f"bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES} resamples); ▼ / ▲: the interval lies below / above 1 (less / more dependent than ICL). One "
                    f"interval per cell, none corrected for how many cells the table has.\n",
                    markdown_table(spread) + "\n"]
         md += ["## Per task: baselines and IFT\n", markdown_table(format_arms(main_arms(table))) + "\n"]
