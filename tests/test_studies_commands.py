@@ -297,3 +297,20 @@ def test_a_dry_run_passes_dry_run_to_every_launch_and_packs_and_builds_nothing(t
                                                          if c[0] == "launch.py"]
     assert real[-3][:3] == ["-m", "analysis.archive", "pack"] and real[-2][:2] == ["-m", "analysis.study"]
     assert not any(c[:3] == ["-m", "analysis.archive", "pack"] or c[:2] == ["-m", "analysis.study"] for c in calls)
+
+
+def test_a_study_restores_its_committed_archive_also_when_its_page_goes_elsewhere(tmp_path):
+    """STUDY_OUT sends this run's page elsewhere; the runs committed beside the study's own page are restored all
+    the same (without them a fresh machine started the Gemma study again from its first run), then STUDY_OUT's."""
+    page = tmp_path / "page"
+    page.mkdir()
+    (page / "runs.tar.gz").write_bytes(b"")
+    calls = recorded_calls("--gemma-seeds", tmp_path, NINE_PARALLEL="1")
+    unpacks = [c[3:] for c in calls if c[:3] == ["-m", "analysis.archive", "unpack"]]
+    store = str(tmp_path / "results")
+    assert unpacks == [["docs/results/gemma/runs.tar.gz", store], [str(page / "runs.tar.gz"), store]]
+    # without STUDY_OUT the committed archive is restored once
+    (tmp_path / "again").mkdir()
+    calls = recorded_calls("--gemma-seeds", tmp_path / "again", NINE_PARALLEL="1", STUDY_OUT="")
+    assert [c[3:] for c in calls if c[:3] == ["-m", "analysis.archive", "unpack"]] == [
+        ["docs/results/gemma/runs.tar.gz", str(tmp_path / "again" / "results")]]
