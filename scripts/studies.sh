@@ -69,7 +69,8 @@
 # no checkpoints) and restored from it on the next run, so a study continues on another machine and its page
 # is rebuilt from a clone: `python -m analysis.study docs/results/nine_fp32/runs.tar.gz --out DIR`.
 # Environment: IFT_DATA_DIR (default ../shared/data), STUDY_RESULTS (the store; default results/<scale>),
-# STUDY_OUT (the page; default docs/results/<scale>, whose committed archive is restored either way), and any extra launch.py
+# STUDY_OUT (the page; default docs/results/<scale>, whose committed archive is restored either way),
+# STUDY_PAGE_ONLY=1 (pack and build the page, launch nothing: finishes a study stopped by hand), and any extra launch.py
 # overrides as arguments after the scale flag (e.g. `bash scripts/studies.sh quant=bf16_mixed`: about 2x faster on a CPU with AMX or on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,14 +116,21 @@ for archive in "${archives[@]}"; do
   if [ -f "$archive" ]; then $PY -m analysis.archive unpack "$archive" "$results"; fi
 done
 
+# STUDY_PAGE_ONLY=1: no launch runs; the store's finished runs (and the restored archive's) are packed and the
+# page built, as at the end of a full run: how a study stopped by hand (kill its process group) is finished
+launch() {
+  if [ -n "${STUDY_PAGE_ONLY:-}" ]; then return 0; fi
+  $PY launch.py "$@"
+}
+
 if [ $scale = pilot ]; then
   title="IFT against its baselines (bundled SmolLM2-135M, fp32): pilot"
   pilot=(task=sst2,trec seed=0,1,2,3,4 n_shot=1 task.eval_limit=100 task.dev_size=30 "results_dir=$results"
          logger=disabled)
   # fp32; grad: lr 0.01 for 4 Adam steps (the pilot's setting; the default is now 0.001, see docs/results.md)
-  $PY launch.py experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
+  launch experiment=study_baselines "${pilot[@]}" optim.T=5 ++method.max_repeats=4 ++method.max_factor=3 \
       ++method.lr=0.01 "$@"
-  $PY launch.py experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
+  launch experiment=study_ift "${pilot[@]}" optim.eta=0.1,0.01 optim.T=8 "$@"
 elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
   title="IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, bf16-mixed)"
   common=(seed=0,1,2,3,4 quant=bf16_mixed "results_dir=$results" logger=disabled)
@@ -258,7 +266,7 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
   }
   launch_item() {
     # shellcheck disable=SC2086
-    $PY launch.py ${1%|*} ${1#*|} "${common[@]}" "${extra[@]}"
+    launch ${1%|*} ${1#*|} "${common[@]}" "${extra[@]}"
   }
   stream() {
     local item status=0
@@ -287,7 +295,7 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
       for arm in "${headline[@]}" "${arms[@]}"; do
         arm_for "$arm" "$group" || continue
         # shellcheck disable=SC2086
-        $PY launch.py $run_arm $group "seed=$seed" "${per_seed[@]}" "${extra[@]}" || status=1
+        launch $run_arm $group "seed=$seed" "${per_seed[@]}" "${extra[@]}" || status=1
       done
     done
     return ${status:-0}
@@ -351,28 +359,28 @@ elif [[ $scale = seeds* ]]; then
     if [ -n "${SEEDS_TASKS:-}" ] && [[ ",$SEEDS_TASKS," != *",$task,"* ]]; then continue; fi
     group="task=$task ${group_of[$task]}"
     # shellcheck disable=SC2086
-    $PY launch.py experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8 $group "${same[@]}" "$@" \
+    launch experiment=study_ift optim.eta=0.1 optim.position_mode=aligned optim.T=8 $group "${same[@]}" "$@" \
       || failed=1
     # shellcheck disable=SC2086
-    $PY launch.py experiment=study_baselines method=zero_shot optim.T=8 $group "${same[@]}" "$@" || failed=1
+    launch experiment=study_baselines method=zero_shot optim.T=8 $group "${same[@]}" "$@" || failed=1
   done
 elif [ $scale = quick ]; then
   # one launch (one process, one model load): 2 tasks (binary classification, multiple choice; n_shot 2: the
   # gradient's leave-one-out loss needs 2 demonstrations) x 2 seeds, 8 eval and 4 dev rows, 3 steps; IFT with
   # and without momentum beside every baseline (a baseline's key ignores optim, so its beta=0 twin is skipped as
   # finished). ++ sets a method setting for every method of the sweep (each reads only its own)
-  $PY launch.py experiment=study_baselines method=ift,zero_shot,repeat,more_demos,grad optim=default,no_momentum \
+  launch experiment=study_baselines method=ift,zero_shot,repeat,more_demos,grad optim=default,no_momentum \
       optim.position_mode=aligned task=sst2,copa n_shot=2 seed=0,1 task.eval_limit=8 task.dev_size=4 optim.T=3 \
       ++method.max_repeats=2 ++method.max_factor=2 "results_dir=$results" logger=disabled "$@"
 else
   for preset in study_baselines study_ift study_momentum; do
     # classification (n_shot per class): the preset's own tasks, and AGNews, whose train split the local mirror
     # lacks (demonstrations and dev rows then come from its test split, never from the evaluated rows)
-    $PY launch.py experiment=$preset "results_dir=$results" "$@"
-    $PY launch.py experiment=$preset "results_dir=$results" task=agnews task.demo_split=test "$@"
+    launch experiment=$preset "results_dir=$results" "$@"
+    launch experiment=$preset "results_dir=$results" task=agnews task.demo_split=test "$@"
     # multiple choice (n_shot in all; the leave-one-out gradient needs at least 2): HellaSwag likewise
-    $PY launch.py experiment=$preset "results_dir=$results" task=copa,obqa,winogrande n_shot=4 "$@"
-    $PY launch.py experiment=$preset "results_dir=$results" task=hellaswag task.demo_split=validation n_shot=4 "$@"
+    launch experiment=$preset "results_dir=$results" task=copa,obqa,winogrande n_shot=4 "$@"
+    launch experiment=$preset "results_dir=$results" task=hellaswag task.demo_split=validation n_shot=4 "$@"
   done
 fi
 # the finished runs beside the page (no benchmark text, no checkpoints): the page is rebuilt from a clone with

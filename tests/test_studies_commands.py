@@ -314,3 +314,14 @@ def test_a_study_restores_its_committed_archive_also_when_its_page_goes_elsewher
     calls = recorded_calls("--gemma-seeds", tmp_path / "again", NINE_PARALLEL="1", STUDY_OUT="")
     assert [c[3:] for c in calls if c[:3] == ["-m", "analysis.archive", "unpack"]] == [
         ["docs/results/gemma/runs.tar.gz", str(tmp_path / "again" / "results")]]
+
+
+def test_page_only_launches_nothing_and_packs_and_builds_the_page_as_a_full_run_does(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "page_only").mkdir()
+    full = recorded_calls("--gemma-seeds", tmp_path / "full", NINE_PARALLEL="1")
+    calls = recorded_calls("--gemma-seeds", tmp_path / "page_only", NINE_PARALLEL="1", STUDY_PAGE_ONLY="1")
+    assert any(c[0] == "launch.py" for c in full) and not any(c[0] == "launch.py" for c in calls)
+    same_dir = lambda c: [o.replace(str(tmp_path / "full"), str(tmp_path / "page_only")) for o in c]
+    assert calls == [same_dir(c) for c in full if c[0] != "launch.py"]
+    assert calls[-3][:3] == ["-m", "analysis.archive", "pack"] and "--whole-seeds" in calls[-3]
