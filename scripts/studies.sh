@@ -55,7 +55,7 @@
 #                                      # and a query exceed the window); docs/results/gemma_hellaswag/ (≈ 4.5 h of
 #                                      # two workers here: a step scores 70 four-ending rows, ≈ 4.5 min)
 #   bash scripts/studies.sh --gemma-seeds  # more seeds where --gemma's binary tasks are wider than +-3 points (its
-#                                      # page's estimate: COPA and WinoGrande to 8 seeds, MR to 48, SST-2 to 64): every --gemma arm, seed by
+#                                      # page's estimate: COPA and WinoGrande to 8 seeds, MR to 48, SST-2 to 68): every --gemma arm, seed by
 #                                      # seed (a stop leaves whole seeds), two single-thread workers sharing one
 #                                      # queue; the same store, keys and page as --gemma (docs/results/gemma/)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice in one launch (what CI runs, minutes)
@@ -227,7 +227,7 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
     if [ $scale = gemma-seeds ]; then
       # the seeds the Gemma page estimates for a +-3-point interval on IFT's delta where a binary task is wider:
       # COPA and WinoGrande to 8 (the page's estimate: 7 and 8 with 5 seeds, 8 and 8 with 7 and 8; cheap, so
-      # first), then MR to 48 and SST-2 to 64 (the estimates with 29 seeds each: 42 and 64; 55 and 47 with
+      # first), then MR to 48 and SST-2 to 68 (the estimates: 41 and 68 with 48 and 41 seeds; 42 and 64 with 29 each; 55 and 47 with
       # 26 and 25, 36 and 44 with 13 and 12, 32 and 17 with 5: the spread grew with seeds; seeds 0-4 are
       # --gemma's). One queue of (task group, seed); each job runs every arm of --gemma (T = 8 runs, then continued to 15) for its seed
       seed_jobs=()
@@ -235,7 +235,7 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
       for seed in 5 6 7; do seed_jobs+=("task=winogrande n_shot=4 $rows|$seed"); done
       # MR before SST-2: with 29 seeds each the page estimates 42 for MR (reachable) and 64 for SST-2
       for seed in $(seq 5 47); do seed_jobs+=("task=mr n_shot=1 $rows|$seed"); done
-      for seed in $(seq 5 63); do seed_jobs+=("task=sst2 n_shot=1 $rows|$seed"); done
+      for seed in $(seq 5 67); do seed_jobs+=("task=sst2 n_shot=1 $rows|$seed"); done
       per_seed=()  # --gemma's settings without its seeds: each job names its own
       for setting in "${common[@]}"; do [[ $setting == seed=* ]] || per_seed+=("$setting"); done
     fi
@@ -388,7 +388,9 @@ fi
 # (a many-seeds subset packs and reports only its own tasks: the store is shared with the other subsets)
 sources=("$results") only=()
 # a seed-by-seed study packs whole seeds only (a seed a failed run left partial would drop the arms it lacks)
-[ $scale = gemma-seeds ] && only=(--whole-seeds copa,winogrande,sst2,mr)
+# (and its page is built from that archive: the store may hold a stopped seed's partial runs, whose arms the page
+# would drop as incomplete)
+if [ $scale = gemma-seeds ]; then only=(--whole-seeds copa,winogrande,sst2,mr) sources=("$out/runs.tar.gz"); fi
 if [[ $scale = seeds* && -n "${SEEDS_TASKS:-}" ]]; then
   only=(--tasks "$SEEDS_TASKS") sources=()
   for task in ${SEEDS_TASKS//,/ }; do

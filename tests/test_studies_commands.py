@@ -116,10 +116,10 @@ def test_gemma_seeds_runs_every_gemma_arm_seed_by_seed_into_the_gemma_store_and_
     launches = [c[1:] for c in calls if c[0] == "launch.py"]
     gemma_arms = [[o for o in call if not o.startswith(("seed=", "results_dir="))] for call in gemma]
     assert len(gemma_arms) == 7
-    # to 8, 8, 48 and 64 seeds, the cheap tasks first (COPA's seeds 5 and 6 are done: its seed 7 first), then
+    # to 8, 8, 48 and 68 seeds, the cheap tasks first (COPA's seeds 5 and 6 are done: its seed 7 first), then
     # MR (its estimate is reachable) before SST-2
     seeds = {"task=copa": [7, 5, 6], "task=winogrande": [5, 6, 7], "task=mr": list(range(5, 48)),
-             "task=sst2": list(range(5, 64))}
+             "task=sst2": list(range(5, 68))}
     tasks_in_order = [next(o for o in call if o.startswith("task=")) for call in launches[::7]]
     assert tasks_in_order == [t for t, s in seeds.items() for _ in s]
     for task, want in seeds.items():
@@ -325,3 +325,5 @@ def test_page_only_launches_nothing_and_packs_and_builds_the_page_as_a_full_run_
     same_dir = lambda c: [o.replace(str(tmp_path / "full"), str(tmp_path / "page_only")) for o in c]
     assert calls == [same_dir(c) for c in full if c[0] != "launch.py"]
     assert calls[-3][:3] == ["-m", "analysis.archive", "pack"] and "--whole-seeds" in calls[-3]
+    # the page reads the packed archive (whole seeds), not the store a stop left partial seeds in
+    assert calls[-2][:3] == ["-m", "analysis.study", str(tmp_path / "page_only" / "page" / "runs.tar.gz")]
