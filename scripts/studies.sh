@@ -226,10 +226,9 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
     fi
     if [ $scale = gemma-seeds ]; then
       # the seeds the Gemma page estimates for a +-3-point interval on IFT's delta where a binary task is wider:
-      # COPA and WinoGrande to 8 (the page's estimate: 7 and 8 with 5 seeds, 8 and 8 with 7 and 8; cheap, so
-      # first), then MR to 48 and SST-2 to 68 (the estimates: 41 and 68 with 48 and 41 seeds; 42 and 64 with 29 each; 55 and 47 with
-      # 26 and 25, 36 and 44 with 13 and 12, 32 and 17 with 5: the spread grew with seeds; seeds 0-4 are
-      # --gemma's). One queue of (task group, seed); each job runs every arm of --gemma (T = 8 runs, then continued to 15) for its seed
+      # COPA and WinoGrande to 8 (cheap, so first), then MR to 48 and SST-2 to 68 (the estimates moved as seeds
+      # were added, because the spread grew: their history is in docs/results.md; seeds 0-4 are --gemma's).
+      # One queue of (task group, seed); each job runs every arm of --gemma (T = 8 runs, then continued to 15) for its seed
       seed_jobs=()
       for seed in 7 5 6; do seed_jobs+=("task=copa n_shot=4 $rows|$seed"); done  # 5 and 6 are done: 7 first
       for seed in 5 6 7; do seed_jobs+=("task=winogrande n_shot=4 $rows|$seed"); done
