@@ -55,7 +55,7 @@
 #                                      # and a query exceed the window); docs/results/gemma_hellaswag/ (≈ 4.5 h of
 #                                      # two workers here: a step scores 70 four-ending rows, ≈ 4.5 min)
 #   bash scripts/studies.sh --gemma-seeds  # more seeds where --gemma's binary tasks are wider than +-3 points (its
-#                                      # page's estimate: COPA and WinoGrande to 8 seeds, MR to 48, SST-2 to 67): every --gemma arm, seed by
+#                                      # page's estimates, listed in docs/results.md: COPA and WinoGrande to 8 seeds, MR to 48, SST-2 to 67): every --gemma arm, seed by
 #                                      # seed (a stop leaves whole seeds), two single-thread workers sharing one
 #                                      # queue; the same store, keys and page as --gemma (docs/results/gemma/)
 #   bash scripts/studies.sh --quick    # the same pipeline on a tiny slice in one launch (what CI runs, minutes)
@@ -227,12 +227,12 @@ elif [[ $scale = nine* || $scale = eta || $scale = gemma* ]]; then
     if [ $scale = gemma-seeds ]; then
       # the seeds the Gemma page estimates for a +-3-point interval on IFT's delta where a binary task is wider:
       # COPA and WinoGrande to 8 (cheap, so first), then MR to 48 and SST-2 to 67 (the estimates moved as seeds
-      # were added, because the spread grew: their history is in docs/results.md; seeds 0-4 are --gemma's).
+      # were added: their history is in docs/results.md; seeds 0-4 are --gemma's).
       # One queue of (task group, seed); each job runs every arm of --gemma (T = 8 runs, then continued to 15) for its seed
       seed_jobs=()
       for seed in 7 5 6; do seed_jobs+=("task=copa n_shot=4 $rows|$seed"); done  # 5 and 6 are done: 7 first
       for seed in 5 6 7; do seed_jobs+=("task=winogrande n_shot=4 $rows|$seed"); done
-      # MR before SST-2: with 29 seeds each the page estimates 42 for MR (reachable) and 64 for SST-2
+      # MR before SST-2: its estimate was the nearer one
       for seed in $(seq 5 47); do seed_jobs+=("task=mr n_shot=1 $rows|$seed"); done
       for seed in $(seq 5 66); do seed_jobs+=("task=sst2 n_shot=1 $rows|$seed"); done
       per_seed=()  # --gemma's settings without its seeds: each job names its own
