@@ -4,7 +4,7 @@ The engine is plain Python: load a model, tune a demonstration prefix by forward
 multiple-choice examples. Hydra, wandb and submitit live only in the experiment layer (launch.py).
 
     lm = ift.load_model("bundled")
-    for prefix in ift.ForwardTuner(lm, eta=0.01, beta=0.9).steps(demo_text, T=5):
+    for prefix in ift.ForwardTuner(lm).steps(demo_text, T=5):  # the paper's setting (ift.settings.PAPER)
         scores = ift.score_examples(lm, examples, prefix=prefix)
 """
 from ift.example import Example
@@ -16,7 +16,7 @@ from ift.tuner import ForwardTuner
 
 __all__ = ["Example", "ExampleScore", "ForwardTuner", "LoadedModel", "TunedPrefix", "accuracy",
            "check_lengths", "from_objects", "load_model", "score_examples"]
-from ift.baselines import icl_prefix, repeat_demonstrations  # noqa: E402  (issue 10: baselines)
+from ift.baselines import icl_prefix, repeat_demonstrations  # noqa: E402
 from ift.gradient import GradientTuner, pseudo_gradient_cosine  # noqa: E402
 from ift.protocol import EarlyStopping  # noqa: E402
 

@@ -11,6 +11,8 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from ift.settings import PAPER
+
 
 @functools.cache
 def _cache_arg(model_class) -> str:
@@ -91,7 +93,7 @@ def context_limit(model) -> int | None:
     return None
 
 
-def fit_check(model, demo: int, query: int = 0, answer: int = 0, T: int = 1, position_mode: str = "continue",
+def fit_check(model, demo: int, query: int = 0, answer: int = 0, T: int = 1, position_mode: str = PAPER.position_mode,
               example: int | None = None) -> dict:
     """Raise ValueError unless `demo` demonstration tokens plus the longest example (`query` + `answer`
     tokens, example index `example`) fit the model's positions and sliding window, and so does tuning for

@@ -28,6 +28,7 @@ from ift.cache import fit_check, make_cache, run
 from ift.example import SEPARATOR, Example
 from ift.prefix import TunedPrefix, _cache_dtype, model_fingerprint
 from ift.scorer import continuation_ids
+from ift.settings import PAPER
 from ift.tuner import ForwardTuner
 
 
@@ -277,7 +278,7 @@ def layer_cosines(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[
     return out
 
 
-def pseudo_gradient_cosine(lm, demo_examples: Sequence[Example], position_mode: str = "continue") -> dict:
+def pseudo_gradient_cosine(lm, demo_examples: Sequence[Example], position_mode: str = PAPER.position_mode) -> dict:
     """Does IFT's pseudo-gradient point downhill? Per layer, the cosine between IFT's first pseudo-gradient
     G = K₂ − K̃₁ (the re-read at the ICL cache, before η) and the descent direction −∇ of the leave-one-out
     loss at the ICL cache, for keys and values: {"k": [cos per layer], "v": [...]} (plus "loss": the ICL

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from ift.settings import check_patience
+
 PROTOCOLS = {"dev": "dev_acc", "eval": "acc"}  # protocol -> the score (step-row field) it maximises
 EARLIEST = ("step",)                           # ties within one run: the earliest step
 CHEAPEST = ("tune_tokens", "step", "run")      # ties among runs: the cheaper choice, then the earlier step
@@ -69,9 +71,7 @@ class EarlyStopping:
     """Feed one dev score per step, in step order; `update` says when to stop."""
 
     def __init__(self, patience: int):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-        self.patience = patience
+        self.patience = check_patience(patience)
         self.step = 0          # steps seen
         self.best = -math.inf  # best score so far (a missing or NaN score never improves)
         self.best_step = 0

@@ -8,17 +8,23 @@ the cache moves by K̃ₜ = K̃ₜ₋₁ + ηM. Values are updated the same way 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator
 
 import torch
 
 from ift.cache import cache_tensors, fit_check, output_cache, run, uses_alibi
 from ift.prefix import TunedPrefix, _cache_dtype, model_fingerprint
+from ift.settings import (
+    PAPER,
+    POSITION_MODE_CHOICES,
+    POSITION_MODES,
+    check_beta,
+    check_eta,
+    check_position_mode,
+    check_T,
+)
 
-POSITION_MODES = ("continue", "aligned")
-# "auto": aligned where the model has absolute positions to align, else (ALiBi: BLOOM) continue
-POSITION_MODE_CHOICES = ("auto", *POSITION_MODES)
+__all__ = ["POSITION_MODES", "POSITION_MODE_CHOICES", "ForwardTuner", "resolve_position_mode", "validate_hparams"]
 
 
 def resolve_position_mode(model, position_mode: str) -> str:
@@ -30,14 +36,12 @@ def resolve_position_mode(model, position_mode: str) -> str:
 
 
 def validate_hparams(eta: float, beta: float, position_mode: str, T: int | None = None) -> None:
-    if not (isinstance(eta, numbers.Real) and math.isfinite(eta) and eta > 0):  # inf would "finish" as garbage
-        raise ValueError(f"eta must be a finite number > 0, got {eta}")
-    if not (isinstance(beta, numbers.Real) and 0 <= beta < 1):
-        raise ValueError(f"beta must be a finite number in [0, 1), got {beta}")
-    if position_mode not in POSITION_MODE_CHOICES:
-        raise ValueError(f"position_mode={position_mode!r} is unknown; choose one of {list(POSITION_MODE_CHOICES)}")
-    if T is not None and (not isinstance(T, int) or T < 1):
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    """The settings module's checks (ift/settings.py), the ones the config schema uses too."""
+    check_eta(eta)
+    check_beta(beta)
+    check_position_mode(position_mode)
+    if T is not None:
+        check_T(T)
 
 
 class ForwardTuner:
@@ -47,9 +51,12 @@ class ForwardTuner:
     reference code's behaviour, so G also carries a positional shift); "aligned": it is re-read at
     positions 0..L-1, so G reflects only what the cached context adds; "auto": aligned unless the model
     uses ALiBi (then continue). `self.position_mode` is always the concrete mode.
+
+    The defaults are the paper's setting (ift.settings.PAPER): a caller that reads a fixed step gets about
+    ICL with it for small T, where the study default (η = 0.1, aligned) falls below ICL (docs/design.md).
     """
 
-    def __init__(self, lm, eta: float = 0.01, beta: float = 0.9, position_mode: str = "continue"):
+    def __init__(self, lm, eta: float = PAPER.eta, beta: float = PAPER.beta, position_mode: str = PAPER.position_mode):
         validate_hparams(eta, beta, position_mode)
         position_mode = resolve_position_mode(lm.model, position_mode)
         if position_mode == "aligned" and uses_alibi(lm.model):

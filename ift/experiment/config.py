@@ -5,200 +5,58 @@ instead of after a model download. `config_hash(job.identity())` keys the result
 would compute the same numbers have the same hash, whatever their logger, batch size or output directory.
 The key is final once `JobConfig.bind` has added what the opened task holds (its resolved spec, a
 fingerprint of its data files and the demonstration text; ift.experiment.job.prepare does this).
+
+The parts: ift/experiment/schema.py (the typed nodes and their defaults), checks.py (ConfigError and the value
+checks), keys.py (the store key); this module parses a whole config with them and re-exports their names.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
-import math
 import os
-import typing
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
+from ift.experiment.checks import (
+    ConfigError,
+    boolean,
+    checked,
+    choice,
+    directories,
+    integer,
+    need,
+    number,
+    setting,
+)
+from ift.experiment.keys import config_hash
 from ift.experiment.methods import REGISTRY, Ift, Method
+from ift.experiment.schema import (
+    SCHEMAS,
+    EfficiencyConfig,
+    EvalConfig,
+    JobConfig,
+    LoggerConfig,
+    ModelConfig,
+    OptimConfig,
+    QuantConfig,
+    method_schema,
+    register_configs,
+    typed,
+)
 from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options, fast_dtype
-from ift.tuner import POSITION_MODE_CHOICES
+from ift.settings import (
+    POSITION_MODE_CHOICES,
+    check_beta,
+    check_eta,
+    check_patience,
+    check_position_mode,
+    check_T,
+)
+
+__all__ = ["SCHEMAS", "ConfigError", "EfficiencyConfig", "EvalConfig", "JobConfig", "LoggerConfig", "METHODS",
+           "MODES", "ModelConfig", "OptimConfig", "POSITION_MODE_CHOICES", "QuantConfig", "config_hash", "is_gguf",
+           "method_schema", "parse_config", "register_configs", "to_plain", "typed"]
 
 MODES = ("tune", "efficiency")
 METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad
 LOGGER_MODES = ("offline", "online", "disabled")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the field."""
-
-
-@dataclass
-class ModelConfig:
-    name: str         # short label in results and reports, e.g. "opt-1.3b"
-    source: str       # "bundled", a hub id, a local HF directory or a .gguf file
-    dtype: str = "fp32"
-    quant: str = "none"
-    trust_remote_code: bool = False
-
-
-# The defaults of every typed config node live here and only here: Hydra composes conf/ onto these dataclasses
-# (registered below as structured configs, so a wrong type fails at composition, naming its key), and
-# `parse_config` fills a plain dict's missing keys from them. The hand checks below are ranges and cross-field
-# rules only. conf/optim/paper.yaml and the other presets hold differences from these defaults.
-
-
-@dataclass
-class OptimConfig:
-    """IFT's optimiser; the recommended setting (docs/results.md). The paper's: conf/optim/paper.yaml."""
-
-    eta: float = 0.1             # step size η of K̃ₜ = K̃ₜ₋₁ + η·M
-    beta: float = 0.9            # momentum β of M = G + β·M (M starts as the first G)
-    T: int = 8                   # tuning steps; evaluation after each, step 1 = plain ICL
-    position_mode: str = "auto"  # auto: aligned, or continue for ALiBi models; continue: re-read at L..2L-1
-    patience: int | None = None  # early stopping on the dev accuracy (ift and grad); None: run all T steps
-
-
-@dataclass
-class EvalConfig:
-    batch_size: int = 32          # queries per forward pass (results do not depend on it)
-    save_predictions: bool = False  # also write per-example predictions for every step
-    save_prefix: bool = True      # keep the last tuned prefix: resume checkpoint, reusable (TunedPrefix.load)
-    progress: bool = True         # tqdm bars while scoring
-
-
-@dataclass
-class QuantConfig:
-    dtype: str = "fp32"    # fp32 | fp16 | bf16 | bf16-mixed (compute dtype for int8/nf4)
-    method: str = "none"   # none | int8 | nf4
-
-
-@dataclass
-class EfficiencyConfig:
-    """mode=efficiency (experiment=rq2_efficiency): ICL against the tuned prefix, per query."""
-
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])  # measured on CPU
-    max_batch_limit: int = 4096   # upper end of the GPU search for the largest batch that fits
-    n_examples: int = 256         # evaluation examples scored per measurement
-    search: bool | None = None    # null: search on GPU only; true/false forces it
-
-
-@dataclass
-class LoggerConfig:
-    mode: str = "offline"
-    project: str = "ift"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    init_timeout: float = 30.0
-    log_artifacts: bool = False  # the tuned prefix and predictions as a wandb Artifact (size: the K/V cache)
-
-
-@dataclass
-class JobConfig:
-    mode: str
-    seed: int
-    n_shot: int
-    device: str
-    model: ModelConfig
-    task: dict                  # spec keys for ift.tasks.load_task (+ optional `file`: a task YAML path)
-    optim: OptimConfig
-    logger: LoggerConfig
-    results_dir: Path
-    batch_size: int = 32
-    save_predictions: bool = False
-    save_prefix: bool = True    # keep the last tuned prefix (also the resume checkpoint)
-    progress: bool = True
-    skip_finished: bool = True
-    reuse_from: tuple[Path, ...] = ()  # other stores whose ended runs of the same key are copied in, not re-run
-    dry_run: bool = False       # say what the job would do (`run_job`'s plan) and compute nothing
-    efficiency: dict = field(default_factory=dict)
-    method: Method = field(default_factory=Ift)  # ift/experiment/methods.py
-    # what the opened task contributes to the key: {task: resolved spec, data: fingerprint, demonstrations: text}
-    # (`bind`); empty until the task is opened, and then the config's `task` node stands in for it
-    content: dict = field(default_factory=dict)
-    hash: str = ""
-
-    @property
-    def task_name(self) -> str:
-        """The task's name in the store and in analysis. A harness task is `lmeval-<name>`: its prompt is the
-        harness's, so its runs must never be pooled with the built-in task of the same name."""
-        name = str(self.task.get("name") or Path(str(self.task.get("file", "task"))).stem)
-        return f"lmeval-{name}" if self.task.get("source") == "lmeval" else name
-
-    def identity(self) -> dict:
-        """What determines the numbers a job produces, and so its results-store key (`config_hash`).
-
-        Run-only keys (logger, batch size, device, progress, output directories) stay out. Before `bind`, the
-        task is the config's `task` node; after it, the task's content: the resolved spec, a fingerprint of
-        the data files and the demonstration text, so editing a task YAML or its data gives a new key.
-        """
-        ident = {"mode": self.mode, "seed": self.seed, "n_shot": self.n_shot,
-                 "model": {k: v for k, v in asdict(self.model).items() if k != "name"},
-                 **self.method.identity(self.optim)}
-        if self.mode == "efficiency":
-            ident["efficiency"] = self.efficiency
-        if self.content:
-            ident.update(task=self.content["task"], data=self.content["data"],
-                         demonstrations=self.content["demonstrations"])
-        else:
-            ident["task"] = self.task
-        return ident
-
-    def bind(self, task: dict, data: dict, demonstrations: str) -> JobConfig:
-        """Key the job by what the opened task holds (see `identity`); sets `hash`, the results-store key."""
-        self.content = {"task": task, "data": data, "demonstrations": demonstrations}
-        self.hash = config_hash(self.identity())
-        return self
-
-
-SCHEMAS = {"optim": OptimConfig, "eval": EvalConfig, "logger": LoggerConfig, "quant": QuantConfig,
-           "efficiency": EfficiencyConfig}
-
-
-def register_configs() -> None:
-    """The typed nodes as Hydra structured configs: `schema/<node>` (conf/config.yaml's defaults list puts each
-    under its node, before the YAML that sets it). Called on import of the experiment layer."""
-    try:
-        from hydra.core.config_store import ConfigStore
-    except ImportError:  # plain dicts need no Hydra
-        return
-    store = ConfigStore.instance()
-    for name, schema in SCHEMAS.items():
-        store.store(group=f"schema/{name}", name="base", node=schema)
-    for name, cls in REGISTRY.items():  # conf/method/<name>.yaml extends schema/method/<name>
-        store.store(group="schema/method", name=name, node=method_schema(cls))
-
-
-def method_schema(cls: type[Method]) -> type:
-    """A method's config node as a dataclass: `_target_` and `name`, then its settings with the class's defaults
-    (the one place they are set), typed, so that `method.max_repeats=x` fails while composing."""
-    hints = typing.get_type_hints(cls)
-    return make_dataclass(f"{cls.__name__}Node", [
-        ("_target_", str, field(default=f"{cls.__module__}.{cls.__qualname__}")),
-        ("name", str, field(default=cls.name)),
-        *((f.name, hints[f.name], field(default=f.default)) for f in fields(cls))])
-
-
-register_configs()
-
-
-def typed(node, name: str) -> dict:
-    """A config node on its dataclass (SCHEMAS): missing keys take the dataclass default, values its type.
-
-    A composed config is already typed by Hydra; a plain dict (run_job({...})) is typed here, the same way."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if node is not None and not isinstance(node, dict):
-        raise ConfigError(f"{name} must be a mapping, got {node!r}")
-    try:
-        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SCHEMAS[name]), node or {}))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "") or ""
-        raise ConfigError(f"{name}.{key}: {str(err).splitlines()[0]}") from None
-
-
-def config_hash(identity: dict) -> str:
-    text = json.dumps(identity, sort_keys=True, default=str, allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def to_plain(cfg) -> dict:
@@ -218,51 +76,6 @@ def to_plain(cfg) -> dict:
     return dict(cfg)
 
 
-def _need(node: dict, key: str, where: str):
-    if not isinstance(node, dict) or key not in node:
-        raise ConfigError(f"{where}.{key} is missing from the config")
-    return node[key]
-
-
-def _int(value, field_name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{field_name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _bool(node: dict, key: str, field_name: str, default: bool) -> bool:
-    """A real boolean only: `bool('false')` is True, so strings, numbers and null are refused (YAML and
-    command-line true/false arrive as booleans through OmegaConf)."""
-    value = node.get(key, default) if isinstance(node, dict) else default
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field_name} must be true or false, got {value!r}")
-    return value
-
-
-def _reuse_from(value, base: Path) -> tuple[Path, ...]:
-    """reuse_from: a list of results-store directories (relative to the launch directory); [] or null: none."""
-    if value is None:
-        return ()
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
-            not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"reuse_from must be a list of results-store directories, e.g. reuse_from=[results/nine], "
-                          f"got {value!r}")
-    return tuple((base / Path(v).expanduser()).resolve() for v in value)
-
-
-def _number(value, field_name: str, what: str, ok) -> float:
-    """A finite int or float (not a bool) for which ok(value) holds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ConfigError(f"{field_name} must be a finite number {what}, got {value!r}")
-    return float(value)
-
-
-def _choice(value, field_name: str, choices) -> str:
-    if value not in choices:
-        raise ConfigError(f"{field_name}={value!r} is unknown; choose one of {list(choices)}")
-    return value
-
-
 def _model(node: dict, quant: dict) -> ModelConfig:
     source = node.get("source")
     sizes = node.get("sources")
@@ -275,13 +88,13 @@ def _model(node: dict, quant: dict) -> ModelConfig:
         raise ConfigError("model.source must be 'bundled', a hub id, a local model directory or a .gguf file; "
                           f"got {source!r}")
     name = node.get("name") or Path(source.rstrip("/")).name.removesuffix(".gguf")
-    dtype = _choice(quant["dtype"], "quant.dtype", DTYPE_CHOICES)
-    method = _choice(quant["method"], "quant.method", QUANTS)
+    dtype = choice(quant["dtype"], "quant.dtype", DTYPE_CHOICES)
+    method = choice(quant["method"], "quant.method", QUANTS)
     if method != "none" and is_gguf(source):
         raise ConfigError(f"quant.method={method!r} cannot be used with model.source={source!r}: it is a GGUF file, "
                           f"and GGUF files are dequantised on load (to quant.dtype), so bitsandbytes never sees "
                           f"them; use quant=none, quant=fp16 or quant=bf16")
-    trust = _bool(node, "trust_remote_code", "model.trust_remote_code", False)
+    trust = boolean(node, "trust_remote_code", "model.trust_remote_code", False)
     return ModelConfig(str(name), source, dtype, method, trust)
 
 
@@ -298,15 +111,14 @@ def is_gguf(source: str) -> bool:
 
 
 def _optim(node) -> OptimConfig:
+    """IFT's values, by the engine's own checks (ift/settings.py)."""
     node = typed(node, "optim")
-    eta = _number(node["eta"], "optim.eta", "> 0", lambda x: x > 0)
-    beta = _number(node["beta"], "optim.beta", "in [0, 1)", lambda x: 0 <= x < 1)
-    T = _int(node["T"], "optim.T", 1)
-    mode = _choice(node["position_mode"], "optim.position_mode", POSITION_MODE_CHOICES)
     patience = node.get("patience")
     if patience is not None:
-        patience = _int(patience, "optim.patience (null: no early stopping)", 1)
-    return OptimConfig(eta, beta, T, mode, patience)
+        patience = checked(check_patience, patience, "optim.patience (null: no early stopping)")
+    return OptimConfig(checked(check_eta, node["eta"], "optim.eta"), checked(check_beta, node["beta"], "optim.beta"),
+                       checked(check_T, node["T"], "optim.T"),
+                       checked(check_position_mode, node["position_mode"], "optim.position_mode"), patience)
 
 
 def _method(node, mode: str) -> Method:
@@ -315,12 +127,13 @@ def _method(node, mode: str) -> Method:
     node = {"name": node} if isinstance(node, str) else dict(node or {"name": "ift"})
     target = node.pop("_target_", None)
     if node.get("name") is not None:
-        _choice(node["name"], "method.name", METHODS)
+        choice(node["name"], "method.name", METHODS)
     if target is not None:
-        module, _, attr = str(target).rpartition(".")
+        from hydra.utils import get_class
+
         try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError, ValueError):
+            cls = get_class(str(target))
+        except Exception:  # noqa: BLE001 - Hydra wraps the import error in its own
             raise ConfigError(f"method._target_={target!r} cannot be imported; it must name a Method class, "
                               f"e.g. ift.experiment.methods.Repeat") from None
         if not (isinstance(cls, type) and issubclass(cls, Method) and cls.name):
@@ -329,28 +142,17 @@ def _method(node, mode: str) -> Method:
             raise ConfigError(f"method.name={node['name']!r} disagrees with method._target_={target!r} "
                               f"(its name is {cls.name!r})")
     else:
-        cls = REGISTRY[_choice(node.get("name", "ift"), "method.name", METHODS)]
+        cls = REGISTRY[choice(node.get("name", "ift"), "method.name", METHODS)]
     if mode == "efficiency" and cls is not Ift:
         raise ConfigError(f"method={cls.name} cannot run in mode=efficiency (it measures the tuned prefix); "
                           "use method=ift")
-    return cls.from_config(node, _setting)
-
-
-def _setting(value, field_name: str, default):
-    """A method setting, checked by the type of its default: an integer >= 1 or a finite number > 0."""
-    if isinstance(default, bool):
-        return _bool({"v": value}, "v", field_name, default)
-    if isinstance(default, int):
-        return _int(value, field_name, 1)
-    if isinstance(default, float):
-        return _number(value, field_name, "> 0", lambda x: x > 0)
-    return value
+    return cls.from_config(node, setting)
 
 
 def _logger(node) -> LoggerConfig:
     node = typed(node, "logger")
-    _choice(node["mode"], "logger.mode", LOGGER_MODES)
-    _number(node["init_timeout"], "logger.init_timeout", "of seconds > 0", lambda x: x > 0)
+    choice(node["mode"], "logger.mode", LOGGER_MODES)
+    number(node["init_timeout"], "logger.init_timeout", "of seconds > 0", lambda x: x > 0)
     return LoggerConfig(**node)
 
 
@@ -372,9 +174,9 @@ def _efficiency(node) -> dict:
     if not node["batch_sizes"]:
         raise ConfigError(f"efficiency.batch_sizes must be a non-empty list of integers, got {node['batch_sizes']!r}")
     for s in node["batch_sizes"]:
-        _int(s, "efficiency.batch_sizes[]", 1)
+        integer(s, "efficiency.batch_sizes[]", 1)
     for key in ("max_batch_limit", "n_examples"):
-        _int(node[key], f"efficiency.{key}", 1)
+        integer(node[key], f"efficiency.{key}", 1)
     return node
 
 
@@ -386,9 +188,9 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
     """
     c = to_plain(cfg)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    mode = _choice(c.get("mode", "tune"), "mode", MODES)
-    seed = _int(c.get("seed", 0), "seed", 0)
-    n_shot = _int(c.get("n_shot", 1), "n_shot", 1)
+    mode = choice(c.get("mode", "tune"), "mode", MODES)
+    seed = integer(c.get("seed", 0), "seed", 0)
+    n_shot = integer(c.get("n_shot", 1), "n_shot", 1)
     device = str(c.get("device", "auto"))
     quant = typed(c.get("quant"), "quant")
     if quant["dtype"] == "auto":  # quant=auto: the faster precision on this machine, recorded as resolved
@@ -396,7 +198,7 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
             quant["dtype"] = fast_dtype(device)
         except ValueError as err:
             raise ConfigError(f"device: {err}") from None
-    model = _model(_need(c, "model", "config"), quant)
+    model = _model(need(c, "model", "config"), quant)
     try:  # dtype / quantisation / device compatibility, with the engine's own rules
         check_options(model.dtype, model.quant, device)
     except ValueError as err:
@@ -406,13 +208,13 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
     results_dir = c.get("results_dir") or os.environ.get("IFT_RESULTS_DIR") or "results"
     job = JobConfig(
         mode=mode, seed=seed, n_shot=n_shot, device=device, model=model,
-        task=_task(_need(c, "task", "config"), base), optim=optim, logger=_logger(c.get("logger") or {}),
+        task=_task(need(c, "task", "config"), base), optim=optim, logger=_logger(c.get("logger") or {}),
         results_dir=(base / Path(str(results_dir)).expanduser()).resolve(),
-        batch_size=_int(ev["batch_size"], "eval.batch_size", 1),
+        batch_size=integer(ev["batch_size"], "eval.batch_size", 1),
         save_predictions=ev["save_predictions"], save_prefix=ev["save_prefix"], progress=ev["progress"],
-        skip_finished=_bool(c, "skip_finished", "skip_finished", True),
-        reuse_from=_reuse_from(c.get("reuse_from"), base),
-        dry_run=_bool(c, "dry_run", "dry_run", False),
+        skip_finished=boolean(c, "skip_finished", "skip_finished", True),
+        reuse_from=directories(c.get("reuse_from"), "reuse_from", base, "reuse_from=[results/nine]"),
+        dry_run=boolean(c, "dry_run", "dry_run", False),
         efficiency=_efficiency(c.get("efficiency")) if mode == "efficiency" else {},
         method=_method(c.get("method"), mode),
     )

@@ -26,7 +26,15 @@ import ift
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
 from ift.experiment.modelcache import load_model_once
-from ift.experiment.resume import continue_shorter_run, prefix_mismatch, shorter_run  # noqa: F401 - re-exported
+from ift.experiment.methods import Resumed
+from ift.experiment.resume import (  # noqa: F401 - prefix_mismatch re-exported
+    continue_shorter_run,
+    keep_independent_steps,
+    prefix_mismatch,
+    resume,
+    shorter_run,
+    span,
+)
 from ift.experiment.store import LOCK_FILE, PREFIX_FILE, JobStore, StoreLocked, summarize
 from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
@@ -288,10 +296,34 @@ def non_finite(row: dict) -> str | None:
     return None
 
 
+def _resume(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker) -> tuple[Resumed, list[dict]]:
+    """What the method keeps of an earlier attempt (its resume policy, ift/experiment/resume.py), and the rows of
+    those steps, logged again so that a new tracker run shows the whole curve."""
+    method = job.method
+    if method.checkpoints:
+        prefix, rows = resume(job, lm, store, tracker, ready.demos.text)
+        return Resumed(frozenset(r["step"] for r in rows), prefix), rows
+    if method.restarts:
+        recorded = [r["step"] for r in store.steps()]
+        if recorded:
+            log.warning("%s: method=%s keeps no checkpoint; redoing recorded step(s) %s", store.path, method.name,
+                        span(recorded))
+        store.reset()
+        return Resumed(), []
+    rows = keep_independent_steps(store)
+    for row in rows:
+        tracker.log_step(row)
+    return Resumed(frozenset(r["step"] for r in rows)), rows
+
+
 def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker, on_step):
     """Score every step of the job's method on the evaluation and dev rows, recording each as it finishes."""
     examples, dev = ready.examples, ready.dev
-    points, rows = job.method.points(job, lm, ready, store, tracker)
+    resumed, rows = _resume(job, lm, ready, store, tracker)
+    extra = job.method.extra_meta(lm, ready)
+    if extra:
+        store.update_meta(**extra)
+    points = job.method.points(job, lm, ready, resumed)
     n_steps = job.method.steps(job.optim)
     patience = job.method.patience(job.optim)
     stopper = ift.EarlyStopping(patience) if patience is not None else None

@@ -1,4 +1,5 @@
-"""The content part of a store key: what the opened task holds (its resolved spec and a fingerprint of its data).
+"""The results-store key: `config_hash` of a job's identity (JobConfig.identity), and the content part of it,
+what the opened task holds (its resolved spec and a fingerprint of its data).
 
 `JobConfig.bind` adds these (and the demonstration text) to the key, so editing a task YAML or its data gives a
 new key, while moving a mirror with the same bytes keeps its results.
@@ -6,6 +7,7 @@ new key, while moving a mirror with the same bytes keeps its results.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +20,12 @@ SPEC_LOCATION_FIELDS = ("base_dir", "data_dir", "dir", "description")
 # TaskSpec fields added after results were archived: unset (None), a job computes exactly what it did before
 # the field existed, so the field enters the key only when set and archived runs keep their keys
 SPEC_KEYED_WHEN_SET = ("demo_max_chars",)
+
+
+def config_hash(identity: dict) -> str:
+    """The store key of a job identity: sha256 of its sorted JSON (standard JSON: a NaN raises)."""
+    text = json.dumps(identity, sort_keys=True, default=str, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _SHA256: dict[tuple[str, int, int], str] = {}

@@ -11,11 +11,13 @@ let the dev set choose the step. Step 1 is plain ICL for every method but zero-s
     grad        step s: after s−1 Adam steps on the K/V cache, by backpropagating the demonstrations'
                 own leave-one-out answer log-likelihood (a true-gradient counterpart of IFT)
 
-Each method is one registered class (`Method` subclass with a `name`): its settings (dataclass fields,
-checked and typed by `Method.from_config`), the steps it records, its store identity, the longest prefix it
-reads, whether early stopping applies, and its resume policy with its step iterator (`points`). The config
-selects it by conf/method/<name>.yaml (`_target_`: the class; kept out of the store key). A new method is
-one class here and one YAML there.
+Each method is one registered class (`Method` subclass with a `name`; see its docstring for the interface):
+its settings (dataclass fields, checked and typed by `Method.from_config`), the steps it records, its store
+identity, the longest prefix it reads, whether early stopping applies, how a killed attempt resumes, and its
+step generator (`points`). Methods are pure step generators: the job (ift/experiment/job.py) owns the store,
+resuming and tracking, and hands a method what it kept of an earlier attempt (`Resumed`). The config selects
+a method by conf/method/<name>.yaml (`_target_`: the class; kept out of the store key). A new method is one
+class and one YAML there.
 
 Compute is counted in forward tokens: `tune_tokens` is what building this step's prefix cost (cumulative
 over steps for the iterative methods; backward passes counted apart as `backward_tokens`),
@@ -23,7 +25,6 @@ over steps for the iterative methods; backward passes counted apart as `backward
 """
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -32,8 +33,8 @@ from typing import ClassVar
 import ift
 from ift.baselines import icl_prefix, repeat_demonstrations
 from ift.cache import uses_alibi
+from ift.experiment.checks import ConfigError
 
-log = logging.getLogger(__name__)
 REGISTRY: dict[str, type[Method]] = {}  # name -> class, filled by subclassing `Method`
 
 
@@ -106,14 +107,38 @@ def pseudo_gradient_cosines(lm, demo_examples) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """What the job kept of an earlier attempt (ift/experiment/resume.py decides): the steps already recorded,
+    and, for a method that checkpoints, the prefix to continue from (None: start at step 1)."""
+
+    done: frozenset[int] = frozenset()
+    prefix: ift.TunedPrefix | None = None
+
+
 @dataclass
 class Method:
-    """What a job computes along its steps. Subclasses set `name` (registering them) and their settings."""
+    """What a job computes along its steps. Subclasses set `name` (registering them) and their settings.
+
+    The interface a new method implements (everything else has a default):
+
+    - settings: dataclass fields with defaults (`method.<field>=...`; an int must be >= 1, a float > 0);
+    - `steps(optim)`: how many steps it records; `longest_demo_text(job, task, demos)`: the longest prefix
+      text it reads (checked to fit before any work);
+    - `_points(job, lm, ready, done)`: the steps not in `done`, as `Point`s in step order (`ready` is the
+      job's prepared inputs: `ready.demos`, `ready.task`, `ready.examples`, `ready.dev`);
+    - ClassVars `iterative` (early stopping applies), `reads_optim` (η, β, position mode are its settings),
+      and how a killed attempt resumes: by default each recorded step is kept and only missing ones are
+      computed; `checkpoints` (it continues from its saved prefix: override `points`) or `restarts` (it keeps
+      no state, so recorded steps are redone);
+    - optionally `extra_meta(lm, ready)`: numbers measured once before the first step, for meta.json.
+    """
 
     name: ClassVar[str] = ""
     iterative: ClassVar[bool] = False  # step t builds on step t-1, so early stopping (optim.patience) applies
     reads_optim: ClassVar[bool] = False  # η, β and the position mode are its settings (else null in meta.json)
     checkpoints: ClassVar[bool] = False  # saves its prefix each step: resumes from it, continues shorter runs
+    restarts: ClassVar[bool] = False  # keeps no state between steps: a killed attempt starts again at step 1
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -157,15 +182,13 @@ class Method:
         """The T given to ift.check_lengths (1: the prefix is read once, never re-read)."""
         return 1
 
-    def points(self, job, lm, ready, store, tracker) -> tuple[Iterator[Point], list[dict]]:
-        """(the steps still to run, the rows of earlier steps kept): an independent-steps method keeps every
-        step an earlier attempt recorded and computes only the missing ones."""
-        from ift.experiment.resume import keep_independent_steps
+    def extra_meta(self, lm, ready) -> dict:
+        """Numbers measured once before the first step, for meta.json; none by default."""
+        return {}
 
-        rows = keep_independent_steps(store)
-        for row in rows:
-            tracker.log_step(row)
-        return self._points(job, lm, ready, {r["step"] for r in rows}), rows
+    def points(self, job, lm, ready, resumed: Resumed) -> Iterator[Point]:
+        """The steps still to run, in step order, after what the job kept of an earlier attempt."""
+        return self._points(job, lm, ready, set(resumed.done))
 
     def _points(self, job, lm, ready, done: set[int]) -> Iterator[Point]:
         raise NotImplementedError
@@ -187,11 +210,8 @@ class Ift(Method):
     def checks_length_for_T(self, job) -> int:
         return job.optim.T
 
-    def points(self, job, lm, ready, store, tracker):
-        from ift.experiment.resume import resume
-
-        prefix, rows = resume(job, lm, store, tracker, ready.demos.text)
-        return ift_points(lm, ready.demos.text, job.optim, resume_from=prefix), rows
+    def points(self, job, lm, ready, resumed):
+        return ift_points(lm, ready.demos.text, job.optim, resume_from=resumed.prefix)
 
 
 @dataclass
@@ -243,6 +263,7 @@ class MoreDemos(Method):
 class Grad(Method):
     name: ClassVar[str] = "grad"
     iterative: ClassVar[bool] = True
+    restarts: ClassVar[bool] = True  # Adam's state is not checkpointed
     lr: float = 0.001  # Adam's learning rate on the K/V cache; 0.01 and above drive the LOO loss to ~0.01 in a
     #                    few steps and overfit (docs/results.md)
 
@@ -251,22 +272,17 @@ class Grad(Method):
         return {"T": optim.T, **stop}
 
     def check(self, job, task, demos) -> None:
-        from ift.experiment.config import ConfigError
-
         if len(demos.indices) < 2:
             raise ConfigError(f"method=grad needs at least 2 demonstrations (each one's answer is predicted from "
                               f"the others: leave-one-out), but n_shot={job.n_shot} gives {len(demos.indices)} on "
                               f"{task.name}; raise n_shot (multiple-choice tasks count demonstrations in all)")
 
-    def points(self, job, lm, ready, store, tracker):
-        """Adam's state is not checkpointed: a killed run starts again."""
-        from ift.experiment.resume import span
+    def extra_meta(self, lm, ready) -> dict:
+        return {"pseudo_grad_cosine": pseudo_gradient_cosines(lm, _demo_examples(ready))}
 
-        recorded = [r["step"] for r in store.steps()]
-        if recorded:
-            log.warning("%s: method=grad keeps no optimiser checkpoint; redoing recorded step(s) %s", store.path,
-                        span(recorded))
-        store.reset()
-        demo_examples = [ready.task.example("demo_split", i) for i in ready.demos.indices]
-        store.update_meta(pseudo_grad_cosine=pseudo_gradient_cosines(lm, demo_examples))
-        return grad_points(lm, demo_examples, job.optim.T, self.lr), []
+    def points(self, job, lm, ready, resumed):
+        return grad_points(lm, _demo_examples(ready), job.optim.T, self.lr)
+
+
+def _demo_examples(ready) -> list:
+    return [ready.task.example("demo_split", i) for i in ready.demos.indices]
