@@ -9,12 +9,25 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ift.tasks.rows import RowError, TaskError, get_field, render
 
-if TYPE_CHECKING:
-    from ift.tasks.spec import TaskSpec
+
+class TaskSpec(Protocol):
+    """The fields of a task spec (ift.tasks.spec.TaskSpec, which imports this module) that formatters read."""
+
+    name: str
+    template: str
+    label_words: list[str] | None
+    choices_field: str | None
+    label_field: str
+    label_keys_field: str | None
+    choice_suffix: str
+    formatter: str
+
+    @property
+    def placeholders(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
