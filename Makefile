@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench clean sync dashboard
+.PHONY: setup demo test test-fast bench clean sync dashboard slurm-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,14 @@ setup: $(BIN)/.installed
 demo: setup  ## run the default experiment (bundled model, bundled demo task), offline
 	$(BIN)/python launch.py
 
-test: setup  ## unit tests + real-model end-to-end + real SLURM sweep (when slurm is up)
+test: setup  ## everything: unit tests + real-model end-to-end + real SLURM sweep (as root: installs and starts SLURM)
 	bash scripts/test.sh
+
+test-fast: setup  ## the unit tier: no subprocess launches, real models, page rebuilds or SLURM (a few minutes)
+	IFT_SKIP_SLURM=1 bash scripts/test.sh -m "not slow and not slurm"
+
+slurm-stop:  ## stop the local SLURM cluster and MariaDB that `make test` started as root
+	bash scripts/slurm/stop-local-slurm.sh
 
 bench: setup
 	$(BIN)/python bench/bench_scoring.py

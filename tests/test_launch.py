@@ -58,6 +58,7 @@ def user_task(tmp_path):
     return spec
 
 
+@pytest.mark.slow
 def test_launch_writes_the_results_store_and_an_offline_wandb_run(tiny_dir, user_task, tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
     proc = launch(["model=hf", f"model.source={tiny_dir}", "task=file", f"task.file={user_task}", "optim.T=3",
@@ -106,6 +107,7 @@ def test_task_file_takes_the_documented_overrides(tiny_dir, user_task, tmp_path)
     assert metas == {(6, 2, "train"), (2, 1, "train"), (6, 2, "pool")}
 
 
+@pytest.mark.slow
 def test_a_second_launch_of_a_running_job_is_skipped_and_exits_non_zero(tiny_dir, tmp_path):
     import fcntl
 
@@ -128,6 +130,7 @@ def test_a_second_launch_of_a_running_job_is_skipped_and_exits_non_zero(tiny_dir
     assert json.loads((tmp_path / "out" / "job.json").read_text())["status"] == "locked"
 
 
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep_and_a_rerun_skips_finished_jobs(tiny_dir, tmp_path):
     results = tmp_path / "results"
     args = ["-m", "model=hf", f"model.source={tiny_dir}", "optim.T=2", "optim.eta=0.1,-1,0.01", "logger=disabled",
@@ -178,6 +181,7 @@ def test_a_killed_job_resumes_from_its_last_step_and_matches_an_uninterrupted_ru
     assert steps_without_timing(store) == steps_without_timing(fresh)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_completes_every_step_once(tiny_dir, tmp_path):
     results, T = tmp_path / "results", 150
     args = ["model=hf", f"model.source={tiny_dir}", f"optim.T={T}", "logger=disabled", "eval.progress=false",
@@ -222,6 +226,7 @@ def test_divergence_is_recorded_and_analysis_skips_it(tiny_dir, tmp_path):
     assert runs[1e38].skip.startswith("diverged after step") and "non-finite" in runs[1e38].skip
 
 
+@pytest.mark.slow
 def test_efficiency_mode_feeds_figure_3(tiny_dir, tmp_path):
     results = tmp_path / "results"
     # n_shot=1: the preset's 4 shots per class (333 tokens, re-read at 333..665) overflow the tiny model's 512 positions
@@ -242,6 +247,7 @@ def test_efficiency_mode_feeds_figure_3(tiny_dir, tmp_path):
     assert (out / "fig3_efficiency.png").exists() and "tinyllama" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_analysis_reads_a_tuning_sweep_from_the_store(tiny_dir, tmp_path):
     results = tmp_path / "results"
     for eta in (0.1, 0.01):
@@ -304,6 +310,7 @@ def test_jobs_of_one_process_load_their_model_once(tiny_dir, tmp_path, monkeypat
     job_module.load_model_once.cache_clear()
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_a_single_run_is_one_clear_line_and_exit_status_2(tmp_path):
     proc = launch(["model.trust_remote_code=no", "logger=disabled", f"results_dir={tmp_path / 'r'}",
                    f"hydra.run.dir={tmp_path / 'out'}"])

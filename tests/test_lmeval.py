@@ -153,6 +153,7 @@ def test_ift_through_the_harness_at_T1_equals_ifts_icl_on_the_same_rows(tiny_lm,
         ift.accuracy(ift.score_examples(lm, rows, prefix=prefix))[0])
 
 
+@pytest.mark.slow
 def test_the_harness_cli_runs_ift_end_to_end(tiny_dir, mirror, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "ift.lmeval", "--data_dir", str(mirror), "--model", "ift",
@@ -166,6 +167,7 @@ def test_the_harness_cli_runs_ift_end_to_end(tiny_dir, mirror, tmp_path):
     assert res["n-shot"]["copa"] == 2
 
 
+@pytest.mark.slow
 def test_launch_runs_a_harness_task_with_the_accuracy_of_the_projects_spec(tiny_dir, mirror, tmp_path):
     from omegaconf import OmegaConf
     from test_launch import compose_cfg, launch, read_rows, stores

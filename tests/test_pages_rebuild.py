@@ -34,6 +34,7 @@ CROSSMODEL = ["--model", "SmolLM2-135M-Instruct=docs/results/nine_fp32/runs.tar.
               "--title", "IFT on two model families: SmolLM2-135M-Instruct and Gemma-3-270m base"]
 
 
+@pytest.mark.slow
 def test_committed_crossmodel_page_rebuilds_byte_for_byte(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "analysis.crossmodel", *CROSSMODEL, "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -41,6 +42,7 @@ def test_committed_crossmodel_page_rebuilds_byte_for_byte(tmp_path):
     same_files(tmp_path, ROOT / "docs" / "results" / "crossmodel")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_committed_page_rebuilds_byte_for_byte(page, tmp_path):
     where = ROOT / "docs" / "results" / page  # archives are named relative to ROOT, as the page lists them

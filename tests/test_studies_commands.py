@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ift.experiment.config import parse_config
 
+pytestmark = pytest.mark.slow  # every test runs scripts/studies.sh (bash and many recorder processes)
 ROOT = Path(__file__).resolve().parents[1]
 RECORDER = f"""#!/bin/sh
 exec {sys.executable} -c 'import json, os, sys; open(os.environ["CALLS"], "a").write(json.dumps(sys.argv[1:]) + "\\n")' "$@"

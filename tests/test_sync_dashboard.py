@@ -85,6 +85,7 @@ def test_sync_runs_wandb_sync_on_the_selected_runs(tree, monkeypatch, capsys):
     assert sync.main([str(root / "nowhere")]) == 2 and "no such directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_wandb_sync_accepts_the_command(tree):
     """The real `wandb sync --dry-run` on the command analysis.sync builds: the flags exist and the runs are found."""
     root, runs = tree
@@ -150,6 +151,7 @@ def test_the_dashboard_has_the_four_research_questions():
         assert tag in job_tags({"task": "t", "model": "m", "method": "ift"}, preset, [])
 
 
+@pytest.mark.slow
 def test_the_dashboard_command_without_network_writes_the_spec_and_says_so(tmp_path):
     pytest.importorskip("wandb_workspaces")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
