@@ -7,9 +7,18 @@ import of a submodule's parent package by the submodule itself is not counted (P
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
+import pytest
+
+try:
+    import tomllib  # Python >= 3.11
+except ImportError:
+    tomllib = None
+
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"].items()) if tomllib else []
 PACKAGES = ("ift", "analysis")
 # the experiment layer's libraries: the engine (ift/ minus ift/experiment/) must run without them
 EXPERIMENT_ONLY = ("hydra", "wandb", "submitit")
@@ -118,3 +127,13 @@ def test_engine_imports_no_experiment_library():
             if imported.split(".")[0] in EXPERIMENT_ONLY:
                 bad.append(f"{path.relative_to(ROOT)} imports {imported}")
     assert not bad, "the engine must not import Hydra, wandb or submitit:\n" + "\n".join(bad)
+
+
+@pytest.mark.skipif(tomllib is None, reason="reading pyproject.toml needs Python >= 3.11")
+@pytest.mark.parametrize("name,target", SCRIPTS)
+def test_console_scripts_name_callables(name, target):
+    """Every console script of pyproject.toml (ift-lmeval, ift-study ...) points at a function that exists."""
+    module, _, attr = target.partition(":")
+    if module == "ift.lmeval":
+        pytest.importorskip("lm_eval")
+    assert callable(getattr(importlib.import_module(module), attr)), name

@@ -25,8 +25,8 @@ import yaml
 import ift
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
-from ift.experiment.modelcache import load_model_once
 from ift.experiment.methods import Resumed
+from ift.experiment.modelcache import load_model_once
 from ift.experiment.resume import (  # noqa: F401 - prefix_mismatch re-exported
     continue_shorter_run,
     keep_independent_steps,

@@ -264,8 +264,8 @@ class Grad(Method):
     name: ClassVar[str] = "grad"
     iterative: ClassVar[bool] = True
     restarts: ClassVar[bool] = True  # Adam's state is not checkpointed
-    lr: float = 0.001  # Adam's learning rate on the K/V cache; 0.01 and above drive the LOO loss to ~0.01 in a
-    #                    few steps and overfit (docs/results.md)
+    lr: float = 0.001  # Adam's learning rate on the K/V cache; larger rates overfit the demonstrations
+    #                    within a few steps (docs/results.md)
 
     def _steps_identity(self, optim) -> dict:
         stop = {"patience": optim.patience} if self.patience(optim) is not None else {}
