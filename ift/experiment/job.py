@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
-import resource
 import shutil
-import sys
 import time
 import traceback
 from dataclasses import dataclass
 
-import torch
 import yaml
 
 import ift
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
+from ift.experiment.machine import PeakMemory, fit_threads_to_allocation, versions
 from ift.experiment.methods import Resumed
 from ift.experiment.modelcache import load_model_once
 from ift.experiment.resume import (  # noqa: F401 - prefix_mismatch re-exported
@@ -42,22 +38,6 @@ from ift.tasks.task import Demonstrations
 from ift.tuner import resolve_position_mode
 
 log = logging.getLogger(__name__)
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    # the CPU kind too: bf16-mixed products differ in the last bits between CPUs with and without AMX, enough
-    # to move an accuracy by a row (docs/results.md, *Precision*), so a rerun elsewhere is recognisable
-    cpu = ift.models.cpu_kind()
-    out = {"python": platform.python_version(), "cpu": cpu["cpu"] or platform.processor() or None,
-           "cpu_amx": cpu["cpu_amx"]}
-    for package in ("ift", "torch", "transformers", "datasets", "bitsandbytes"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = None
-    return out
-
 
 def open_task(job: JobConfig) -> Task:
     """The job's task. With `task.file`, a null key (conf/task/file.yaml's default) keeps the file's own value."""
@@ -101,30 +81,6 @@ def prepare(cfg, base_dir=None) -> Prepared:
     return Prepared(job, task, demos, examples, dev, longest)
 
 
-class PeakMemory:
-    """Peak memory of one step: CUDA max allocated on a GPU, else the process's peak RSS (MB)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        self.device = device
-
-    def mb(self) -> float:
-        if self.cuda:
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-def _fit_threads_to_allocation() -> None:
-    """Under SLURM, use the CPUs the job was given: torch's default (every core of the node) makes jobs
-    sharing a node fight over cores (measured: a tiny-model step 1.4 s instead of 0.05 s, two jobs on 2 cores)."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and cpus.isdigit() and int(cpus) < torch.get_num_threads():
-        torch.set_num_threads(int(cpus))
-
-
 def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     """Run one job from a composed config; returns {status, skipped, store, summary}.
 
@@ -140,7 +96,7 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     job = ready.job
     if job.dry_run:
         return dry_run(job)
-    _fit_threads_to_allocation()
+    fit_threads_to_allocation()
     store = JobStore(job)
     done = _already_ended(job, store)  # before the lock too, so that a re-run touches no file of a finished job
     if done:
