@@ -168,6 +168,7 @@ def test_the_figure_has_a_panel_per_task_and_a_colour_per_model(stores):
     assert lines["A: ICL"].get_ydata()[0] == pytest.approx(45.0)
 
 
+@pytest.mark.slow
 def test_cli_page_is_byte_identical_on_a_rebuild(stores, tmp_path, capsys):
     outs = [tmp_path / "one", tmp_path / "two"]
     for out in outs:

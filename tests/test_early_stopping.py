@@ -42,6 +42,7 @@ def test_the_analysis_simulates_the_same_rule_as_the_run():
             stop_step(dev, patience), (dev, patience)
 
 
+@pytest.mark.slow
 def test_an_early_stopped_job_records_the_full_runs_first_steps(tiny_dir, tmp_path):
     full = run_job(cfg(tiny_dir, tmp_path, "optim.T=6", "optim.eta=0.5"))
     stopped = run_job(cfg(tiny_dir, tmp_path, "optim.T=6", "optim.eta=0.5", "optim.patience=1"))
@@ -63,6 +64,7 @@ def test_an_early_stopped_job_records_the_full_runs_first_steps(tiny_dir, tmp_pa
     assert any("run-time early stopping, patience 1" in a[0] for a in arms)
 
 
+@pytest.mark.slow
 def test_a_killed_early_stopping_job_resumes_to_the_same_result(tiny_dir, tmp_path):
     class Killed(BaseException):
         pass

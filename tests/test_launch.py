@@ -154,6 +154,7 @@ class Killed(BaseException):
     """Stands for SIGKILL in-process: not an Exception, so the job cannot record anything on its way out."""
 
 
+@pytest.mark.slow
 def test_a_killed_job_resumes_from_its_last_step_and_matches_an_uninterrupted_run(tiny_dir, tmp_path, caplog):
     def cfg(results):
         return compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=5", "optim.eta=0.05",
@@ -213,6 +214,7 @@ def test_sigkill_mid_run_then_rerun_completes_every_step_once(tiny_dir, tmp_path
     assert json.loads((store / "summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_and_analysis_skips_it(tiny_dir, tmp_path):
     results = tmp_path / "results"
     base = ["model=hf", f"model.source={tiny_dir}", "logger=disabled", "eval.progress=false", "optim.T=4",
@@ -264,6 +266,7 @@ def test_analysis_reads_a_tuning_sweep_from_the_store(tiny_dir, tmp_path):
     assert "demo" in text and "tinyllama" in text and (out / "fig4_accuracy_curves.png").exists()
 
 
+@pytest.mark.slow
 def test_wandb_online_without_a_reachable_server_falls_back_to_offline(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: the network is "down"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
@@ -295,6 +298,7 @@ def test_a_wandb_error_mid_run_only_turns_tracking_off(tiny_dir, tmp_path, monke
     assert result["status"] == "finished" and result["summary"]["last_step"] == 3
 
 
+@pytest.mark.slow
 def test_jobs_of_one_process_load_their_model_once(tiny_dir, tmp_path, monkeypatch):
     import ift
     from ift.experiment import job as job_module

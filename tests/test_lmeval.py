@@ -62,6 +62,7 @@ def check_parity(lm, task, shots, tokenization="harness"):
     return theirs, ours, harness_metrics(task, "eval_split", rows, theirs), harness_metrics(task, "eval_split", rows, ours), scores
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shots", [("sst2", 0), ("sst2", 1), ("copa", 0), ("copa", 2)])
 def test_log_likelihoods_and_accuracy_equal_the_harness_on_a_tiny_model(tiny_lm, mirror, name, shots):
     task = load_harness_task(name, mirror, eval_limit=12)
@@ -131,6 +132,7 @@ def test_shared_block_is_the_common_start_cut_after_the_last_delimiter():
     assert shared_block(["Q: x", "Q: y"]) == ""
 
 
+@pytest.mark.slow
 def test_ift_through_the_harness_at_T1_equals_ifts_icl_on_the_same_rows(tiny_lm, mirror, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager

@@ -34,6 +34,7 @@ def meta(result) -> dict:
     return json.loads((Path(result["store"]) / "meta.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_method_reads_the_same_demonstrations_and_rows(tiny_dir, tmp_path):
     runs = {m: run_job(cfg(tiny_dir, tmp_path, f"method={m}", "optim.T=3", *extra))
             for m, extra in (("ift", ()), ("repeat", ("method.max_repeats=2",)), ("more_demos", ("method.max_factor=2",)),
@@ -62,6 +63,7 @@ def test_every_method_reads_the_same_demonstrations_and_rows(tiny_dir, tmp_path)
     assert "ICL ×r (r on dev)" in page and "gradient tuning lr=0.001" in page and "zero-shot" in page
 
 
+@pytest.mark.slow
 def test_repetition_scores_like_concatenated_icl_of_the_repeated_text(tiny_dir, tmp_path):
     result = run_job(cfg(tiny_dir, tmp_path, "method=repeat", "method.max_repeats=2"))
     ready = prepare(cfg(tiny_dir, tmp_path, "method=repeat", "method.max_repeats=2"))
@@ -82,6 +84,7 @@ def test_more_demonstrations_are_a_superset_drawn_with_the_same_seed(tiny_dir, t
     assert [r["n_demonstrations"] for r in rows(result)] == [2, 4]  # two classes
 
 
+@pytest.mark.slow
 def test_baselines_are_keyed_without_ift_settings_and_ift_with_them(tiny_dir, tmp_path):
     a = run_job(cfg(tiny_dir, tmp_path, "method=repeat", "method.max_repeats=2", "optim.eta=0.1"))
     b = run_job(cfg(tiny_dir, tmp_path, "method=repeat", "method.max_repeats=2", "optim.eta=0.5"))

@@ -193,6 +193,7 @@ def test_the_store_key_of_a_builtin_task_follows_its_data(tmp_path, monkeypatch)
     assert prepare(compose_cfg([f"task.data_dir={mirror}"])).job.hash != packaged.hash
 
 
+@pytest.mark.slow
 def test_an_edited_task_or_data_never_returns_the_old_result(tiny_dir, user_task, tmp_path):
     results = tmp_path / "results"
 
@@ -302,6 +303,7 @@ def rewrite_prefix_meta(path: Path, **changes) -> None:
     save_file(tensors, str(path), metadata={"ift": json.dumps(header)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, said", [({"eta": 0.1}, "eta=0.1 (this job: 0.05)"),
                                           ({"beta": 0.0}, "beta=0.0 (this job: 0.9)"),
                                           # the job's auto mode is aligned on a Llama: compared as such
@@ -326,6 +328,7 @@ def test_a_checkpoint_tuned_otherwise_is_not_resumed(change, said, tiny_dir, tmp
     assert steps_without_timing(store) == steps_without_timing(fresh)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tamper, redone, said", [
     ("drop_last", [1, 2, 3, 4], "steps.jsonl holds step(s) 1-2 but the checkpoint is at step 3"),
     ("duplicate", [1, 2, 3, 4], "steps.jsonl holds step(s) 1, 2, 2, 3 but the checkpoint is at step 3"),
@@ -347,6 +350,7 @@ def test_redone_steps_are_announced(tamper, redone, said, tiny_dir, tmp_path, ca
     assert [r["step"] for r in strict_rows(steps)] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_longer_run_continues_from_the_finished_shorter_one(tiny_dir, tmp_path, caplog):
     results = tmp_path / "results"
     short = run_job(tiny_cfg(tiny_dir, results, "optim.T=2", "optim.eta=0.05", "eval.save_predictions=true"))
@@ -365,6 +369,7 @@ def test_a_longer_run_continues_from_the_finished_shorter_one(tiny_dir, tmp_path
     assert len(strict_rows(Path(short["store"]) / "steps.jsonl")) == 2  # the shorter run is left as it was
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shorter, longer", [(["optim.eta=0.1"], []),  # another η
                                             ("killed", []),  # not finished
                                             (["optim.patience=1"], ["optim.patience=1"]),  # early stopping
@@ -393,6 +398,7 @@ def test_prefix_mismatch_names_every_difference():
 
 # ---------------------------------------------------------------- divergence and failures
 
+@pytest.mark.slow
 def test_a_non_finite_norm_ends_the_job_as_diverged_in_standard_json(tiny_dir, tmp_path, monkeypatch):
     real = ift.ForwardTuner.steps
 
@@ -465,6 +471,7 @@ def test_a_failed_model_load_is_not_retried_by_the_next_jobs(tiny_dir, tmp_path,
 
 
 # ---------------------------------------------------------------- reusing another store's runs
+@pytest.mark.slow
 def test_a_run_ended_in_another_store_under_the_same_key_is_copied_in_not_run(tiny_dir, tmp_path, monkeypatch):
     first = run_job(tiny_cfg(tiny_dir, tmp_path / "nine", "optim.T=2", "seed=1"))
     monkeypatch.setattr(job_module, "load_model_once", lambda *a, **k: pytest.fail("the model was loaded"))
@@ -478,6 +485,7 @@ def test_a_run_ended_in_another_store_under_the_same_key_is_copied_in_not_run(ti
     assert JobStore(prepare(tiny_cfg(tiny_dir, tmp_path / "seeds", "optim.T=2", "seed=1")).job).ended() == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("other", [["seed=2"], ["optim.T=3"], ["skip_finished=false"]])
 def test_another_store_is_not_reused_for_another_key_or_a_forced_run(other, tiny_dir, tmp_path):
     run_job(tiny_cfg(tiny_dir, tmp_path / "nine", "optim.T=2", "seed=1"))
@@ -498,6 +506,7 @@ def dry(tiny_dir, results, *extra):
     return run_job(tiny_cfg(tiny_dir, results, "dry_run=true", *extra))
 
 
+@pytest.mark.slow
 def test_a_dry_run_says_what_each_job_would_do_and_computes_nothing(tiny_dir, tmp_path, monkeypatch):
     run_job(tiny_cfg(tiny_dir, tmp_path / "r", "optim.T=2", "seed=1"))
     with pytest.raises(Killed):

@@ -112,6 +112,7 @@ def make_logged(tiny_dir, tmp: Path) -> None:
                              "efficiency.batch_sizes=[1]", "efficiency.n_examples=2")), output_dir=tmp / "eff")
 
 
+@pytest.mark.slow
 def test_the_dashboard_reads_only_keys_the_runs_log(logged):
     runs, _ = logged
     keys = dashboard.panel_keys(dashboard.spec("me", "ift"))

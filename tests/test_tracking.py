@@ -31,6 +31,7 @@ def offline(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+@pytest.mark.slow
 def test_a_job_is_one_readable_run_against_the_tuning_step(tiny_dir, tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
     result = run_job(compose_cfg(tiny(tiny_dir, results, "optim.T=3")), output_dir=out)
@@ -81,6 +82,7 @@ def test_a_job_is_one_readable_run_against_the_tuning_step(tiny_dir, tmp_path):
     assert run.summary["peak_mem_mb"] == {"max": max(s["peak_mem_mb"] for s in steps)}
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_job_stays_one_run_with_every_step(tiny_dir, tmp_path):
     class Killed(BaseException):
         pass
@@ -115,6 +117,7 @@ def test_a_model_that_fails_to_load_is_a_failed_run_with_the_error(tmp_path, fre
     assert "status" not in run.config
 
 
+@pytest.mark.slow
 def test_a_sweep_is_one_group_with_runs_named_by_their_overrides(tiny_dir, tmp_path):
     results, sweep = tmp_path / "results", tmp_path / "multirun" / "2026-01-02" / "03-04-05"
     proc = launch(["-m", *tiny(tiny_dir, results, "optim.T=2", "optim.eta=0.1,0.01", "logger.tags=[mine]"),
@@ -175,6 +178,7 @@ def test_efficiency_runs_chart_each_method_against_the_batch(tiny_dir, tmp_path)
     assert run.summary["icl_queries_per_s"] == summary["icl_queries_per_s"] and run.summary["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_the_tuned_prefix_is_an_artifact_only_when_asked(tiny_dir, tmp_path):
     results = tmp_path / "results"
     run_job(compose_cfg(tiny(tiny_dir, results, "optim.T=2")), output_dir=tmp_path / "plain")
