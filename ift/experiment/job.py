@@ -39,6 +39,7 @@ from ift.tuner import resolve_position_mode
 
 log = logging.getLogger(__name__)
 
+
 def open_task(job: JobConfig) -> Task:
     """The job's task. With `task.file`, a null key (conf/task/file.yaml's default) keeps the file's own value."""
     node = dict(job.task)
