@@ -52,6 +52,7 @@ def metas(results: Path) -> dict[int, dict]:
     return {json.loads(m.read_text())["seed"]: json.loads(m.read_text()) for m in results.rglob("meta.json")}
 
 
+@pytest.mark.slow
 def test_only_finished_runs_are_packed_with_their_records_and_no_demonstration_text(store, tmp_path):
     path = tmp_path / "runs.tar.gz"
     assert archive.pack(store, path) == (2, 0)
@@ -70,6 +71,7 @@ def test_only_finished_runs_are_packed_with_their_records_and_no_demonstration_t
         assert files["steps.jsonl"] == (store / job / "steps.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_analysis_reads_an_archive_as_it_reads_the_store(store, tmp_path):
     path = tmp_path / "runs.tar.gz"
     archive.pack(store, path)
@@ -80,6 +82,7 @@ def test_analysis_reads_an_archive_as_it_reads_the_store(store, tmp_path):
         assert (run_.steps, run_.summary) == (from_store[key].steps, from_store[key].summary)
 
 
+@pytest.mark.slow
 def test_a_restored_run_is_skipped_by_the_launcher(store, tiny_dir, tmp_path):
     path = tmp_path / "runs.tar.gz"
     archive.pack(store, path)
@@ -92,6 +95,7 @@ def test_a_restored_run_is_skipped_by_the_launcher(store, tiny_dir, tmp_path):
     assert not fresh["skipped"] and fresh["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_packing_is_deterministic_and_keeps_runs_only_the_archive_holds(store, tiny_dir, tmp_path):
     path = tmp_path / "runs.tar.gz"
     archive.pack(store, path)
@@ -103,6 +107,7 @@ def test_packing_is_deterministic_and_keeps_runs_only_the_archive_holds(store, t
     assert {json.loads(files["meta.json"])["seed"] for files in archive.read(path).values()} == {0, 1, 3}
 
 
+@pytest.mark.slow
 def test_packing_some_tasks_of_a_shared_store_leaves_the_others_out(store, tmp_path):
     shared = tmp_path / "shared"
     (task,) = [d.name for d in store.iterdir()]
@@ -114,6 +119,7 @@ def test_packing_some_tasks_of_a_shared_store_leaves_the_others_out(store, tmp_p
     assert archive.pack(shared, tmp_path / "all.tar.gz") == (4, 0)
 
 
+@pytest.mark.slow
 def test_whole_seeds_leaves_out_a_seed_stopped_midway(store, tmp_path, capsys):
     """A seed-by-seed study stopped mid-seed: seed 1 has one run where seed 0 has two (a second arm)."""
     shared = tmp_path / "shared"

@@ -83,6 +83,7 @@ def test_measure_throughput_and_cpu_peak_memory():
     assert m["peak_mem_mb"] >= 48  # sampled RSS growth sees most of the 64 MiB block
 
 
+@pytest.mark.slow
 def test_run_efficiency_study_on_tiny_model(tiny_lm, demos, examples):
     pytest.importorskip("ift.scorer")
     pytest.importorskip("ift.tuner")
@@ -103,6 +104,7 @@ def test_run_efficiency_study_on_tiny_model(tiny_lm, demos, examples):
     assert icl["tokens_per_query"] - tuned["tokens_per_query"] == pytest.approx(n_demo * 6 / 5, abs=1.5)
 
 
+@pytest.mark.slow
 def test_study_searches_the_max_batch_of_each_method(tiny_lm, demos, examples, monkeypatch):
     """The search path on CPU: a scorer whose memory need the test sets (ICL fits 2 queries, tuned 4)."""
     pytest.importorskip("ift.scorer")

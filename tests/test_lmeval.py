@@ -99,6 +99,7 @@ def test_harness_tokenization_moves_trailing_space_to_the_continuation(tiny_lm):
         ift.score_examples(tiny_lm(), [], tokenization="lmeval")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,harness,spec", [
     ("sst2", {}, {"template": SST2_HARNESS_TEMPLATE}),  # the harness's prompt in ift's spec
     ("obqa", {"name": "openbookqa", "dir": "obqa", "eval_split": "validation"}, {"choice_suffix": ""}),  # ift adds "."
