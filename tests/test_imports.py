@@ -137,3 +137,10 @@ def test_console_scripts_name_callables(name, target):
     if module == "ift.lmeval":
         pytest.importorskip("lm_eval")
     assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+def test_methods_are_step_generators_that_know_no_store_resume_or_tracking():
+    """The job owns resuming, the store and tracking; a method only yields steps (and so adding one cannot
+    bring back the circle through ift/experiment/config.py)."""
+    imported = graph()["ift.experiment.methods"]
+    assert not imported & {f"ift.experiment.{m}" for m in ("config", "job", "resume", "schema", "store", "tracking")}
