@@ -97,29 +97,33 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 PLANS_KEPT = 4  # per tokenizer, most recently used first out
 
 
-def _cached_plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None) -> _Plan:
+def _cached_plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None,
+                 share: bool = True) -> _Plan:
     """`_plan`, tokenised once per (tokenizer, examples' text, demonstrations, rule)."""
-    key = (tuple((ex.contexts, ex.continuations, ex.index) for ex in examples), tuple(base_ids), joint)
+    key = (tuple((ex.contexts, ex.continuations, ex.index) for ex in examples), tuple(base_ids), joint, share)
     try:
         plans = _PLANS.setdefault(tok, OrderedDict())
     except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
-        return _plan(tok, examples, base_ids, joint)
+        return _plan(tok, examples, base_ids, joint, share)
     if key in plans:
         plans.move_to_end(key)
         return plans[key]
-    plans[key] = plan = _plan(tok, examples, base_ids, joint)
+    plans[key] = plan = _plan(tok, examples, base_ids, joint, share)
     while len(plans) > PLANS_KEPT:
         plans.popitem(last=False)
     return plan
 
 
-def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None = None) -> _Plan:
-    """joint=(text, special): harness tokenization of text + context as one string (see score_examples)."""
-    rows: dict[tuple[int, ...], int] = {}
+def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None = None,
+          share: bool = True) -> _Plan:
+    """joint=(text, special): harness tokenization of text + context as one string (see score_examples).
+    share=False: a query is shared by the candidates of its own example only (see score_examples)."""
+    rows: dict[tuple, int] = {}
+    texts: list[tuple[int, ...]] = []
     cands = []
     ctx_cache: dict[str, list[int]] = {}
     longest = (0, 0, -1)
-    for ex in examples:
+    for e, ex in enumerate(examples):
         per = []
         for j, (ctx, cont) in enumerate(zip(ex.contexts, ex.continuations)):
             if joint is not None:
@@ -135,17 +139,21 @@ def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[st
                 raise ValueError(f"example {ex.index}: candidate {j} ({cont!r}) tokenises to no tokens")
             if not query:
                 raise ValueError(f"example {ex.index}: empty context and no prefix: nothing to condition on")
-            per.append((rows.setdefault(query, len(rows)), cont_ids))
+            key = query if share else (e, query)
+            if key not in rows:
+                rows[key] = len(texts)
+                texts.append(query)
+            per.append((rows[key], cont_ids))
             if len(ctx_ids) + len(cont_ids) > longest[0] + longest[1]:
                 longest = (len(ctx_ids), len(cont_ids), ex.index)
         cands.append(per)
-    return _Plan(list(rows), cands, longest)
+    return _Plan(texts, cands, longest)
 
 
 @torch.no_grad()
 def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations: str | None = None,
                    batch_size: int = 32, progress: bool = False, stats: dict | None = None,
-                   tokenization: str = "ift") -> list[ExampleScore]:
+                   tokenization: str = "ift", share_queries: bool = True) -> list[ExampleScore]:
     """Score every candidate of every example.
 
     prefix: a `TunedPrefix` (inference without demonstrations in the input);
@@ -155,6 +163,8 @@ def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations:
     tokenization: "ift" (docs/design.md: demonstrations, context and continuation tokenised apart) or
     "harness" (lm-evaluation-harness's rule: demonstrations + context tokenised as one string, trailing
     whitespace moved to the continuation; with a prefix only the query side can follow it).
+    share_queries=False: examples with the same text still run one query each (the candidates of one example
+    always share theirs); RQ2 fills a batch past the number of examples with repeats this way (ift/efficiency.py).
     """
     if prefix is not None and demonstrations is not None:
         raise ValueError("give either a tuned prefix or demonstrations, not both")
@@ -168,7 +178,7 @@ def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations:
     joint = None
     if tokenization == "harness":
         joint, base_ids = (demonstrations or "", prefix is None), []
-    plan = _cached_plan(tok, examples, base_ids, joint)
+    plan = _cached_plan(tok, examples, base_ids, joint, share_queries)
 
     # first-token log-probs come from the query pass; later continuation tokens from a second pass
     by_row: dict[int, list[tuple[int, int, list[int]]]] = {}
