@@ -42,7 +42,7 @@ def versions() -> dict:
     # to move an accuracy by a row (docs/results.md, *Precision*), so a rerun elsewhere is recognisable
     cpu = ift.models.cpu_kind()
     out = {"python": platform.python_version(), "cpu": cpu["cpu"] or platform.processor() or None,
-           "cpu_amx": cpu["cpu_amx"]}
+           "cpu_amx": cpu["cpu_amx"], "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     for package in ("ift", "torch", "transformers", "datasets", "bitsandbytes"):
         try:
             out[package] = version(package)
@@ -247,7 +247,8 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             "n_shot": job.n_shot,
             "demonstrations": {"text": demos.text, "indices": demos.indices, "split": demos.split},
             "data_source": str(task.data_dir or (task.spec.hub or {}).get("path")), "data": job.content["data"],
-            "n_eval": len(examples), "n_dev": len(dev), "versions": versions()}
+            "n_eval": len(examples), "n_dev": len(dev), "device": ift.models.resolve_device(job.device).type,
+            "versions": versions()}
     store.begin(meta, yaml.safe_dump(resolved, sort_keys=False))
     log.info("job %s -> %s", job.hash[:16], store.path)
     tracker = Tracker.for_job(job, store, output_dir, resolved)  # before the model loads: a failed load shows
@@ -311,6 +312,8 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
         if prefix is not None and prefix.diverged:
             log.warning("diverged: %s", prefix.diverged)
             return "diverged", summarize(rows), prefix.diverged
+        if lm.device.type == "cuda":  # kernels run asynchronously: wait for tuning's, or tune_s stops early
+            torch.cuda.synchronize(lm.device)
         tune_s = time.perf_counter() - start
         cost: dict = {}
         scores = ift.score_examples(lm, examples, prefix=prefix, batch_size=job.batch_size, progress=job.progress,
