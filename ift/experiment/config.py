@@ -75,7 +75,7 @@ class EfficiencyConfig:
     """mode=efficiency (experiment=rq2_efficiency): ICL against the tuned prefix, per query."""
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])  # measured on CPU
-    max_batch_limit: int = 4096   # upper end of the GPU search for the largest batch that fits
+    max_batch_limit: int = 4096   # upper end of the GPU search (past n_examples: repeats); reached = `capped`
     n_examples: int = 256         # evaluation examples scored per measurement
     search: bool | None = None    # null: search on GPU only; true/false forces it
 
