@@ -366,5 +366,6 @@ def _efficiency(job: JobConfig, lm, demo_text, examples, store: JobStore, tracke
         log.info("%s", row)
     by = {r["method"]: r for r in rows}
     summary = {"icl_queries_per_s": by["icl"]["queries_per_s"], "tuned_queries_per_s": by["tuned"]["queries_per_s"],
-               "icl_max_batch": by["icl"]["max_batch"], "tuned_max_batch": by["tuned"]["max_batch"]}
+               "icl_max_batch": by["icl"]["max_batch"], "tuned_max_batch": by["tuned"]["max_batch"],
+               "icl_capped": by["icl"]["capped"], "tuned_capped": by["tuned"]["capped"]}  # true: max_batch is a bound
     return "finished", summary, None
