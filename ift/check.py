@@ -197,8 +197,26 @@ def run_checks(device: str = "auto") -> tuple[list[str], list[Result]]:
                 same = [s.sum_logprobs for s in before] == [s.sum_logprobs for s in after]
                 return same, "reloaded prefix scores identically" if same else "scores changed after reload", None
             _try(results, "prefix saved and reloaded", str(dev), saved_prefix)
+        if dev.type != "cpu":
+            _try(results, "bundled GGUF model: load, score", str(dev), lambda: gguf_on_device(dev))
         env.append(f"checks took {time.perf_counter() - start:.1f} s")
     return env, results
+
+
+def gguf_on_device(device: torch.device):
+    """The bundled SmolLM2 (a GGUF file, dequantised on load) scored on the device against the CPU: the GGUF
+    path through a device map. (ok, detail, None); not installed counts as a pass that says so."""
+    try:
+        ift.models.bundled_model_path()
+    except FileNotFoundError as err:
+        return True, f"not installed, not checked ({err})"[:110], None
+    scores = []
+    for where in ("cpu", str(device)):
+        lm = load_model("bundled", device=where)
+        scores.append([x for s in ift.score_examples(lm, EXAMPLES, demonstrations=DEMOS) for x in s.sum_logprobs])
+        del lm
+    diff = max(abs(a - b) for a, b in zip(*scores))
+    return diff <= 1e-2, f"max |score - cpu| {diff:.1e} (allowed 0.01)", None
 
 
 def verdict_table(env: list[str], results: list[Result]) -> str:

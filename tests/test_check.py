@@ -49,3 +49,14 @@ def test_a_device_that_is_not_there_is_a_failure_not_a_cpu_run(monkeypatch, caps
     assert ift.check.main(["--device", "cuda"]) == 1
     out = capsys.readouterr().out
     assert "no CUDA device is available" in out and out.splitlines()[-1].startswith("verdict: FAIL")
+
+
+@pytest.mark.slow
+def test_the_bundled_gguf_check_compares_devices():
+    """Run only on a GPU by the command; its comparison is checked here with the CPU standing in."""
+    try:
+        ift.models.bundled_model_path()
+    except FileNotFoundError:
+        pytest.skip("the bundled model is not installed")
+    ok, detail, _ = ift.check.gguf_on_device(torch.device("cpu"))
+    assert ok and detail == "max |score - cpu| 0.0e+00 (allowed 0.01)"
