@@ -43,6 +43,9 @@ CORPUS = [ex.demonstration for ex in DEMO_EXAMPLES + EXAMPLES] * 4
 # token): fp32 on a device differs in the last bits only; the low precisions by their rounding
 TOLERANCE = {"fp32": 1e-3, "bf16-mixed": 0.25, "fp16": 0.1, "int8": 0.5, "nf4": 2.0}
 STEPS = 3  # IFT and gradient steps: enough for the updates to matter
+# the gradient baseline's floor: Adam's first steps move each K/V entry by about ±lr whatever the gradient's size,
+# so rounding that flips the sign of a near-zero gradient moves an entry by 2·lr (lr = 1e-2 here)
+GRADIENT_TOLERANCE = 0.05
 
 
 @dataclass
@@ -87,8 +90,14 @@ def pipeline(lm, gradient: bool = True) -> dict[str, list[float]]:
     return {k: [x for s in v for x in s.sum_logprobs] for k, v in out.items()}
 
 
-def largest_difference(a: dict, b: dict) -> float:
-    return max(abs(x - y) for key in b for x, y in zip(a[key], b[key]))
+def within(reference: dict, got: dict, tol: float) -> tuple[bool, str]:
+    """Whether every score in `got` is within tol of `reference` (the gradient's within GRADIENT_TOLERANCE at
+    least), and the largest difference, per method."""
+    diffs = {key: max(abs(x - y) for x, y in zip(reference[key], got[key])) for key in got}
+    ok = all(d <= (max(tol, GRADIENT_TOLERANCE) if key == "grad" else tol) for key, d in diffs.items())
+    worst = max((d for key, d in diffs.items() if key != "grad"), default=0.0)
+    grad = f", gradient {diffs['grad']:.1e} ({max(tol, GRADIENT_TOLERANCE):g})" if "grad" in diffs else ""
+    return ok, f"max |score - cpu fp32| {worst:.1e} (allowed {tol:g}){grad}"
 
 
 def environment(device: torch.device) -> list[str]:
@@ -173,8 +182,8 @@ def run_checks(device: str = "auto") -> tuple[list[str], list[Result]]:
                 if lm.device.type != dev.type or next(lm.model.parameters()).device.type != dev.type:
                     return False, f"the model is on {next(lm.model.parameters()).device}, not {dev}", None
                 got = pipeline(lm, gradient=quant == "none")
-                diff = largest_difference(cpu, got)
-                return diff <= tol, f"max |score - cpu fp32| {diff:.1e} (allowed {tol:g})", lm
+                ok, detail = within(cpu, got, tol)
+                return ok, detail, lm
             return check
 
         if dev.type != "cpu":

@@ -60,3 +60,12 @@ def test_the_bundled_gguf_check_compares_devices():
         pytest.skip("the bundled model is not installed")
     ok, detail, _ = ift.check.gguf_on_device(torch.device("cpu"))
     assert ok and detail == "max |score - cpu| 0.0e+00 (allowed 0.01)"
+
+
+def test_device_scores_are_compared_per_method_with_a_floor_for_the_gradient():
+    reference = {"icl": [-5.0, -6.0], "grad": [-5.0, -6.0]}
+    assert ift.check.within(reference, {"icl": [-5.0005, -6.0], "grad": [-5.03, -6.0]}, 1e-3) == \
+        (True, "max |score - cpu fp32| 5.0e-04 (allowed 0.001), gradient 3.0e-02 (0.05)")
+    assert not ift.check.within(reference, {"icl": [-5.002, -6.0], "grad": [-5.0, -6.0]}, 1e-3)[0]
+    assert not ift.check.within(reference, {"icl": [-5.0, -6.0], "grad": [-5.0, -6.06]}, 1e-3)[0]
+    assert ift.check.within(reference, {"icl": [-5.1, -6.0]}, 0.5) == (True, "max |score - cpu fp32| 1.0e-01 (allowed 0.5)")
