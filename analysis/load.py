@@ -17,7 +17,6 @@ such holes unless given `--allow-missing`.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys

@@ -26,10 +26,10 @@ import ift
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.interrupt import JobInterrupted, interrupts_raised
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
+from ift.experiment.layout import STEPS_FILE
 from ift.experiment.modelcache import load_model_once
 from ift.experiment.resume import continue_shorter_run, prefix_mismatch, repair_records, shorter_run  # noqa: F401
-from ift.experiment.layout import STEPS_FILE
-from ift.experiment.store import LOCK_FILE, PREFIX_FILE, JobStore, StoreLocked, summarize
+from ift.experiment.store import LOCK_FILE, JobStore, StoreLocked, summarize
 from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
 from ift.tasks.task import Demonstrations

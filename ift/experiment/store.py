@@ -33,8 +33,21 @@ from pathlib import Path
 
 from ift.experiment import layout
 from ift.experiment.config import JobConfig
-from ift.experiment.layout import (DIGEST_KEY, ENDED, ERROR_FILE, FAILED, INTERRUPTED, LOCK_FILE, META_FILE,
-                                   PREDICTIONS_FILE, PREFIX_FILE, RUNNING, STEPS_FILE, SUMMARY_FILE, StoreDamaged)
+from ift.experiment.layout import (
+    DIGEST_KEY,
+    ENDED,
+    ERROR_FILE,
+    FAILED,
+    INTERRUPTED,
+    LOCK_FILE,
+    META_FILE,
+    PREDICTIONS_FILE,
+    PREFIX_FILE,
+    RUNNING,
+    STEPS_FILE,
+    SUMMARY_FILE,
+    StoreDamaged,
+)
 from ift.jsonl import read_jsonl
 from ift.protocol import EARLIEST, pick, score_of
 
