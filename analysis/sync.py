@@ -5,8 +5,8 @@
     python -m analysis.sync multirun/2026-05-06 --dry-run   # list the runs and print the command only
     python -m analysis.sync --from-store results/sst2/smollm2-135m/0123456789abcdef   # rebuild a run's wandb copy
 
-Offline runs live in each job's Hydra directory (`outputs/<date>/<time>/wandb/offline-run-*`,
-`multirun/<date>/<time>/<n>/wandb/offline-run-*`) or, for jobs run without Hydra, in their results-store
+Offline runs live in each job's Hydra directory (`outputs/<date>/<time>-<pid>-<hex>/wandb/offline-run-*`,
+`multirun/<date>/<time>-<pid>-<hex>/<n>/wandb/offline-run-*`) or, for jobs run without Hydra, in their results-store
 directory; a shell glob such as `outputs/**/wandb/offline-run-*` needs `shopt -s globstar` and never covers
 `multirun/`. A job that was killed and resumed left one offline run per attempt, all with the job's run id
 (ift.experiment.tracking.run_id); the newest attempt logs again every step the store kept, so it alone holds
