@@ -2,9 +2,11 @@
 
 Order matters for users: every config, task and data error is raised by `prepare`, before the results store
 is touched or the model loads; the store directory is keyed by the config *and* the task's content (spec,
-data fingerprint, demonstrations) and locked while the job runs; every finished step is on disk before the
-next one starts; a job whose key already finished is skipped, and a killed one resumes from its last
-checkpointed step when the checkpoint matches the job (else it starts clean, with a warning saying why).
+data fingerprint, demonstrations) and locked while the job runs; the model loads before the store directory
+and the wandb run are made, so a load error leaves neither; every finished step is on disk before the
+next one starts; a job whose key already finished, with records that agree, is skipped (one whose records
+disagree is repaired), and a killed or interrupted one resumes from its last checkpointed step when the
+checkpoint matches the job (else it starts clean, with a warning saying why).
 """
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def shorter_run(job: JobConfig) -> JobStore | None:
         other.optim.T = shorter
         other.hash = config_hash(other.identity())
         store = JobStore(other)
-        if store.ended() == "finished" and store.file(PREFIX_FILE).exists() and \
+        if store.trusted() == "finished" and store.file(PREFIX_FILE).exists() and \
                 (not job.save_predictions or store.file("predictions.jsonl").exists()):
             return store
     return None
