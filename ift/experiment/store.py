@@ -18,7 +18,11 @@ step). `analysis/` reads this layout (docs/design.md).
 
 Every file holds standard JSON only (`allow_nan=False`): a NaN or infinity reaching the store is an error,
 never an `Infinity` that other JSON readers reject. Whole files are replaced atomically (a temporary file,
-removed again if the write fails); JSONL rows are appended and fsync'ed, and a failed append is cut back.
+removed again if the write fails); JSONL rows are appended whole or not at all (unbuffered writes, fsync'ed,
+and a failed append is cut back to the size before it), and a full disk is a StoreFull naming the file.
+
+File names, statuses and the check an ended run must pass before it is trusted (`JobStore.damage`) live in
+ift/experiment/layout.py, shared with analysis/.
 """
 from __future__ import annotations
 
