@@ -156,8 +156,8 @@ def test_nine_fp32_runs_the_nine_task_arms_in_fp32_plus_both_ift_settings_to_15_
     assert step_size and last_new < min(step_size)
     assert calls[-3][3:] == ["results/nine_fp32", "docs/results/nine_fp32/runs.tar.gz"]
     # its page chooses among steps <= 8 (the bf16-mixed page's T) while the runs continue to 15; no other page does
-    assert calls[-2][-4:] == ["IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)",
-                              "--allow-missing", "--max-step", "8"]
+    assert calls[-2][-3:] == ["IFT against its baselines on nine benchmarks (bundled SmolLM2-135M, fp32)",
+                              "--max-step", "8"]
     assert "--max-step" not in recorded_calls("--nine", tmp_path / "bf16")[-1]
 
 
