@@ -18,6 +18,7 @@ from ift.controls import (
     demonstration_draws,
 )
 from ift.experiment import run_job
+from ift.experiment.controls import DevDemos
 from ift.experiment.job import prepare
 from ift.scorer import ExampleScore
 from ift.tasks import load_task
@@ -179,3 +180,20 @@ def test_repetition_runs_the_copies_that_fit_a_small_window_and_records_the_cap(
     from analysis.load import load
 
     assert [r.skip for r in load([tmp_path / "r"])] == [None]  # the capped run counts, with its two steps
+
+
+def test_a_demonstration_draw_too_long_for_the_model_fails_before_any_scoring(tmp_path, monkeypatch):
+    ready = prepare(cfg("unused", tmp_path, "method=dev_demos", "method.draws=4"))
+    t = make_tokenizer()
+    longest = max(len(t(ex.contexts[0] + ex.continuations[0]).input_ids) for ex in ready.examples + ready.dev)
+    own = len(t(ready.demos.text).input_ids)
+    model = save_tiny_model(tmp_path / "small", "llama", max_position_embeddings=own + longest + 1)
+    seen = []
+    with pytest.raises(ValueError, match="too long for this model"):  # the longest draw in characters, up front
+        run_job(cfg(model, tmp_path / "r", "method=dev_demos", "method.draws=4"), on_step=seen.append)
+    assert seen == []
+    # a draw longer in tokens than the longest in characters is caught before any draw is scored
+    monkeypatch.setattr(DevDemos, "longest_demo_text", lambda self, job, task, demos: demos.text)
+    with pytest.raises(ValueError, match=r"method=dev_demos: draw \d of 4 does not fit this model"):
+        run_job(cfg(model, tmp_path / "r", "method=dev_demos", "method.draws=4"), on_step=seen.append)
+    assert seen == []

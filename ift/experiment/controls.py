@@ -21,6 +21,7 @@ from typing import ClassVar
 from ift.baselines import icl_prefix
 from ift.controls import RandomDirectionTuner, calibrate, content_free_examples, demonstration_draws
 from ift.experiment.methods import Method, Point
+from ift.lengths import fitting_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,13 @@ class DevDemos(Method):
         return max((d.text for d in demonstration_draws(task, job.n_shot, job.seed, self.draws)), key=len)
 
     def _points(self, job, lm, ready, done):
-        for k, demos in enumerate(demonstration_draws(ready.task, job.n_shot, job.seed, self.draws), start=1):
+        draws = demonstration_draws(ready.task, job.n_shot, job.seed, self.draws)
+        # the longest draw in characters was checked before the store; every draw, in tokens, before any scoring
+        fit, why = fitting_prefixes(lm, [d.text for d in draws], ready.examples + ready.dev)
+        if fit < len(draws):
+            raise ValueError(f"method=dev_demos: draw {fit + 1} of {self.draws} does not fit this model ({why}); "
+                             "lower method.draws or draw shorter demonstrations (+task.demo_max_chars)")
+        for k, demos in enumerate(draws, start=1):
             if k in done:
                 continue
             prefix = icl_prefix(lm, demos.text)
