@@ -197,3 +197,21 @@ def test_a_demonstration_draw_too_long_for_the_model_fails_before_any_scoring(tm
     with pytest.raises(ValueError, match=r"method=dev_demos: draw \d of 4 does not fit this model"):
         run_job(cfg(model, tmp_path / "r", "method=dev_demos", "method.draws=4"), on_step=seen.append)
     assert seen == []
+
+
+def test_a_killed_random_direction_run_starts_again_and_gives_the_same_steps(tiny_dir, tmp_path, caplog):
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_2(row):
+        if row["step"] == 2:
+            raise Killed
+
+    args = ("method=random_direction", "optim.T=3", "optim.eta=0.5")
+    with pytest.raises(Killed):
+        run_job(cfg(tiny_dir, tmp_path / "a", *args), on_step=kill_after_step_2)
+    again = run_job(cfg(tiny_dir, tmp_path / "a", *args))
+    whole = run_job(cfg(tiny_dir, tmp_path / "b", *args))
+    assert "keeps no checkpoint; redoing recorded step(s) 1-2" in caplog.text
+    keep = ("step", "acc", "dev_acc", "update_norm_k", "update_norm_v")
+    assert [{k: r[k] for k in keep} for r in rows(again)] == [{k: r[k] for k in keep} for r in rows(whole)]
