@@ -17,12 +17,13 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
+import ift.experiment.controls  # noqa: F401 - registers the control methods (issue 42)
 from ift.experiment.methods import REGISTRY, Ift, Method
 from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options, fast_dtype, resolve_device
 from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
-METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad
+METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad; controls.py
 LOGGER_MODES = ("offline", "online", "disabled")
 
 

@@ -363,11 +363,13 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
         cost: dict = {}
         scores = ift.score_examples(lm, examples, prefix=prefix, batch_size=job.batch_size, progress=job.progress,
                                     stats=cost)
+        rescore = point.rescore or (lambda s: s)
+        scores = rescore(scores)
         acc, acc_norm = ift.accuracy(scores)
         dev_acc = dev_acc_norm = None
         if dev:
-            dev_acc, dev_acc_norm = ift.accuracy(ift.score_examples(lm, dev, prefix=prefix,
-                                                                     batch_size=job.batch_size))
+            dev_acc, dev_acc_norm = ift.accuracy(rescore(ift.score_examples(lm, dev, prefix=prefix,
+                                                                             batch_size=job.batch_size)))
         row = {"step": point.step, "acc": acc, "acc_norm": acc_norm, "dev_acc": dev_acc, "dev_acc_norm": dev_acc_norm,
                **point.extra, "tune_tokens": point.tune_tokens, "backward_tokens": point.backward_tokens,
                "prefix_tokens": point.prefix_tokens, "eval_tokens_per_query": cost["tokens"] / cost["queries"],
