@@ -49,6 +49,9 @@ def test_every_entry_points_default_is_a_named_setting():
     schema = {f.name: f.default for f in fields(OptimConfig)}
     assert is_named(schema, (*HPARAMS, "T")) == ["default"]  # the experiment layer: the study default
     assert is_named(defaults(ift.ForwardTuner.__init__)) == ["paper"]  # the library: the paper's
+    from ift.controls import RandomDirectionTuner
+
+    assert is_named(defaults(RandomDirectionTuner.__init__)) == ["paper"]  # IFT's step sizes: ForwardTuner's
     lmeval = pytest.importorskip("ift.lmeval")
     harness = defaults(lmeval.IFTLM.__init__)
     assert is_named(harness) == ["paper"]  # reads a fixed step: the paper's (docs/design.md)

@@ -55,7 +55,7 @@ __all__ = ["SCHEMAS", "ConfigError", "EfficiencyConfig", "EvalConfig", "JobConfi
            "method_schema", "parse_config", "register_configs", "to_plain", "typed"]
 
 MODES = ("tune", "efficiency")
-METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad
+METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad; controls.py
 LOGGER_MODES = ("offline", "online", "disabled")
 
 
@@ -195,7 +195,7 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
     quant = typed(c.get("quant"), "quant")
     if quant["dtype"] == "auto":  # quant=auto: the faster precision on this machine, recorded as resolved
         try:
-            quant["dtype"] = fast_dtype(device)
+            quant["dtype"] = fast_dtype(device, quant["method"])
         except ValueError as err:
             raise ConfigError(f"device: {err}") from None
     model = _model(need(c, "model", "config"), quant)

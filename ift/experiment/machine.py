@@ -18,7 +18,7 @@ def versions() -> dict:
     # to move an accuracy by a row (docs/results.md, *Precision*), so a rerun elsewhere is recognisable
     cpu = ift.models.cpu_kind()
     out = {"python": platform.python_version(), "cpu": cpu["cpu"] or platform.processor() or None,
-           "cpu_amx": cpu["cpu_amx"]}
+           "cpu_amx": cpu["cpu_amx"], "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     for package in ("ift", "torch", "transformers", "datasets", "bitsandbytes"):
         try:
             out[package] = version(package)

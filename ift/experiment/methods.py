@@ -25,8 +25,9 @@ over steps for the iterative methods; backward passes counted apart as `backward
 """
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -34,7 +35,9 @@ import ift
 from ift.baselines import icl_prefix, repeat_demonstrations
 from ift.cache import uses_alibi
 from ift.experiment.checks import ConfigError
+from ift.lengths import fitting_prefixes
 
+log = logging.getLogger(__name__)
 REGISTRY: dict[str, type[Method]] = {}  # name -> class, filled by subclassing `Method`
 
 
@@ -47,6 +50,7 @@ class Point:
     tune_tokens: int = 0
     backward_tokens: int = 0
     extra: dict = field(default_factory=dict)  # method-specific numbers for the step row (loss, norms ...)
+    rescore: Callable[[list], list] | None = None  # scores -> scores before accuracy (contextual calibration)
 
     @property
     def prefix_tokens(self) -> int:
@@ -59,6 +63,17 @@ def ift_points(lm, demo_text: str, optim, resume_from=None) -> Iterator[Point]:
         # step 1 reads the L demonstration tokens; every later step re-reads them (attending to 2L)
         yield Point(prefix.step, prefix, tune_tokens=prefix.step * prefix.length,
                     extra={"grad_norm_k": prefix.grad_norms_k, "grad_norm_v": prefix.grad_norms_v})
+
+
+def window_cap(lm, texts: list[str], examples, setting: str) -> tuple[int, dict]:
+    """How many of a method's growing prefixes (one per step) fit the model's positions and window, and what
+    meta.json records when not all do (T becomes the steps run, `window_cap` says why): the job runs the steps
+    that fit instead of failing as a whole."""
+    fit, why = fitting_prefixes(lm, texts, examples)
+    if fit == len(texts):
+        return fit, {}
+    log.warning("only steps 1..%d of %s=%d fit this model; running those (%s)", fit, setting, len(texts), why)
+    return fit, {"T": fit, "window_cap": {"setting": setting, "asked": len(texts), "fit": fit, "why": why}}
 
 
 def zero_shot_points() -> Iterator[Point]:
@@ -237,10 +252,18 @@ class Repeat(Method):
         return self.max_repeats
 
     def longest_demo_text(self, job, task, demos):
-        return repeat_demonstrations(demos.text, self.max_repeats)
+        return demos.text  # step 1 must fit; longer steps run while they fit (points: the cap is recorded)
+
+    def extra_meta(self, lm, ready) -> dict:
+        """The copies that fit the model's window (the job runs those; meta.json records a cap)."""
+        texts = [repeat_demonstrations(ready.demos.text, r) for r in range(1, self.max_repeats + 1)]
+        self._fit, capped = window_cap(lm, texts, ready.examples + ready.dev, "method.max_repeats")
+        return capped
 
     def _points(self, job, lm, ready, done):
-        return repeat_points(lm, ready.demos.text, self.max_repeats, done)
+        if getattr(self, "_fit", None) is None:  # the job calls extra_meta first; a direct caller may not
+            self.extra_meta(lm, ready)
+        return repeat_points(lm, ready.demos.text, self._fit, done)
 
 
 @dataclass

@@ -10,9 +10,11 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
+import ift.experiment.controls  # noqa: F401 - registers the control methods before register_configs() below
 from ift.experiment.checks import ConfigError
 from ift.experiment.keys import config_hash
 from ift.experiment.methods import REGISTRY, Ift, Method
+from ift.models import resolve_device
 from ift.settings import STUDY_DEFAULT
 
 
@@ -47,7 +49,7 @@ class EvalConfig:
 
 @dataclass
 class QuantConfig:
-    dtype: str = "fp32"    # fp32 | fp16 | bf16 | bf16-mixed (compute dtype for int8/nf4)
+    dtype: str = "fp32"    # fp32 | fp16 | bf16 | bf16-mixed | auto (compute dtype for int8/nf4; auto: resolved)
     method: str = "none"   # none | int8 | nf4
 
 
@@ -56,7 +58,7 @@ class EfficiencyConfig:
     """mode=efficiency (experiment=rq2_efficiency): ICL against the tuned prefix, per query."""
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])  # measured on CPU
-    max_batch_limit: int = 4096   # upper end of the GPU search for the largest batch that fits
+    max_batch_limit: int = 4096   # upper end of the GPU search (past n_examples: repeats); reached = `capped`
     n_examples: int = 256         # evaluation examples scored per measurement
     search: bool | None = None    # null: search on GPU only; true/false forces it
 
@@ -107,7 +109,8 @@ class JobConfig:
     def identity(self) -> dict:
         """What determines the numbers a job produces, and so its results-store key (`config_hash`).
 
-        Run-only keys (logger, batch size, device, progress, output directories) stay out. Before `bind`, the
+        Run-only keys (logger, batch size, progress, output directories) stay out; the device enters as its
+        kind when it is not the CPU. Before `bind`, the
         task is the config's `task` node; after it, the task's content: the resolved spec, a fingerprint of
         the data files and the demonstration text, so editing a task YAML or its data gives a new key.
         """
@@ -116,6 +119,9 @@ class JobConfig:
                  **self.method.identity(self.optim)}
         if self.mode == "efficiency":
             ident["efficiency"] = self.efficiency
+        kind = resolve_device(self.device).type
+        if kind != "cpu":  # a GPU run is not its CPU twin (other bits, other RQ2 costs); CPU keys stay as they were
+            ident["device"] = kind
         if self.content:
             ident.update(task=self.content["task"], data=self.content["data"],
                          demonstrations=self.content["demonstrations"])
