@@ -12,6 +12,7 @@ import ift.check
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU verdict; a GPU node checks the device too")
 def test_the_self_check_passes_on_this_cpu_and_prints_its_verdict():
     """The command as the README gives it: a table of checks, a verdict, exit status 0."""

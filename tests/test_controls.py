@@ -136,6 +136,7 @@ def test_calibration_refuses_multiple_choice_clearly():
 
 # --- each control as a job ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_each_control_runs_as_a_job_beside_ift_on_the_same_rows(tiny_dir, tmp_path):
     runs = {m: run_job(cfg(tiny_dir, tmp_path, f"method={m}", "optim.T=3", *extra))
             for m, extra in (("ift", ()), ("random_direction", ()), ("dev_demos", ("method.draws=3",)),
