@@ -26,17 +26,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import load  # noqa: E402
-from analysis.study import (  # noqa: E402  (the private formatters too: the same cells as the study pages)
-    _marked,
-    _pm,
-    _signed,
-    arm_table,
-    candidates,
-    choose,
-    drop_incomplete,
-    interval,
-)
-from analysis.tables import markdown_table  # noqa: E402
+from analysis.arms import ICL, candidates, choose, drop_incomplete  # noqa: E402
+from analysis.core import interval, markdown_table, marked, pm, signed  # noqa: E402
+from analysis.methods import method_info, named_setting  # noqa: E402
+from analysis.study_tables import arm_table  # noqa: E402
 
 ZERO, DEFAULT, PAPER, GRAD, REPEAT = "zero-shot", "IFT default", "paper's setting", "gradient tuning", "repetition"
 ARMS = (ZERO, DEFAULT, PAPER, GRAD, REPEAT)  # column order
@@ -50,27 +43,13 @@ LONG = 15  # the second table: choices among steps ≤ 15, where every model has
 
 
 def arm_of(run: load.Run) -> str | None:
-    """The cross-model arm a run belongs to, or None (other η, modes, β, run-time early stopping)."""
-    meta, method = run.meta, run.method
-    if meta.get("patience") is not None:
+    """The cross-model arm a run belongs to (its method's name in prose, or the name of its setting among the
+    method's named ones: MethodInfo), or None (an arm not compared here, other η, modes, β, run-time early
+    stopping)."""
+    if run.meta.get("patience") is not None:
         return None
-    if method == "zero_shot":
-        return ZERO
-    if method == "grad":
-        return GRAD
-    if method == "repeat":
-        return REPEAT
-    if method != "ift" or not _is(meta.get("beta"), 0.9):
-        return None
-    if meta.get("position_mode") == "aligned" and _is(meta.get("eta"), 0.1):
-        return DEFAULT
-    if meta.get("position_mode") == "continue" and _is(meta.get("eta"), 0.01):
-        return PAPER
-    return None
-
-
-def _is(x, value: float) -> bool:
-    return x is not None and math.isclose(float(x), value, rel_tol=1e-9)
+    name = named_setting(method_info(run), run.meta)
+    return name if name in ARMS else None
 
 
 # ---------------------------------------------------------------- the runs of one model
@@ -165,14 +144,14 @@ def main_table(table: pd.DataFrame, models: list[str], arms=ARMS) -> tuple[pd.Da
     for task, n_shot in sorted(set(zip(table["task"], table["n_shot"])), key=str):
         row = {"task": task, "n_shot": n_shot}
         for m in models:
-            icl = (m, task, n_shot, "ICL")
+            icl = (m, task, n_shot, ICL)
             row[f"{m}: seeds"] = int(by.loc[icl, "seeds"]) if icl in by.index else "–"
-            row[f"{m}: ICL acc"] = _pm(by.loc[icl, "dev_mean"], by.loc[icl, "dev_ci"]) if icl in by.index else "–"
+            row[f"{m}: ICL acc"] = pm(by.loc[icl, "dev_mean"], by.loc[icl, "dev_ci"]) if icl in by.index else "–"
             for a in arms:
                 k = (m, task, n_shot, a)
                 have = k in by.index and not math.isnan(by.loc[k, "dev_delta"])  # NaN: no ICL to compare with
-                row[f"{m}: {a}"] = (f"{_marked(by.loc[k, 'dev_delta'], by.loc[k, 'dev_delta_ci'])}"
-                                    f" / {_signed(by.loc[k, 'eval_delta'], by.loc[k, 'eval_delta_ci'])}"
+                row[f"{m}: {a}"] = (f"{marked(by.loc[k, 'dev_delta'], by.loc[k, 'dev_delta_ci'])}"
+                                    f" / {signed(by.loc[k, 'eval_delta'], by.loc[k, 'eval_delta_ci'])}"
                                     if have else "–")
         rows.append(row)
     mean = {"task": "mean over shared tasks", "n_shot": ""}
@@ -181,8 +160,8 @@ def main_table(table: pd.DataFrame, models: list[str], arms=ARMS) -> tuple[pd.Da
         for a in arms:
             pick = by.loc[[(m, t, n, a) for t, n in shared[a]]] if shared[a] else None
             mean[f"{m}: {a}"] = "–" if pick is None else (
-                f"{_marked(*interval(pick['dev_delta'].tolist())[:2])}"
-                f" / {_signed(*interval(pick['eval_delta'].tolist())[:2])}")
+                f"{marked(*interval(pick['dev_delta'].tolist())[:2])}"
+                f" / {signed(*interval(pick['eval_delta'].tolist())[:2])}")
     rows.append(mean)
     return pd.DataFrame(rows), shared
 
@@ -213,14 +192,14 @@ def versus_table(pairs: dict, models: list[str]) -> tuple[pd.DataFrame, dict[str
         for m in models:
             for r in rivals:
                 v = pairs.get((m, task, n_shot, r))
-                row[f"{m}: {DEFAULT} − {r}"] = "–" if v is None else f"{_marked(*v[:2])} ({v[2]} seed{'s' * (v[2] != 1)})"
+                row[f"{m}: {DEFAULT} − {r}"] = "–" if v is None else f"{marked(*v[:2])} ({v[2]} seed{'s' * (v[2] != 1)})"
         rows.append(row)
     if rows:
         mean = {"task": "mean over shared tasks", "n_shot": ""}
         for m in models:
             for r in rivals:
                 d = [pairs[(m, t, n, r)][0] for t, n in shared[r]]
-                mean[f"{m}: {DEFAULT} − {r}"] = _marked(*interval(d)[:2]) if d else "–"
+                mean[f"{m}: {DEFAULT} − {r}"] = marked(*interval(d)[:2]) if d else "–"
         rows.append(mean)
     return pd.DataFrame(rows), shared
 
@@ -265,7 +244,7 @@ def curves_figure(cands: pd.DataFrame, models: list[str], max_step: int) -> plt.
                 ax.plot(curve.index, curve.to_numpy(), style, marker="o", markersize=2.5, linewidth=1.2,
                         color=colour[m], label=f"{m}: {arm}")
                 longest = max(longest, last)
-            icl = mine[(mine["step"] == 1) & (mine["method"] != "zero_shot")].drop_duplicates("run")
+            icl = mine[(mine["step"] == 1) & mine["step1_is_icl"]].drop_duplicates("run")
             zero = mine[mine["arm"] == ZERO]
             for rows_, style, name in ((icl, "-.", "ICL"), (zero, ":", ZERO)):
                 if not rows_.empty:

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.core import half_width  # noqa: E402
 from analysis.load import Run  # noqa: E402
-from analysis.stats import half_width  # noqa: E402
 
 
 def label(config: dict) -> str:
