@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis import archive
+from analysis.methods import method_info
 from ift.jsonl import parse_jsonl
 
 # meta.json keys that identify a run's configuration (a tuning run needs all of them)
@@ -199,8 +200,11 @@ def skip_reason(run: Run) -> str | None:
         return f"incomplete: status running (job still running or killed), {len(run.steps)} step(s) recorded"
     if status != "finished":
         return f"incomplete: status {status!r}"
-    needed = ("model", "task") if run.mode == "efficiency" else \
-        KEYS if run.method == "ift" else tuple(k for k in KEYS if k not in IFT_ONLY)
+    try:  # of IFT_ONLY, a run needs those its method declares as its settings (IFT: all three)
+        needed = ("model", "task") if run.mode == "efficiency" else \
+            tuple(k for k in KEYS if k not in IFT_ONLY or k in method_info(run)["settings"])
+    except ValueError as exc:  # a method neither registered nor described in meta.json
+        return f"malformed: {exc}"
     missing = [k for k in needed if meta.get(k) is None]
     if missing:
         return f"malformed: meta lacks {', '.join(missing)}"

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from analysis import arms, core, study, study_figures, study_tables
-from analysis.load import Run
+from analysis.load import Run, skip_reason
 from ift.protocol import COSTLIEST
 
 # the page's labels of the main arms (what ift.experiment.methods declares for IFT and the baselines)
@@ -387,6 +387,7 @@ def test_a_new_method_gets_its_own_page_row_with_no_analysis_change(tmp_path, mo
     del toy[0].meta["method_info"]
     with pytest.raises(ValueError, match="has no method_info and method 'toy_shuffled' is not a registered method"):
         arms.arms_of(toy[0])
+    assert skip_reason(toy[0]).startswith("malformed: sst2/toy_shuffled/0/")  # listed as skipped, not read
 
 
 def test_committed_runs_get_their_method_info_from_the_registered_class():
