@@ -7,7 +7,7 @@ Protocols (accuracies in %, the stored fractions x 100):
 Over a sweep of η (runs equal in everything but η and seed), each protocol also picks η per
 (configuration, seed): by best eval accuracy, or by the dev accuracy at the dev-chosen step (ties: the
 earlier step, then the smaller η).
-Over seeds: the mean and the half-width of its 95% Student-t interval (analysis/stats.py, the convention of
+Over seeds: the mean and the half-width of its 95% Student-t interval (analysis/core.py, the convention of
 every page; none with one seed). The relative gain is computed from the means: (tuned - ICL) / ICL x 100.
 """
 from __future__ import annotations
