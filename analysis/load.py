@@ -65,7 +65,16 @@ class Run:
     def config_key(self) -> tuple:
         """The configuration without the seed: the runs of one arm on one task differ only in their seed."""
         return (self.mode,) + tuple(self.meta.get(k) for k in KEYS if k != "seed") + \
-            (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:])
+            (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:]) + self._other_settings()
+
+    def _other_settings(self) -> tuple:
+        """A method's settings beyond METHOD_KEYS, as its meta.json `method_info` lists them (none for the built-in
+        methods, whose keys stay as they were), so two settings of a new method are two configurations."""
+        try:
+            names = method_info(self).get("fields", ())
+        except ValueError:  # neither registered nor described: skipped (skip_reason), never grouped
+            return ()
+        return tuple((k, self.meta.get(k)) for k in names if k not in METHOD_KEYS)
 
 
 # ---------------------------------------------------------------- local results store

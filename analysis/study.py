@@ -159,7 +159,10 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES} resamples); ▼ / ▲: the interval lies below / above 1 (less / more dependent than ICL). One "
                    f"interval per cell, none corrected for how many cells the table has.\n",
                    markdown_table(spread) + "\n"]
-        md += ["## Per task: baselines and IFT\n", markdown_table(format_arms(main_arms(table))) + "\n"]
+        md += ["## Per task: baselines and IFT\n",
+               "*Dev candidates*: the (run, step) choices the dev rows chose among for one seed (a range where "
+               "seeds differ): a run's steps for one setting, every setting's for an arm pooling them.\n",
+               markdown_table(format_arms(main_arms(table))) + "\n"]
         settings = subject_settings(table)
         if not settings.empty:  # a page of baselines alone (zero-shot, repetition) has no IFT settings
             md += ["## IFT settings (position mode, β, η)\n", markdown_table(format_arms(settings)) + "\n"]

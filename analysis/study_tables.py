@@ -74,11 +74,13 @@ def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
     picks["task_eval"] = pd.concat([choose_per_task(cands, "eval"), icl])
     rows = []
     group = ["model", "task", "n_shot", "arm"]
+    offered = cands.dropna(subset=["dev_acc"]).groupby([*group, "seed"]).size()  # what dev chose among, per seed
     for key, honest in picks["dev"].groupby(group, sort=False):
         row = dict(zip(group, key))
         row["family"] = honest["family"].iloc[0]
         spec = honest["arm_spec"].iloc[0]  # the Arm: code selects rows by its fields, never by the label
         row["arm_spec"], row["role"], row["choice"], row["rank"] = spec, spec.role, spec.choice, spec.rank
+        row["dev_candidates"] = [int(offered.get((*key, s), 1)) for s in sorted(honest["seed"])]  # ICL: step 1
         for p in ("dev", "eval", "task_eval"):
             mine = picks[p]
             mine = mine[(mine["model"] == key[0]) & (mine["task"] == key[1]) & (mine["n_shot"] == key[2])
@@ -98,12 +100,13 @@ def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_arms(table: pd.DataFrame, arms=None) -> pd.DataFrame:
-    """Display cells: honest accuracy and Δ vs ICL with intervals, the verdict, the paper protocol, compute
-    (`arms`: labels to keep; default all)."""
+    """Display cells: how many (run, step) choices dev chose among per seed, honest accuracy and Δ vs ICL with
+    intervals, the verdict, the paper protocol, compute (`arms`: labels to keep; default all)."""
     out = []
     t = table if arms is None else table[table["arm"].isin(arms)]
     for r in _ordered(t, "task").to_dict("records"):
         out.append({"task": r["task"], "method (choice)": r["arm"], "seeds": r["seeds"],
+                    "dev candidates": span(r["dev_candidates"]),
                     "honest acc": pm(r["dev_mean"], r["dev_ci"]),
                     "honest Δ vs ICL": signed(r["dev_delta"], r["dev_delta_ci"]),
                     "verdict": verdict(r["dev_delta"], r["dev_delta_ci"]) if r["arm"] != ICL else "",
@@ -114,6 +117,11 @@ def format_arms(table: pd.DataFrame, arms=None) -> pd.DataFrame:
                     "backward tokens": tokens(r["dev_backward_tokens"]) if r["dev_backward_tokens"] else "0",
                     "prefix tokens": tokens(r["dev_prefix_tokens"])})
     return pd.DataFrame(out)
+
+
+def span(counts: list[int]) -> str:
+    """'8', or '5-8' where the seeds differ."""
+    return "–" if not counts else str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
 def overview(table: pd.DataFrame) -> pd.DataFrame:

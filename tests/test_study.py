@@ -366,19 +366,21 @@ def test_a_new_method_gets_its_own_page_row_with_no_analysis_change(tmp_path, mo
         p: float = 0.5
 
     monkeypatch.setitem(methods.REGISTRY, "toy_shuffled", Shuffled)  # gone again after the test
-    toy = []
+    toy, other = [], []
     for seed, accs, devs in ((0, [0.5, 0.7, 0.6], [0.5, 0.6, 0.9]), (1, [0.6, 0.8, 0.6], [0.5, 0.8, 0.6])):
-        r = run("toy_shuffled", seed, accs, devs, p=0.25)
-        r.meta["method_info"] = Shuffled.info(r.meta)  # the one line of job.py that writes meta.json
-        toy.append(r)
-    runs = [ift(0, [0.5, 0.6], [0.5, 0.5]), ift(1, [0.6, 0.6], [0.5, 0.5]), *toy]
+        for p, into in ((0.25, toy), (0.75, other)):
+            r = run("toy_shuffled", seed, accs if p == 0.25 else accs[:2], devs, p=p)
+            r.meta["method_info"] = Shuffled.info(r.meta)  # the one line of job.py that writes meta.json
+            into.append(r)
+    runs = [ift(0, [0.5, 0.6], [0.5, 0.5]), ift(1, [0.6, 0.6], [0.5, 0.5]), *toy, *other]
     label = "shuffled ICL p=0.25 (order on dev)"
     assert arms.arms_of(toy[0]) == [label] and arms.arms(toy[0])[0].candidates == 3
     table = study_tables.arm_table(arms.candidates(runs)).set_index("arm")
     assert table.loc[label, "dev_steps"] == [3, 2] and table.loc[label, "dev_mean"] == pytest.approx(70.0)
-    assert table.loc[label, "rank"] == 3
+    assert table.loc[label, "rank"] == 3 and table.loc[label, "dev_candidates"] == [3, 3]
     page = study.build(runs, tmp_path).read_text()
-    assert f"| sst2 | {label} | 2 |" in page
+    assert f"| sst2 | {label} | 2 | 3 |" in page  # its row: seeds, then the dev candidates of a run
+    assert "| sst2 | shuffled ICL p=0.75 (order on dev) | 2 | 2 |" in page  # another setting: another arm
     assert f"| {label} | 1 |" in page  # the overview: on one task
 
     # a run recorded by a method this analysis cannot import still reads: its meta.json says what it is
@@ -418,3 +420,16 @@ def test_the_analysis_imports_and_reads_method_info_without_the_experiment_extra
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "4", proc.stderr[-2000:]
+
+
+def test_each_arm_counts_the_dev_candidates_it_chose_among():
+    """One run's steps for one setting; a pooled arm every setting's steps; ICL step 1 alone; a run without dev
+    scores on some steps offers only the others."""
+    runs = [ift(seed, [0.5, 0.6, 0.7], [0.5, 0.6, 0.7], eta=eta) for seed in (0, 1) for eta in (0.01, 0.1)]
+    runs[0].steps[2]["dev_acc"] = None  # seed 0, η 0.01: step 3 has no dev score
+    table = study_tables.arm_table(arms.candidates(runs)).set_index("arm")
+    assert table.loc["IFT aligned β=0.9 η=0.01 (T on dev)", "dev_candidates"] == [2, 3]
+    assert table.loc["IFT aligned β=0.9 η=0.1 (T on dev)", "dev_candidates"] == [3, 3]
+    assert table.loc[IFT_ALL, "dev_candidates"] == [5, 6] and table.loc[arms.ICL, "dev_candidates"] == [1, 1]
+    shown = study_tables.format_arms(table.reset_index()).set_index("method (choice)")["dev candidates"]
+    assert (shown[IFT_ALL], shown["IFT aligned β=0.9 η=0.1 (T on dev)"], shown[arms.ICL]) == ("5-6", "3", "1")

@@ -155,9 +155,10 @@ class Method:
 
     @classmethod
     def info(cls, meta: dict) -> dict:
-        """meta.json's `method_info`: `about` and how many dev candidates the run offers (its steps, meta `T`).
+        """meta.json's `method_info`: `about`, the settings meta.json records for it (its dataclass fields), and how
+        many dev candidates the run offers (its steps, meta `T`).
         Also what the analysis derives for a run recorded before `method_info` existed (the same function)."""
-        return {**asdict(cls.about), "candidates": int(meta.get("T") or 1)}
+        return {**asdict(cls.about), "fields": [f.name for f in fields(cls)], "candidates": int(meta.get("T") or 1)}
 
     def settings(self) -> dict:
         """The settings this method reads (meta.json records them)."""
