@@ -7,16 +7,12 @@ calls. Texts with braces are filled from the run's own meta (`fill`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ift.experiment.methods import REGISTRY
 
-if TYPE_CHECKING:  # analysis.load reads method_info when it sorts runs into used and skipped
-    from analysis.load import Run
 
-
-def method_info(run: Run) -> dict:
-    """The run's meta.json `method_info`, or, for a run recorded before it, its registered method's."""
+def method_info(run) -> dict:
+    """The run's (an analysis.load.Run, which reads this when it sorts runs into used and skipped, so it is not
+    imported here) meta.json `method_info`, or, for a run recorded before it, its registered method's."""
     info = run.meta.get("method_info")
     if info is not None:
         return info
