@@ -48,16 +48,9 @@ class Arm:
     tunes: bool = False    # MethodInfo.tunes
     candidates: int = 1    # the dev candidates one run of it offers (MethodInfo: its steps)
 
-    @property
-    def pooled(self) -> bool:
-        """An arm over several of its method's settings, or simulated early stopping over them."""
-        return self.choice in (ALL, EARLY)
-
 
 ICL_ARM = Arm("ICL", NONE, rank=1, role=ICL_ROLE)
 ICL = ICL_ARM.label
-COLUMNS = ["task", "arm", "seed", "run", "step", "acc", "dev_acc", "tune_tokens", "backward_tokens",
-           "prefix_tokens"]
 
 
 def arms(run: load.Run) -> list[Arm]:
