@@ -14,14 +14,15 @@ def method_info(run) -> dict:
     """The run's (an analysis.load.Run, which reads this when it sorts runs into used and skipped, so it is not
     imported here) meta.json `method_info`, or, for a run recorded before it, its registered method's."""
     info = run.meta.get("method_info")
-    if info is not None:
-        return info
-    cls = REGISTRY.get(run.method)
-    if cls is None:
-        raise ValueError(f"{run.id}: meta.json has no method_info and method {run.method!r} is not a registered "
-                         f"method (registered: {', '.join(sorted(REGISTRY))}); record the run again, or import "
-                         f"the module that defines its Method class before reading it")
-    return cls.info(run.meta)
+    if info is None:
+        cls = REGISTRY.get(run.method)
+        if cls is None:
+            raise ValueError(f"{run.id}: meta.json has no method_info and method {run.method!r} is not a registered "
+                             f"method (registered: {', '.join(sorted(REGISTRY))}); record the run again, or import "
+                             f"the module that defines its Method class before reading it")
+        info = cls.info(run.meta)
+    # a run offers its steps as meta.json says last: a job that fits fewer steps to the model's window lowers T
+    return {**info, "candidates": int(run.meta.get("T") or info["candidates"])}
 
 
 def fill(text: str, meta: dict) -> str:

@@ -433,3 +433,21 @@ def test_each_arm_counts_the_dev_candidates_it_chose_among():
     assert table.loc[IFT_ALL, "dev_candidates"] == [5, 6] and table.loc[arms.ICL, "dev_candidates"] == [1, 1]
     shown = study_tables.format_arms(table.reset_index()).set_index("method (choice)")["dev candidates"]
     assert (shown[IFT_ALL], shown["IFT aligned β=0.9 η=0.1 (T on dev)"], shown[arms.ICL]) == ("5-6", "3", "1")
+
+
+def test_a_method_that_declares_nothing_keeps_its_name_and_offers_the_steps_it_ran(monkeypatch):
+    """No `about`: the page names the arm after the method; a job that lowered T after writing meta.json (steps
+    fitted to the model's window) offers the steps meta.json says, not those it first asked for."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from ift.experiment import methods
+
+    @dataclass
+    class Bare(methods.Method):
+        name: ClassVar[str] = "toy_bare"
+
+    monkeypatch.setitem(methods.REGISTRY, "toy_bare", Bare)
+    r = run("toy_bare", 0, [0.5, 0.6], [0.5, 0.6])
+    r.meta["method_info"] = Bare.info({**r.meta, "T": 4})  # written when the job began, before T became 2
+    assert arms.arms_of(r) == ["toy_bare (step on dev)"] and arms.arms(r)[0].candidates == 2

@@ -137,7 +137,7 @@ class Method:
     """What a job computes along its steps. Subclasses set `name` (registering them) and their settings."""
 
     name: ClassVar[str] = ""
-    about: ClassVar[MethodInfo] = MethodInfo("method")  # what the analysis pages need (MethodInfo)
+    about: ClassVar[MethodInfo | None] = None  # what the analysis pages need; None: its name, steps chosen on dev
     iterative: ClassVar[bool] = False  # step t builds on step t-1, so early stopping (optim.patience) applies
     reads_optim: ClassVar[bool] = False  # η, β and the position mode are its settings (else null in meta.json)
     checkpoints: ClassVar[bool] = False  # saves its prefix each step: resumes from it, continues shorter runs
@@ -158,7 +158,8 @@ class Method:
         """meta.json's `method_info`: `about`, the settings meta.json records for it (its dataclass fields), and how
         many dev candidates the run offers (its steps, meta `T`).
         Also what the analysis derives for a run recorded before `method_info` existed (the same function)."""
-        return {**asdict(cls.about), "fields": [f.name for f in fields(cls)], "candidates": int(meta.get("T") or 1)}
+        about = cls.about or MethodInfo(cls.name, chooses="step")
+        return {**asdict(about), "fields": [f.name for f in fields(cls)], "candidates": int(meta.get("T") or 1)}
 
     def settings(self) -> dict:
         """The settings this method reads (meta.json records them)."""
