@@ -26,6 +26,7 @@ over steps for the iterative methods; backward passes counted apart as `backward
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -132,6 +133,13 @@ class MethodInfo:
     named: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()  # settings with a name: (name, ((key, value),))
 
 
+@functools.cache
+def _described(cls: type[Method]) -> dict:
+    """A method class's `about` as a dict (and its settings' names), made once: the pages ask for every run."""
+    about = cls.about or MethodInfo(cls.name, chooses="step")
+    return {**asdict(about), "fields": tuple(f.name for f in fields(cls))}
+
+
 @dataclass
 class Method:
     """What a job computes along its steps. Subclasses set `name` (registering them) and their settings."""
@@ -158,8 +166,7 @@ class Method:
         """meta.json's `method_info`: `about`, the settings meta.json records for it (its dataclass fields), and how
         many dev candidates the run offers (its steps, meta `T`).
         Also what the analysis derives for a run recorded before `method_info` existed (the same function)."""
-        about = cls.about or MethodInfo(cls.name, chooses="step")
-        return {**asdict(about), "fields": [f.name for f in fields(cls)], "candidates": int(meta.get("T") or 1)}
+        return {**_described(cls), "candidates": int(meta.get("T") or 1)}
 
     def settings(self) -> dict:
         """The settings this method reads (meta.json records them)."""
