@@ -365,7 +365,8 @@ def test_a_new_method_gets_its_own_page_row_with_no_analysis_change(tmp_path, mo
             "shuffled ICL", "p={p:g}", ("p",), chooses="order", step="the s-th shuffle", rank=3)
         p: float = 0.5
 
-    monkeypatch.setitem(methods.REGISTRY, "toy_shuffled", Shuffled)  # gone again after the test
+    del methods.REGISTRY["toy_shuffled"]  # it registered itself; monkeypatch's entry is removed after the test
+    monkeypatch.setitem(methods.REGISTRY, "toy_shuffled", Shuffled)
     toy, other = [], []
     for seed, accs, devs in ((0, [0.5, 0.7, 0.6], [0.5, 0.6, 0.9]), (1, [0.6, 0.8, 0.6], [0.5, 0.8, 0.6])):
         for p, into in ((0.25, toy), (0.75, other)):
@@ -447,6 +448,7 @@ def test_a_method_that_declares_nothing_keeps_its_name_and_offers_the_steps_it_r
     class Bare(methods.Method):
         name: ClassVar[str] = "toy_bare"
 
+    del methods.REGISTRY["toy_bare"]  # it registered itself; monkeypatch's entry is removed after the test
     monkeypatch.setitem(methods.REGISTRY, "toy_bare", Bare)
     r = run("toy_bare", 0, [0.5, 0.6], [0.5, 0.6])
     r.meta["method_info"] = Bare.info({**r.meta, "T": 4})  # written when the job began, before T became 2
