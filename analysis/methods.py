@@ -7,6 +7,7 @@ calls. Texts with braces are filled from the run's own meta (`fill`).
 """
 from __future__ import annotations
 
+import ift.experiment.controls  # noqa: F401 - registers issue 42's controls, as ift.experiment.config does
 from ift.experiment.methods import REGISTRY
 
 
