@@ -22,6 +22,7 @@ import yaml
 
 import ift
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
+from ift.experiment.efficiency import run_efficiency
 from ift.experiment.interrupt import JobInterrupted, interrupts_raised
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
 from ift.experiment.layout import STEPS_FILE
@@ -259,7 +260,7 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step, lm) 
             if is_ift:
                 store.update_meta(position_mode=job.optim.position_mode)
         if job.mode == "efficiency":
-            status, summary, error = _efficiency(job, lm, demos.text, examples, store, tracker)
+            status, summary, error = run_efficiency(job, lm, demos.text, examples, store, tracker)
         else:
             # before any work: the longest prefix this method reads + the longest query and answer must fit
             lengths = ift.check_lengths(lm, ready.longest_demo_text, examples + dev, T=job.method.checks_length_for_T(job),
@@ -386,25 +387,3 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
                  acc_norm, f" dev {dev_acc:.4f}" if dev_acc is not None else "", row["time_s"])
         if on_step is not None:
             on_step(row)
-
-
-def _efficiency(job: JobConfig, lm, demo_text, examples, store: JobStore, tracker: Tracker):
-    from ift.efficiency import run_efficiency_study
-
-    store.reset()
-    prefix = None
-    for prefix in ift.ForwardTuner(lm, eta=job.optim.eta, beta=job.optim.beta,
-                                   position_mode=job.optim.position_mode).steps(demo_text, job.optim.T):
-        pass  # any step's prefix has the same shape, so the same cost; use the tuned one
-    eff = job.efficiency
-    rows = run_efficiency_study(lm, examples, demo_text, prefix, batch_sizes=eff["batch_sizes"], device=lm.device,
-                                limit=eff["max_batch_limit"], search=eff["search"])
-    for row in rows:
-        store.append_efficiency(row)
-        tracker.log_row(row)
-        log.info("%s", row)
-    by = {r["method"]: r for r in rows}
-    summary = {"icl_queries_per_s": by["icl"]["queries_per_s"], "tuned_queries_per_s": by["tuned"]["queries_per_s"],
-               "icl_max_batch": by["icl"]["max_batch"], "tuned_max_batch": by["tuned"]["max_batch"],
-               "icl_capped": by["icl"]["capped"], "tuned_capped": by["tuned"]["capped"]}  # true: max_batch is a bound
-    return "finished", summary, None
