@@ -75,7 +75,7 @@ def declaration(name: str, overrides=()) -> dict:
 
 def jobs(name: str, overrides=()) -> list[tuple[str, list[str]]]:
     """[(named sweep, a job's overrides)] in the order the study runs them."""
-    from ift.experiment.study_sweeper import plan
+    from ift.experiment.study_plan import plan
 
     study = declaration(name, [o for o in overrides if o.startswith("hydra.")])
     user = [o for o in overrides if not o.startswith("hydra.")]
@@ -138,7 +138,7 @@ def _page_dir(study: dict, out: str | None) -> Path:
 
 
 def _store(name: str, overrides) -> Path:
-    cfg = compose(name, [o for o in overrides if "=" in o], hydra=False)
+    cfg = compose(name, [o for o in overrides if "=" in o and not o.startswith(("hydra.", "hydra/"))], hydra=False)
     return (ROOT / str(cfg.results_dir)).resolve()
 
 

@@ -1,15 +1,15 @@
-"""A study as a Hydra sweeper: the preset's named sweeps, expanded in declared order, handed to any launcher.
+"""A study's plan: the preset's named sweeps expanded into job overrides, in declared order.
 
-A study preset (conf/experiment/study/<name>.yaml) selects this sweeper (`override /hydra/sweeper: study`) and
-declares, under `hydra.sweeper`:
+A study preset (conf/experiment/study/<name>.yaml) selects the study sweeper (`override /hydra/sweeper: study`,
+hydra_plugins/ift_study/study_sweeper.py) and declares, under `hydra.sweeper`:
 
     groups:   named task groups, each a mapping of overrides applied together (a task, its n_shot, rows, seeds,
               a per-task cap such as `++method.max_repeats: 3`); a value may be a sweep (`seed: range(0,40)`)
     sweeps:   a list of named sweeps, run in order; each `params` is a cartesian product in Hydra's override
               syntax, its first key varying slowest; the key `group` sweeps over named task groups
 
-so a study whose tasks differ in settings or seeds is a few named products in YAML, not code. Each named sweep
-is one launcher batch (split by `max_batch_size`): a later sweep (e.g. T = 15, continuing T = 8 runs) starts
+so a study whose tasks differ in settings or seeds is a few named products in YAML, not code. The sweeper hands
+each named sweep to the launcher as one batch (split by `max_batch_size`): a later sweep (e.g. T = 15, continuing T = 8 runs) starts
 after the earlier one ended, on the basic launcher, joblib's local processes or a SLURM job array alike.
 The command line's overrides (`model=...`, `quant=...`, `dry_run=true`, even a sweep such as `seed=0,1`) apply
 to every job and win over the study's; jobs that end up with the same overrides run once. `tasks` (a list)
@@ -18,14 +18,10 @@ keeps only those tasks' jobs: `hydra.sweeper.tasks=[sst2]`.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-
-log = logging.getLogger(__name__)
 
 GROUP = "group"  # the params key that sweeps over named task groups
 
@@ -142,58 +138,3 @@ def plan(sweeps: Sequence[dict], groups: dict, arguments: Sequence[str] = (), ta
                     jobs.append(final)
         out.append((str(sweep.get("name", f"sweep{len(out)}")), jobs))
     return out
-
-
-def _hydra_sweeper():
-    from hydra.plugins.sweeper import Sweeper
-
-    return Sweeper
-
-
-class StudySweeper(_hydra_sweeper()):
-    """Hydra's Sweeper for a study preset (module docstring). The study's page settings (title, page, ...)
-    are read by `python -m analysis.studies`, not here."""
-
-    def __init__(self, sweeps, groups=None, max_batch_size=None, tasks=None, **study) -> None:
-        super().__init__()
-        self.sweeps = _plain(sweeps) or []
-        self.groups = _plain(groups) or {}
-        self.max_batch_size = max_batch_size
-        self.tasks = list(_plain(tasks)) if tasks is not None else None
-        self.study = _plain(study)  # title, page, ...: the page's settings (analysis.studies)
-        self.config = self.launcher = self.hydra_context = None
-
-    def setup(self, *, hydra_context, task_function, config) -> None:
-        from hydra.core.plugins import Plugins
-
-        self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
-
-    def batches(self, arguments: Sequence[str]) -> list[tuple[str, list[list[str]]]]:
-        """The launcher batches: each named sweep's jobs, in chunks of max_batch_size."""
-        size = self.max_batch_size
-        out = []
-        for name, jobs in plan(self.sweeps, self.groups, arguments, self.tasks):
-            step = size if size and size > 0 else max(len(jobs), 1)
-            out += [(name, jobs[i:i + step]) for i in range(0, len(jobs), step)]
-        return out
-
-    def sweep(self, arguments: list[str]) -> Any:
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        batches = self.batches(arguments)
-        total = sum(len(jobs) for _, jobs in batches)
-        log.info("study: %d job(s) in %d batch(es): %s", total, len(batches),
-                 ", ".join(f"{name} ({len(jobs)})" for name, jobs in batches))
-        returns, index = [], 0
-        for name, jobs in batches:
-            self.validate_batch_is_legal(jobs)
-            log.info("study sweep %r: jobs %d-%d of %d", name, index, index + len(jobs) - 1, total)
-            results = self.launcher.launch(jobs, initial_job_idx=index)
-            for result in results:
-                _ = result.return_value  # as Hydra's BasicSweeper: a job's exception ends the study here
-            index += len(jobs)
-            returns.append(results)
-        return returns
