@@ -155,8 +155,10 @@ def plan_text(name: str) -> str:
     by_sweep: dict[str, dict[tuple[str, str], list[int]]] = {}
     for sweep, job in jobs(name):
         values = dict(line.lstrip("+").split("=", 1) for line in job)
-        by_sweep.setdefault(sweep, {}).setdefault((values.get("task", "?"), values.get("arm", "?")), []).append(
-            int(values.get("seed", 0)))
+        # the arm's name, or (a sweep of methods and settings) the settings that are not the task group's
+        arm = values.get("arm") or " ".join(f"{k}={v}" for k, v in values.items()
+                                            if k.split(".")[0] in ("method", "optim") and "max_" not in k)
+        by_sweep.setdefault(sweep, {}).setdefault((values.get("task", "?"), arm), []).append(int(values.get("seed", 0)))
     for sweep, cells in by_sweep.items():
         lines.append(f"sweep {sweep}: {sum(len(s) for s in cells.values())} job(s)")
         for (task, arm), seeds in cells.items():
@@ -180,19 +182,21 @@ def _sh(*cmd: str) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 
-def unpack(name: str, overrides=()) -> None:
-    """The study's committed runs (and those of the studies it reuses) into their stores: skipped when run."""
+def unpack(name: str, overrides=(), out: str | None = None) -> None:
+    """The runs packed where this run packs (the committed page's archive, or --out's) into the study's store,
+    and the archives of the studies it reuses into theirs (reuse_from): skipped when run, not computed again."""
     from analysis.archive import unpack as unpack_archive
 
     study = declaration(name)
-    pairs = [(study.get("page"), _store(name, overrides))]
-    for other in study.get("reuse") or []:
-        pairs.append((declaration(other).get("page"), _store(other, [])))
-    for page, store in pairs:
-        archive = ROOT / page / "runs.tar.gz" if page else None
+    pairs = [(_page_dir(study, out) if (out or study.get("page")) else None, _store(name, overrides))]
+    if out is None:
+        for other in study.get("reuse") or []:
+            pairs.append((ROOT / declaration(other)["page"], _store(other, [])))
+    for where, store in pairs:
+        archive = where / "runs.tar.gz" if where else None
         if archive is not None and archive.is_file():
             added, kept = unpack_archive(archive, store)
-            print(f"{archive.relative_to(ROOT)} -> {store}: {added} run(s) restored, {kept} already there")
+            print(f"{archive} -> {store}: {added} run(s) restored, {kept} already there")
 
 
 def pack(name: str, overrides=(), out: str | None = None) -> Path:
@@ -259,7 +263,10 @@ def check(name: str, overrides=()) -> int:
 
 def run(name: str, overrides=(), out: str | None = None) -> int:
     """Restore, launch, pack, page: the study from wherever it stopped (dry_run=true: say what is left)."""
-    unpack(name, overrides)
+    if out is None and any(o.split("=", 1)[0].lstrip("+") in ("model", "model.source") for o in overrides):
+        raise SystemExit(f"{name} on another model needs a page of its own: --out DIR (and results_dir=DIR for its "
+                         "store), so that the committed page and its archive keep their model's runs only")
+    unpack(name, overrides, out)
     rc = _sh(_python(), "launch.py", "-m", f"experiment=study/{name}", *overrides)
     if "dry_run=true" in overrides:
         return rc
@@ -281,7 +288,13 @@ def main(argv=None) -> int:
             p.add_argument("overrides", nargs="*", help="launch.py overrides for every job (model=..., quant=...)")
         if action in ("run", "pack", "page"):
             p.add_argument("--out", help="the archive's and page's directory (default: the study's page)")
-    args = ap.parse_args(argv)
+    # overrides may follow --out too (argparse stops a positional list at an option): the rest are overrides
+    args, rest = ap.parse_known_args(argv)
+    options = [r for r in rest if r.startswith("-")]
+    if options or (rest and args.action not in ("run", "pack", "check")):
+        ap.error(f"unrecognized arguments: {' '.join(options or rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     if args.action == "list":
         for name in names():
             study = declaration(name)

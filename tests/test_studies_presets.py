@@ -115,13 +115,14 @@ def test_every_study_composes_and_plans_valid_jobs(hydra_conf, name):
     assert jobs and len({tuple(sorted(j)) for _, j in jobs}) == len(jobs)
     for _, job in jobs:
         keys = {line.split("=", 1)[0].lstrip("+") for line in job}
-        assert {"arm", "task", "seed", "n_shot"} <= keys, job
+        assert {"task", "seed", "n_shot"} <= keys and keys & {"arm", "method"}, job
     # the first job of each named sweep composes in full, as launch.py composes it
     firsts = {sweep: job for sweep, job in reversed(jobs)}
     for job in firsts.values():
         cfg = compose("config", overrides=[f"experiment=study/{name}", *job], return_hydra_config=True)
         values = dict(line.lstrip("+").split("=", 1) for line in job)
-        assert cfg.hydra.runtime.choices.arm == values["arm"]
+        choices = cfg.hydra.runtime.choices
+        assert choices.arm == values["arm"] if "arm" in values else choices.method == values["method"]
         assert str(cfg.seed) == values["seed"] and cfg.task.name == values["task"]
 
 
