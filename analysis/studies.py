@@ -153,12 +153,20 @@ def plan_text(name: str) -> str:
     lines = [f"{study.get('title') or name}", f"reproduce: {command(name)}",
              f"launch:    python launch.py -m experiment=study/{name}"]
     by_sweep: dict[str, dict[tuple[str, str], list[int]]] = {}
+    settings: dict[str, str] = {}
     for sweep, job in jobs(name):
         values = dict(line.lstrip("+").split("=", 1) for line in job)
+        settings.setdefault(values.get("task", "?"), " ".join(
+            f"{k}={v}" for k, v in values.items() if k == "n_shot" or k.startswith(("task.", "method."))))
         # the arm's name, or (a sweep of methods and settings) the settings that are not the task group's
         arm = values.get("arm") or " ".join(f"{k}={v}" for k, v in values.items()
                                             if k.split(".")[0] in ("method", "optim") and "max_" not in k)
         by_sweep.setdefault(sweep, {}).setdefault((values.get("task", "?"), arm), []).append(int(values.get("seed", 0)))
+    cfg = compose(name, hydra=False)
+    lines.append(f"model: {cfg.model.name} ({cfg.model.source}), quant: {cfg.quant.dtype}"
+                 f"{'/' + cfg.quant.method if cfg.quant.method != 'none' else ''}")
+    lines.append("tasks:")
+    lines += [f"  {task:<11} {text}" for task, text in settings.items()]
     for sweep, cells in by_sweep.items():
         lines.append(f"sweep {sweep}: {sum(len(s) for s in cells.values())} job(s)")
         for (task, arm), seeds in cells.items():
@@ -232,6 +240,7 @@ def page(name: str, out: str | None = None, title: str | None = None) -> Path:
 
 
 def readme(name: str) -> str:
+    """README.md beside a study's page: the command that reproduces it and the plan, fixed before it ran."""
     return (f"# How this page was made\n\n```\n{command(name)}\n```\n\nruns the preset "
             f"[conf/experiment/study/{name}.yaml](../../../conf/experiment/study/{name}.yaml) (any model, any "
             f"launcher: `python launch.py -m experiment=study/{name} model=... hydra/launcher=slurm`), packs its "
@@ -309,7 +318,7 @@ def main(argv=None) -> int:
         pack(args.study, args.overrides, args.out)
         return 0
     if args.action == "page":
-        print(page(args.study, args.out))
+        page(args.study, args.out)
         return 0
     return check(args.study, args.overrides)
 

@@ -188,3 +188,13 @@ def test_a_study_dry_runs_on_a_users_model(tmp_path, name, n_jobs):
     assert f"{n_jobs} job(s), 0 failed (dry run: {n_jobs} of {n_jobs} would compute)" in report
     assert report.count("[planned, run:") == n_jobs
     assert not (tmp_path / "results").exists()
+
+
+def test_each_committed_page_says_the_command_that_reproduces_it(hydra_conf):
+    """README.md beside a page names its study and prints the current plan (python -m analysis.studies page
+    writes it); a preset edited without rewriting it fails here."""
+    for archive in sorted((ROOT / "docs" / "results").glob("*/runs.tar.gz")):
+        readme = (archive.parent / "README.md").read_text()
+        name = readme.split("python -m analysis.studies run ", 1)[1].split()[0]
+        assert studies.declaration(name)["page"] == f"docs/results/{archive.parent.name}"
+        assert readme == studies.readme(name), archive.parent.name
