@@ -77,8 +77,9 @@ def jobs(name: str, overrides=()) -> list[tuple[str, list[str]]]:
     """[(named sweep, a job's overrides)] in the order the study runs them."""
     from ift.experiment.study_plan import plan
 
-    study = declaration(name, [o for o in overrides if o.startswith("hydra.")])
-    user = [o for o in overrides if not o.startswith("hydra.")]
+    hydra = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]  # Hydra's own: not a job's
+    study = declaration(name, hydra)
+    user = [o for o in overrides if o not in hydra]
     return [(sweep, job) for sweep, js in plan(study["sweeps"], study["groups"], user, study.get("tasks"))
             for job in js]
 
@@ -97,7 +98,7 @@ def job_configs(name: str, overrides=()):
         groups = set(OmegaConf.to_container(compose(name).hydra.runtime.choices))
         composed = {}
         for _, job in jobs(name, overrides):
-            lines = [f"experiment=study/{name}", *[o for o in overrides if not o.startswith("hydra.")], *job]
+            lines = [f"experiment=study/{name}", *job]
             parsed = parser.parse_overrides(lines)
             choice = tuple(o.input_line for o in parsed if o.key_or_group in groups)
             if choice not in composed:
