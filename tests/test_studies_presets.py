@@ -126,13 +126,14 @@ def test_every_study_composes_and_plans_valid_jobs(hydra_conf, name):
         assert str(cfg.seed) == values["seed"] and cfg.task.name == values["task"]
 
 
-def test_a_job_composed_in_one_piece_equals_the_quick_path(hydra_conf):
-    """analysis.studies.job_configs composes once per arm and task and sets the rest: the same config."""
-    name = "gemma_seeds"
-    for i, (job, fast) in enumerate(studies.job_configs(name, ["quant=bf16_mixed"])):
-        if i % 97:
+@pytest.mark.parametrize("name, overrides", [("quick", []), ("gemma_agnews", ["quant=bf16_mixed"]), ("pilot", [])])
+def test_a_job_composed_in_one_piece_equals_the_quick_path(hydra_conf, name, overrides):
+    """analysis.studies.job_configs composes once per arm and task and sets the rest (++, + and plain keys): the
+    same config as composing the job in full."""
+    for i, (job, fast) in enumerate(studies.job_configs(name, overrides)):
+        if i % 5:
             continue
-        full = compose("config", overrides=[f"experiment=study/{name}", "quant=bf16_mixed", *job])
+        full = compose("config", overrides=[f"experiment=study/{name}", *job])
         assert OmegaConf.to_container(fast, resolve=True) == OmegaConf.to_container(full, resolve=True), job
 
 
