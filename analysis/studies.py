@@ -19,6 +19,8 @@ on a laptop and on a cluster's login node:
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -68,6 +70,11 @@ def compose(name: str, overrides=(), hydra: bool = True):
 
 def declaration(name: str, overrides=()) -> dict:
     """The study's `hydra.sweeper` node as plain data (title, page, groups, sweeps, ...)."""
+    return copy.deepcopy(_declaration(name, tuple(overrides)))
+
+
+@functools.lru_cache(maxsize=64)
+def _declaration(name: str, overrides: tuple) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(compose(name, overrides).hydra.sweeper, resolve=True)
@@ -278,7 +285,7 @@ def run(name: str, overrides=(), out: str | None = None) -> int:
                          "store), so that the committed page and its archive keep their model's runs only")
     unpack(name, overrides, out)
     rc = _sh(_python(), "launch.py", "-m", f"experiment=study/{name}", *overrides)
-    if "dry_run=true" in overrides:
+    if any(o.lower() == "dry_run=true" for o in overrides):
         return rc
     study = declaration(name)
     if study.get("page") or out:
