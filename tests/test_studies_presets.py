@@ -60,6 +60,17 @@ def test_tasks_keeps_only_those_tasks_jobs():
     assert out == [("s", [["task=copa", "n_shot=4", "seed=7", "arm=x"]])]
 
 
+def test_the_sweeper_hands_each_named_sweep_to_the_launcher_as_its_own_batches():
+    from hydra_plugins.ift_study.study_sweeper import StudySweeper
+
+    sweeps = [{"name": "T8", "params": {"group": "a,b", "arm": "x"}},
+              {"name": "T15", "params": {"group": "a", "arm": "y"}}, {"name": "none", "params": {"group": "b", "arm": "z"}}]
+    sweeper = StudySweeper(sweeps, GROUPS, max_batch_size=2, tasks=["sst2"], title="t", page=None)
+    assert [(name, len(jobs)) for name, jobs in sweeper.batches([])] == [("T8", 2), ("T15", 2)]
+    sweeper = StudySweeper(sweeps, GROUPS)
+    assert [(name, len(jobs)) for name, jobs in sweeper.batches([])] == [("T8", 3), ("T15", 2), ("none", 1)]
+
+
 def test_merge_replaces_a_key_in_its_place_whatever_its_prefix():
     assert merge(["a=1", "++m.r=4", "b=2"], ["+m.r=3", "a=9"]) == ["a=9", "+m.r=3", "b=2"]
 
