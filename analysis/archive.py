@@ -10,6 +10,9 @@ back into a store, where the launcher skips them as finished. `python -m analysi
 Benchmark text never enters the repository: meta.json keeps the demonstrations' indices, split and the sha256
 of their text, not the text. Packing merges into an existing archive (a run only the archive holds is kept),
 and the file is deterministic (sorted members, fixed times), so re-packing the same runs changes nothing in git.
+Only runs the launcher trusts are packed (ended, with records that agree: ift/experiment/layout.py); every job
+directory left out is listed on stderr with why, and a damaged or unreadable one makes `pack` exit 1 (after
+writing the archive of the others) unless `--allow-missing`.
 
     python -m analysis.archive pack results/eta docs/results/eta/runs.tar.gz
     python -m analysis.archive unpack docs/results/eta/runs.tar.gz results/eta
@@ -23,24 +26,42 @@ import gzip
 import hashlib
 import io
 import json
+import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-FILES = ("config.yaml", "meta.json", "steps.jsonl", "summary.json")
-ENDED = ("finished", "diverged")
+from ift.experiment import layout
+from ift.experiment.layout import ARCHIVED_FILES as FILES
+from ift.experiment.layout import ENDED, META_FILE, STEPS_FILE, SUMMARY_FILE
+
+
+def left_out(job_dir: Path) -> str | None:
+    """Why a job directory is not packed (None: it is): the launcher's tests for a job to skip
+    (JobStore.ended and JobStore.damage): meta and summary agree that it ran to its end, and its records agree.
+    A reason starting "damaged" or "unreadable" is a fault; the others (running, failed, ...) are not ended."""
+    try:
+        meta = layout.json_object((job_dir / META_FILE).read_text(), job_dir / META_FILE)
+        summary_path = job_dir / SUMMARY_FILE
+        summary = layout.json_object(summary_path.read_text(), summary_path) if summary_path.exists() else None
+    except OSError as err:
+        return f"unreadable: {err}"
+    except layout.StoreDamaged as err:
+        return f"unreadable: {err}"
+    status = meta.get("status")
+    if status not in ENDED or summary is None or summary.get("status") != status:
+        return f"not ended: status {status}" + ("" if summary is not None else ", no summary.json")
+    steps = job_dir / STEPS_FILE
+    prefix = job_dir / layout.PREFIX_FILE
+    damage = layout.check_ended(meta, summary, steps.read_bytes() if steps.exists() else None,
+                                layout.checkpoint_step(prefix) if prefix.exists() else False)
+    return f"damaged: {damage} (re-run it: the launcher repairs it)" if damage else None
 
 
 def ended(job_dir: Path) -> bool:
-    """The launcher's test for a job to skip (ift.experiment.store.JobStore.ended): meta and summary agree
-    that it ran to its end."""
-    try:
-        status = json.loads((job_dir / "meta.json").read_text()).get("status")
-        summary = json.loads((job_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return status in ENDED and summary.get("status") == status
+    """The launcher's test for a job to skip: `left_out` has nothing against it."""
+    return left_out(job_dir) is None
 
 
 def without_text(meta: dict) -> dict:
@@ -58,7 +79,7 @@ def _job_files(job_dir: Path) -> dict[str, bytes]:
         if not path.exists():
             continue
         data = path.read_bytes()
-        if name == "meta.json":
+        if name == META_FILE:
             data = (json.dumps(without_text(json.loads(data)), indent=1, allow_nan=False) + "\n").encode()
         files[name] = data
     return files
@@ -96,7 +117,7 @@ def _whole_seeds(jobs: dict[str, dict[str, bytes]], tasks: set[str], from_store:
     missing = tasks - {job.split("/", 1)[0] for job in jobs}
     if missing:
         raise ValueError(f"--whole-seeds: no runs of task(s) {', '.join(sorted(missing))} in {store} or {archive}")
-    seed_of = {job: (job.split("/", 1)[0], json.loads(files["meta.json"]).get("seed"))
+    seed_of = {job: (job.split("/", 1)[0], json.loads(files[META_FILE]).get("seed"))
                for job, files in jobs.items() if job.split("/", 1)[0] in tasks}
     partial = partial_seeds(seed_of)
     only_archived = sorted({ts for job, ts in seed_of.items() if ts in partial and job not in from_store}, key=str)
@@ -108,18 +129,30 @@ def _whole_seeds(jobs: dict[str, dict[str, bytes]], tasks: set[str], from_store:
     return {job: files for job, files in jobs.items() if seed_of.get(job) not in partial}
 
 
+def job_dirs(root: Path) -> list[Path]:
+    """Every job directory at or below `root` (one holding any of the layout's job files, meta.json or not)."""
+    return sorted({p.parent for name in layout.JOB_FILES for p in root.rglob(name)})
+
+
 def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None,
-         whole_seeds: Iterable[str] = ()) -> tuple[int, int]:
+         whole_seeds: Iterable[str] = (), left: dict[str, str] | None = None) -> tuple[int, int]:
     """Write the ended runs of `store` (merged with those only `archive` already holds) to `archive`; with
     `tasks`, only the runs under those task directories (a store shared by several pages, one per subset);
     with `whole_seeds`, those tasks' partial seeds (`partial_seeds`) are left out, reported on stdout.
-    Returns (runs from the store, runs kept from the archive)."""
+    `left`, when given, receives every job directory left out and why. Returns (runs from the store, runs kept
+    from the archive)."""
     store, archive = Path(store), Path(archive)
     if not store.is_dir():
         raise FileNotFoundError(f"results store {store} does not exist")
     roots = [store / task for task in tasks] if tasks is not None else [store]
-    jobs = {m.parent.relative_to(store).as_posix(): _job_files(m.parent)
-            for root in roots for m in sorted(root.rglob("meta.json")) if ended(m.parent)}
+    jobs = {}
+    for root in roots:
+        for job_dir in job_dirs(root):
+            why = left_out(job_dir)
+            if why is None:
+                jobs[job_dir.relative_to(store).as_posix()] = _job_files(job_dir)
+            elif left is not None:
+                left[str(job_dir)] = why
     from_store = set(jobs)
     for job, files in (read(archive) if archive.exists() else {}).items():
         jobs.setdefault(job, files)
@@ -147,12 +180,12 @@ def unpack(archive: Path, store: Path) -> tuple[int, int]:
     written = present = 0
     for job, files in sorted(read(Path(archive)).items()):
         target = store / job
-        if (target / "meta.json").exists():
+        if (target / META_FILE).exists():
             present += 1
             continue
         target.mkdir(parents=True, exist_ok=True)
         # meta.json last: a directory with meta.json is a complete run to everything that reads the store
-        for name in sorted(files, key=lambda n: n == "meta.json"):
+        for name in sorted(files, key=lambda n: n == META_FILE):
             (target / name).write_bytes(files[name])
         written += 1
     return written, present
@@ -168,6 +201,8 @@ def main(argv=None) -> None:
     p.add_argument("--whole-seeds", default="", metavar="TASKS",
                    help="comma-separated tasks whose partial seeds (fewer runs than the task's fullest seed: a "
                         "seed-by-seed study stopped midway) are left out")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 even when damaged or unreadable job directories were left out (they are listed)")
     u = verbs.add_parser("unpack", help="an archive's runs into a store (existing job directories are kept)")
     u.add_argument("archive")
     u.add_argument("store")
@@ -175,10 +210,23 @@ def main(argv=None) -> None:
     if args.verb == "pack":
         tasks = args.tasks.split(",") if args.tasks else None
         whole = [t for t in args.whole_seeds.split(",") if t]
-        new, kept = pack(Path(args.store), Path(args.archive), tasks, whole)
-        print(f"{args.archive}: {new} run(s) from {args.store}, {kept} kept from the archive")
+        left: dict[str, str] = {}
+        try:
+            new, kept = pack(Path(args.store), Path(args.archive), tasks, whole, left)
+        except (OSError, ValueError) as err:
+            ap.exit(2, f"{ap.prog}: error: {err}\n")
+        for job_dir, why in left.items():
+            print(f"left out {job_dir}: {why}", file=sys.stderr)
+        print(f"{args.archive}: {new} run(s) from {args.store}, {kept} kept from the archive, {len(left)} left out")
+        faults = [d for d, why in left.items() if why.startswith(("damaged", "unreadable"))]
+        if faults and not args.allow_missing:
+            ap.exit(1, f"{ap.prog}: error: {len(faults)} damaged or unreadable run(s) left out (listed above); "
+                       "re-run them with the same settings (the launcher repairs them), or pass --allow-missing\n")
     else:
-        written, present = unpack(Path(args.archive), Path(args.store))
+        try:
+            written, present = unpack(Path(args.archive), Path(args.store))
+        except (OSError, ValueError, tarfile.TarError) as err:
+            ap.exit(2, f"{ap.prog}: error: {err}\n")
         print(f"{args.store}: {written} run(s) restored from {args.archive}, {present} already there")
 
 

@@ -469,6 +469,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--title", default="Across models")
     ap.add_argument("--max-step", type=int, default=8, help="choose only among steps ≤ this (default 8)")
     ap.add_argument("--metric", default="acc", choices=["acc", "acc_norm"])
+    ap.add_argument("--allow-missing", action="store_true",
+                    help="build the page even when runs are unreadable, damaged, failed or incomplete")
     args = ap.parse_args(argv)
     specs = []
     for spec in args.model:
@@ -483,10 +485,16 @@ def main(argv=None) -> Path:
         ap.error("--model: a cross-model page needs at least two models (give --model twice)")
     if args.max_step < 1:
         ap.error(f"--max-step must be >= 1, got {args.max_step}")
-    models = [prepare(label, sources) for label, sources in specs]
+    try:
+        models = [prepare(label, sources) for label, sources in specs]
+    except (OSError, ValueError) as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
     for m in models:
         if not m.runs:
             ap.error(f"--model {m.label!r}: no runs (meta.json) found in {', '.join(m.sources)}")
+        refused = load.check(m.runs, args.allow_missing)
+        if refused:
+            ap.exit(1, f"{ap.prog}: error: --model {m.label!r}: {refused}\n")
     path = build(models, Path(args.out), args.title, args.max_step, args.metric)
     print(path)
     return path

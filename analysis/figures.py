@@ -101,8 +101,15 @@ def efficiency_frame(runs: list[Run]) -> pd.DataFrame:
     """All efficiency rows with their run's model and task."""
     rows = [{"run": r.id, "model": r.meta.get("model"), "task": r.meta.get("task"), **row}
             for r in runs for row in r.efficiency]
-    return pd.DataFrame(rows, columns=["run", "model", "task", "method", "device", "batch_size",
-                                       "queries_per_s", "tokens_per_query", "peak_mem_mb", "max_batch"])
+    frame = pd.DataFrame(rows, columns=["run", "model", "task", "method", "device", "batch_size",
+                                        "queries_per_s", "tokens_per_query", "peak_mem_mb", "max_batch", "capped"])
+    frame["capped"] = frame["capped"].fillna(False).astype(bool)  # True: the search hit its limit (a lower bound)
+    return frame
+
+
+def max_batch_label(value, capped: bool) -> str:
+    """A searched max batch as reports print it: "≥ N" when the search stopped at its limit, "–" when none."""
+    return "–" if pd.isna(value) else f"≥ {int(value)}" if capped else str(int(value))
 
 
 def efficiency_figure(eff: pd.DataFrame) -> plt.Figure:
@@ -129,7 +136,16 @@ def efficiency_figure(eff: pd.DataFrame) -> plt.Figure:
         for i, method in enumerate(("icl", "tuned")):
             vals[method] = [means[col].get((c, method), np.nan) for c in cats]
             ax.bar(x + (i - 0.5) * width, vals[method], width, label="ICL" if method == "icl" else "tuned (ours)")
-        for xi, a, b in zip(x, vals["icl"], vals["tuned"]):
+        if col == "max_batch":  # a capped search is a lower bound: its bar says "≥ N", and no ratio is drawn
+            capped = eff.groupby(["category", "method"], sort=False)["capped"].any()
+            for i, method in enumerate(("icl", "tuned")):
+                for xi, c, v in zip(x, cats, vals[method]):
+                    if capped.get((c, method), False):
+                        ax.annotate(max_batch_label(v, True), (xi + (i - 0.5) * width, v), ha="center",
+                                    va="bottom", fontsize="x-small")
+        for xi, c, a, b in zip(x, cats, vals["icl"], vals["tuned"]):
+            if col == "max_batch" and (capped.get((c, "icl"), False) or capped.get((c, "tuned"), False)):
+                continue
             if a and np.isfinite(a) and np.isfinite(b):
                 ax.annotate(f"{(b - a) / a * 100:+.0f}%", (xi + width / 2, b), ha="center", va="bottom",
                             fontsize="x-small")

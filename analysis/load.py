@@ -7,19 +7,26 @@ early would make a mean over seeds average over a changing set of seeds), incomp
 killed: status `running`, no summary, fewer steps than T), malformed or unreadable files (including a
 NaN or infinity in a step row), duplicate steps (the same step recorded twice in one run: two processes
 wrote the same job directory), or a duplicate of the same configuration and seed (the later-finished one
-is kept).
+is kept). A run whose summary.json recorded the digest of its steps.jsonl must match it (ift/experiment/layout.py),
+and a job directory without meta.json is listed as unreadable, never passed over.
+
+Library functions here never print: `report_skipped` writes the one-line-per-run list (file and reason) the
+commands print on stderr, and `missing` says which skipped runs leave a hole in a study (every reason but a
+divergence, which is a result, and a duplicate, whose twin is used); the commands refuse to build a page over
+such holes unless given `--allow-missing`.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis import archive
+from ift.experiment import layout
 from ift.jsonl import parse_jsonl
 
 # meta.json keys that identify a run's configuration (a tuning run needs all of them)
@@ -69,16 +76,36 @@ class Run:
 
 # ---------------------------------------------------------------- local results store
 
+def _rows(text: str, source: str) -> list[dict]:
+    rows = parse_jsonl(text, source)
+    bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise layout.StoreDamaged(f"{source}: row {bad} is a JSON {type(rows[bad - 1]).__name__}, not an object")
+    return rows
+
+
 def _parse_job(rid: str, text: Callable[[str], str | None]) -> Run:
     """One job from its files' text (`text(name)`: None for a missing file)."""
+    meta_text = text(layout.META_FILE)
+    if meta_text is None:
+        return Run(rid, {}, skip=f"unreadable: {rid}/{layout.META_FILE} is missing (the run's other files are there)")
     try:
-        meta = json.loads(text("meta.json"))
-        steps = sorted(parse_jsonl(text("steps.jsonl") or "", f"{rid}/steps.jsonl"), key=lambda r: r["step"])
-        summary_text = text("summary.json")
-        summary = json.loads(summary_text) if summary_text is not None else None
-        efficiency = parse_jsonl(text("efficiency.jsonl") or "", f"{rid}/efficiency.jsonl")
+        meta = layout.json_object(meta_text, f"{rid}/{layout.META_FILE}")
+        steps_text = text(layout.STEPS_FILE)
+        steps = _rows(steps_text or "", f"{rid}/{layout.STEPS_FILE}")
+        if any(not isinstance(r.get("step"), int) for r in steps):
+            raise layout.StoreDamaged(f"{rid}/{layout.STEPS_FILE}: a row without an integer step")
+        steps.sort(key=lambda r: r["step"])
+        summary_text = text(layout.SUMMARY_FILE)
+        summary = layout.json_object(summary_text, f"{rid}/{layout.SUMMARY_FILE}") if summary_text is not None else None
+        efficiency = _rows(text(layout.EFFICIENCY_FILE) or "", f"{rid}/{layout.EFFICIENCY_FILE}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return Run(rid, {}, skip=f"unreadable: {type(exc).__name__}: {exc}")
+        return Run(rid, {}, skip=f"unreadable: {exc}" if isinstance(exc, layout.StoreDamaged)
+                   else f"unreadable: {type(exc).__name__}: {exc}")
+    want = (summary or {}).get(layout.DIGEST_KEY)
+    if want is not None and layout.digest((steps_text or "").encode()) != want:
+        return Run(rid, meta, steps, summary, efficiency,
+                   skip=f"damaged: {rid}/{layout.STEPS_FILE} differs from the one its summary.json's digest recorded")
     return Run(rid, meta, steps, summary, efficiency)
 
 
@@ -86,14 +113,14 @@ def load_job(job_dir: Path) -> Run:
     """One job directory of the results store (the directory holding meta.json)."""
     def text(name: str) -> str | None:
         path = job_dir / name
-        return path.read_text() if path.exists() else None
+        return path.read_bytes().decode() if path.exists() else None
     return _parse_job(str(job_dir), text)
 
 
 def load_archive(path: Path) -> list[Run]:
     """Every job of a study archive (`python -m analysis.archive pack`), read without unpacking it."""
     return [_parse_job(f"{path}:{job}", lambda name, files=files: _decoded(files.get(name)))
-            for job, files in sorted(archive.read(path).items()) if "meta.json" in files]
+            for job, files in sorted(archive.read(path).items())]
 
 
 def _decoded(data: bytes | None) -> str | None:
@@ -108,8 +135,10 @@ def load_local(root: str | Path) -> list[Run]:
         raise FileNotFoundError(f"results directory {root} does not exist")
     if root.is_file() and root.name.endswith(".tar.gz"):
         return load_archive(root)
-    metas = [root / "meta.json"] if (root / "meta.json").exists() else sorted(root.rglob("meta.json"))
-    return [load_job(m.parent) for m in metas]
+    if any((root / name).exists() for name in layout.JOB_FILES):
+        return [load_job(root)]
+    jobs = sorted({p.parent for name in layout.JOB_FILES for p in root.rglob(name)})
+    return [load_job(job) for job in jobs]
 
 
 # ---------------------------------------------------------------- wandb
@@ -171,6 +200,17 @@ def load_wandb(project: str, api=None) -> list[Run]:
     return [run_from_wandb(r, project) for r in api.runs(project)]
 
 
+def check(runs: list[Run], allow_missing: bool) -> str | None:
+    """Print the skipped runs (stderr) and say why a page must not be built over them (None: build it)."""
+    report_skipped(runs)
+    holes = missing(runs)
+    if holes and not allow_missing:
+        return (f"{len(holes)} run(s) unreadable, damaged, failed or incomplete (listed above): no page built; "
+                "re-run or repair them (python launch.py with the same settings resumes them), or pass "
+                "--allow-missing to build the page without them")
+    return None
+
+
 def load(sources, api=None) -> list[Run]:
     """Runs from every source: a results directory, or `wandb:<entity>/<project>`."""
     runs: list[Run] = []
@@ -191,13 +231,13 @@ def skip_reason(run: Run) -> str | None:
     if summary_status in ("failed", "diverged"):
         status = summary_status
     error = meta.get("error") or ""
-    if status == "failed":
+    if status == layout.FAILED:
         return f"failed: {error}" if error else "failed"
-    if status == "diverged":
+    if status == layout.DIVERGED:
         return f"diverged after step {len(run.steps)}" + (f": {error}" if error else "")
-    if status == "running":
+    if status == layout.RUNNING:
         return f"incomplete: status running (job still running or killed), {len(run.steps)} step(s) recorded"
-    if status != "finished":
+    if status != layout.FINISHED:
         return f"incomplete: status {status!r}"
     needed = ("model", "task") if run.mode == "efficiency" else \
         KEYS if run.method == "ift" else tuple(k for k in KEYS if k not in IFT_ONLY)
@@ -267,6 +307,23 @@ def longest(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
             copies.append((r, other))
     kept = {id(r) for r in best.values()}
     return [r for r in runs if id(r) in kept], copies
+
+
+# the reasons skip_reason gives a run that leaves a hole (a page's own rules, e.g. "incomplete arm", are not here)
+HOLES = ("unreadable", "damaged", "malformed", "failed", "incomplete:", "duplicate steps")
+
+
+def missing(runs: list[Run]) -> list[Run]:
+    """The skipped runs that leave a hole: unreadable, damaged, malformed, failed or incomplete (a diverged run
+    is a result, and a duplicate's twin is used)."""
+    return [r for r in skipped(runs) if r.skip.startswith(HOLES)]
+
+
+def report_skipped(runs: list[Run], file=None) -> None:
+    """One line per skipped run, its file and why (the commands print this on stderr)."""
+    file = sys.stderr if file is None else file
+    for run in skipped(runs):
+        print(f"skipped {run.id}: {run.skip}", file=file)
 
 
 def used(runs: list[Run]) -> list[Run]:

@@ -1,16 +1,23 @@
 """Numbers in prose quoted from a results page, kept true to the page.
 
 A page rebuilt with more seeds changes its numbers; prose that still quotes the old ones is a stale result
-that nothing else catches. So a quoted number carries the address of its cell, in an HTML comment the
-rendered markdown hides:
+that nothing else catches. So a quoted number names its cell. The raw markdown stays readable: the number is
+written plainly as a reference-style link, and the link's definition (at the end of the section) holds the
+cell's address as its title:
 
-    SST-2 <!-- results/gemma/study.md | By task | sst2 | IFT (mode, η, β, T on dev) -->+6.6 ± 4.5
+    On SST-2 IFT gains [+6.6 ± 4.5][gemma-sst2-ift] over [26][gemma-sst2-seeds] seeds.
 
-The address is `PAGE | SECTION | ROW | COLUMN [| PICK]`: PAGE relative to the quoting document; SECTION a
-heading of the page (or its unique prefix); ROW the row's label cells (its first three, less numbers and
-blanks) joined by " / "; COLUMN a header (or its unique prefix). The number after the comment is the cell's
-first `x ± y` or plain number; PICK takes another: `2` the cell's second number, `count>=6` / `count>8` how
-many of a list of steps are at least 6 / above 8, `len` how many entries the list has.
+    [gemma-sst2-ift]: results/gemma/study.md "By task | sst2 | IFT (mode, η, β, T on dev)"
+    [gemma-sst2-seeds]: results/gemma/study.md "By task | sst2 | seeds"
+
+Rendered, the number links to its page (the title shows the cell). One definition serves every use of its
+name. The address is `PAGE "SECTION | ROW | COLUMN [| PICK]"`: PAGE relative to the quoting document; SECTION
+a heading of the page (or its unique prefix); ROW the row's label cells (its first three, less numbers and
+blanks) joined by " / "; COLUMN a header (or its unique prefix). The number is the cell's first `x ± y` or
+plain number; PICK takes another: `2` the cell's second number, `count>=6` / `count>8` how many of a list of
+steps are at least 6 / above 8, `len` how many entries the list has. The older form, the address in an HTML
+comment right before the number (`<!-- PAGE | SECTION | ROW | COLUMN -->+6.6 ± 4.5`), is still checked, and
+`convert` rewrites it into the readable one.
 
     python -m analysis.quotes check docs/results.md README.md    # exit 1 on any quote that differs
     python -m analysis.quotes update docs/results.md README.md   # rewrite them; lists each change with
@@ -18,6 +25,7 @@ many of a list of steps are at least 6 / above 8, `len` how many entries the lis
                                                                  # verdict column) for the words around it,
                                                                  # and flags a difference whose interval
                                                                  # crossed zero (significant <-> not)
+    python -m analysis.quotes convert docs/results.md            # comment quotes -> reference-style ones
 """
 from __future__ import annotations
 
@@ -32,6 +40,10 @@ NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?")
 ADDRESS = re.compile(r"<!--\s*[^|>\n]*\.md\s*\|.*?-->")  # a comment that names a page cell, quoted or not
 CELL_SEP = re.compile(r"(?<!\\)\|")
 PICK = re.compile(r"^(?:(\d+)|count(>=|>)(\d+)|len)$")
+NUM = r"[-+−]?\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?"
+REF_USE = re.compile(r"\[(" + NUM + r")\]\[([^\]\s]+)\]")  # [+6.6 ± 4.5][name]
+REF_DEF = re.compile(r'^\[([^\]\s]+)\]:[ \t]*(\S+)(?:[ \t]+"(.*)")?[ \t]*$', re.M)  # [name]: page.md "address"
+FENCE = re.compile(r"^(```|~~~)")
 
 
 class QuoteError(ValueError):
@@ -157,6 +169,7 @@ class Quote:
     current: str
     verdict: str = ""  # the cell's ▲ / ▼ and its row's verdict column, if any: prose around a changed number
                        # may need a new verdict
+    name: str = ""     # the reference name of a reference-style quote ("" for a comment quote)
 
     @property
     def is_stale(self) -> bool:
@@ -182,23 +195,56 @@ def quotes(doc: Path, pages: dict | None = None) -> list[Quote]:
             raise QuoteError(f"{doc}:{line}: {m.group(0)!r} is not followed directly by the number it quotes")
     for m in QUOTE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
-        parts = [p.strip().replace("\\|", "|") for p in CELL_SEP.split(m.group(1))]
-        if len(parts) not in (4, 5):
-            raise QuoteError(f"{doc}:{line}: quote address {m.group(1)!r} is not PAGE | SECTION | ROW | COLUMN [| PICK]")
-        page = (doc.parent / parts[0]).resolve()
-        if page not in pages:
-            if not page.exists():
-                raise QuoteError(f"{doc}:{line}: page {parts[0]} does not exist")
-            pages[page] = parse_page(page.read_text())
-        try:
-            row = _row(pages[page], *parts[1:3])
-            text_cell = _in_column(row, parts[3])
-            value = pick(text_cell, parts[4] if len(parts) == 5 else None)
-            verdict = " ".join(v for v in (_verdict(text_cell), _row_verdict(row)) if v)
-        except QuoteError as err:
-            raise QuoteError(f"{doc}:{line}: {err}") from None
+        value, verdict = _look_up(doc, line, _parts(m.group(1)), pages)
         found.append(Quote(doc, line, m.group(1), m.group(2), value, verdict))
-    return found
+    definitions = _definitions(doc, text)
+    for m in REF_USE.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        name = m.group(2)
+        if name not in definitions:
+            raise QuoteError(f"{doc}:{line}: [{m.group(1)}][{name}] names no definition `[{name}]: PAGE \"ADDRESS\"`")
+        page_path, address = definitions[name]
+        value, verdict = _look_up(doc, line, [page_path, *_parts(address)], pages)
+        found.append(Quote(doc, line, f"{page_path} | {address}", m.group(1), value, verdict, name))
+    return sorted(found, key=lambda q: q.line)
+
+
+def _parts(address: str) -> list[str]:
+    return [p.strip().replace("\\|", "|") for p in CELL_SEP.split(address)]
+
+
+def _definitions(doc: Path, text: str) -> dict[str, tuple[str, str]]:
+    """{name: (page, address)} of the link definitions that point at a page cell (a .md target with a title);
+    a name defined twice is an error (markdown would silently use the first)."""
+    out: dict[str, tuple[str, str]] = {}
+    for m in REF_DEF.finditer(text):
+        name, target, title = m.groups()
+        if not target.endswith(".md") or title is None:
+            continue
+        if name in out:
+            line = text.count("\n", 0, m.start()) + 1
+            raise QuoteError(f"{doc}:{line}: [{name}] is defined twice")
+        out[name] = (target, title)
+    return out
+
+
+def _look_up(doc: Path, line: int, parts: list[str], pages: dict) -> tuple[str, str]:
+    """(the cell's current number, its verdict) for an address split into PAGE, SECTION, ROW, COLUMN[, PICK]."""
+    if len(parts) not in (4, 5):
+        raise QuoteError(f"{doc}:{line}: quote address {' | '.join(parts)!r} is not PAGE | SECTION | ROW | COLUMN [| PICK]")
+    page = (doc.parent / parts[0]).resolve()
+    if page not in pages:
+        if not page.exists():
+            raise QuoteError(f"{doc}:{line}: page {parts[0]} does not exist")
+        pages[page] = parse_page(page.read_text())
+    try:
+        row = _row(pages[page], *parts[1:3])
+        text_cell = _in_column(row, parts[3])
+        value = pick(text_cell, parts[4] if len(parts) == 5 else None)
+        verdict = " ".join(v for v in (_verdict(text_cell), _row_verdict(row)) if v)
+    except QuoteError as err:
+        raise QuoteError(f"{doc}:{line}: {err}") from None
+    return value, verdict
 
 
 def stale(docs: list[Path]) -> list[Quote]:
@@ -210,8 +256,74 @@ def update(doc: Path) -> list[Quote]:
     """Rewrite a document's stale quotes in place; returns them."""
     changed = [q for q in quotes(doc) if q.is_stale]
     if changed:
-        doc.write_text(QUOTE.sub(lambda m: _rewrite(m, changed), doc.read_text()))
+        text = QUOTE.sub(lambda m: _rewrite(m, changed), doc.read_text())
+        current = {q.name: q.current for q in changed if q.name}
+        text = REF_USE.sub(lambda m: f"[{_typeset(current[m.group(2)])}][{m.group(2)}]" if m.group(2) in current
+                           else m.group(0), text)
+        doc.write_text(text)
     return changed
+
+
+def _slug(text: str, words: int) -> str:
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower().replace("×", "x"))[:words])
+
+
+def reference_name(address: str, taken: dict[str, str]) -> str:
+    """A short readable name for a comment quote's address (page folder, row, column, pick), unique in `taken`
+    ({name: address}); the same address keeps its name."""
+    for name, known in taken.items():
+        if known == address:
+            return name
+    page, _section, row, column, *how = _parts(address)
+    base = "-".join(p for p in (_slug(Path(page).parent.name, 2), _slug(row, 3),
+                                ("vs-" if column.startswith("−") else "") + _slug(column, 2),
+                                _slug(how[0].replace(">=", "ge").replace(">", "gt"), 2) if how else "") if p)
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken[name] = address
+    return name
+
+
+def convert(doc: Path) -> int:
+    """Rewrite a document's comment quotes as reference-style ones, each section's definitions at its end
+    (before the next heading outside a code block); returns how many quotes were rewritten. Checked before and
+    after: the numbers and the cells they name do not change."""
+    before = [(q.quoted, q.current) for q in quotes(doc)]
+    taken = dict(_definitions(doc, doc.read_text()))
+    taken = {name: f"{page} | {address}" for name, (page, address) in taken.items()}
+    out, pending, fenced, n, emitted = [], [], False, 0, set(taken)
+
+    def flush():
+        if pending:
+            while out and not out[-1].strip():
+                out.pop()
+            out.extend(["", *dict.fromkeys(pending), ""])
+            pending.clear()
+
+    for line in doc.read_text().splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        elif line.startswith("#") and not fenced:
+            flush()
+        if not fenced:
+            def use(m):
+                name = reference_name(m.group(1), taken)
+                page, address = m.group(1).split("|", 1)
+                if name not in emitted:  # one definition per name, in the first section that uses it
+                    emitted.add(name)
+                    pending.append(f'[{name}]: {page.strip()} "{address.strip()}"')
+                return f"[{m.group(2)}][{name}]"
+            line, k = QUOTE.subn(use, line)
+            n += k
+        out.append(line)
+    flush()
+    doc.write_text("\n".join(out).rstrip("\n") + "\n")
+    after = [(q.quoted, q.current) for q in quotes(doc)]
+    if sorted(after) != sorted(before):
+        raise QuoteError(f"{doc}: converting changed the quotes ({len(before)} before, {len(after)} after)")
+    return n
 
 
 def _rewrite(m: re.Match, changed: list[Quote]) -> str:
@@ -223,7 +335,7 @@ def _rewrite(m: re.Match, changed: list[Quote]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.quotes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["check", "update"])
+    parser.add_argument("action", choices=["check", "update", "convert"])
     parser.add_argument("docs", nargs="+", type=Path)
     args = parser.parse_args(argv)
     try:
@@ -236,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{q.doc}:{q.line}: quotes {q.quoted}, the page has {q.current}  [{q.address}]{crossed}")
             print(f"{len(found) - len(bad)} of {len(found)} quotes match their pages")
             return 1 if bad else 0
+        if args.action == "convert":
+            for doc in args.docs:
+                print(f"{doc}: {convert(doc)} comment quote(s) rewritten as reference-style quotes")
+            return 0
         crossed = []
         for doc in args.docs:
             for q in update(doc):

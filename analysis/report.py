@@ -128,10 +128,10 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
     if eff:
         frame = figures.efficiency_frame(eff)
         p = figures.save(figures.efficiency_figure(frame), out / "fig3_efficiency.png")
-        shown = frame.drop(columns=["run"]).copy()
+        shown = frame.drop(columns=["run", "capped"]).copy()
         for col in ("queries_per_s", "tokens_per_query", "peak_mem_mb"):
             shown[col] = shown[col].map(lambda v: f"{v:.1f}")
-        shown["max_batch"] = shown["max_batch"].map(lambda v: "–" if pd.isna(v) else str(int(v)))
+        shown["max_batch"] = [figures.max_batch_label(v, c) for v, c in zip(frame["max_batch"], frame["capped"])]
         md.append(_section("Figure 3: efficiency, ICL (demonstrations concatenated) vs tuned prefix",
                            f"![Figure 3]({p.name})\n\n" + tables.markdown_table(shown)))
 

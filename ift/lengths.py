@@ -37,3 +37,16 @@ def check_lengths(lm, demo_text: str | None, examples: Sequence[Example] = (), T
     demo = len(tok(demo_text or "", add_special_tokens=True).input_ids)
     query, answer, index = longest_example(tok, examples)
     return fit_check(lm.model, demo, query, answer, T, position_mode, index)
+
+
+def fitting_prefixes(lm, demo_texts: Sequence[str], examples: Sequence[Example] = ()) -> tuple[int, str | None]:
+    """(how many of `demo_texts`, each longer than the last, fit with the longest example; why the next one does
+    not, or None): a method with one prefix per step runs the steps that fit and records the cap."""
+    query, answer, index = longest_example(lm.tokenizer, examples)
+    for n, text in enumerate(demo_texts):
+        demo = len(lm.tokenizer(text, add_special_tokens=True).input_ids)
+        try:
+            fit_check(lm.model, demo, query, answer, 1, "continue", index)
+        except ValueError as err:
+            return n, str(err)
+    return len(demo_texts), None

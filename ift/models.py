@@ -109,12 +109,39 @@ def packaged_model_path(name: str) -> str:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device of `model.device`. "auto" is CUDA when torch sees a GPU, else the CPU, except on a job
+    that was given GPUs (`gpus_allocated`): there a CPU fallback would run for days and be stored as a CPU run,
+    so it is an error that says what torch sees."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        given = gpus_allocated()
+        if given:
+            raise ValueError(f"device='auto': this job was given GPUs ({given}) but torch sees no CUDA device "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); install a CUDA build "
+                             "of torch that matches the node's driver (python -m ift.check says what it sees), or "
+                             "set device=cpu to run on the CPU on purpose")
+        return torch.device("cpu")
     try:
         return torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"model.device={device!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from err
+
+
+# environment variables through which a scheduler or the user hands a job its GPUs
+GPU_ALLOCATION_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS", "SLURM_GPUS_ON_NODE",
+                            "SLURM_GPUS_PER_NODE", "CUDA_VISIBLE_DEVICES")
+
+
+def gpus_allocated() -> str | None:
+    """"NAME=value" of the first variable saying this process was given GPUs, else None (an empty value, -1 or
+    NoDevFiles gives none: CUDA_VISIBLE_DEVICES="" hides every GPU on purpose)."""
+    for name in GPU_ALLOCATION_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        empty = ("", "-1", "NoDevFiles") if name == "CUDA_VISIBLE_DEVICES" else ("", "0", "-1", "NoDevFiles")
+        if value not in empty:  # CUDA_VISIBLE_DEVICES=0 is GPU 0; SLURM_GPUS=0 is none
+            return f"{name}={value}"
+    return None
 
 
 def check_options(dtype: str = "fp32", quant: str = "none", device: str = "auto") -> torch.device:
@@ -139,15 +166,30 @@ def check_options(dtype: str = "fp32", quant: str = "none", device: str = "auto"
     return dev
 
 
-def fast_dtype(device: str = "auto") -> str:
-    """The faster of fp32 and bf16-mixed here: "bf16-mixed" on a CUDA GPU with bf16 or a CPU with AMX tiles,
-    else "fp32". Why: bf16-mixed is ~2x faster where bf16 matrix units exist, and several times slower than
-    fp32 where they do not (CPUs without AMX emulate bf16 products); the studies agree in both (docs/results.md).
+def fast_dtype(device: str = "auto", quant: str = "none") -> str:
+    """The faster precision here (quant=auto, and int8/nf4's compute dtype).
+
+    Without quantisation: "bf16-mixed" on a CUDA GPU with native bf16 or a CPU with AMX tiles, else "fp32".
+    Why: bf16-mixed is ~2x faster where bf16 matrix units exist, and several times slower than fp32 where they
+    do not (CPUs without AMX emulate bf16 products; so do GPUs before compute capability 8.0, V100 and T4,
+    although `torch.cuda.is_bf16_supported()` says yes there); the studies agree in both (docs/results.md).
+    With int8/nf4 (weights already low precision): fp32 on a CPU, where bitsandbytes' kernels compute in it
+    (the committed int8 runs did), bf16 on a GPU with native bf16, else fp16.
     """
     dev = resolve_device(device)
+    if quant != "none":
+        if dev.type != "cuda":
+            return "fp32"
+        return "bf16" if cuda_bf16_native(dev) else "fp16"
     if dev.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16-mixed" if cuda_bf16_native(dev) else "fp32"
     return "bf16-mixed" if dev.type == "cpu" and cpu_kind()["cpu_amx"] else "fp32"
+
+
+def cuda_bf16_native(device: torch.device | str = "cuda") -> bool:
+    """Whether the GPU has bf16 matrix units (compute capability >= 8.0: A100, H100, RTX 30xx and later).
+    `torch.cuda.is_bf16_supported()` is also true where bf16 is only emulated, which is slower than fp32."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
 
 
 def cpu_kind() -> dict:
@@ -217,7 +259,11 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
         kwargs["gguf_file"] = gguf_file
     qcfg = _quantization_config(quant, torch_dtype)
     if qcfg is not None:
-        kwargs.update(quantization_config=qcfg, device_map={"": str(dev)})
+        kwargs.update(quantization_config=qcfg)
+    if qcfg is not None or dev.type == "cuda":
+        # straight onto the device, one tensor at a time: a 7B fp32 model through host RAM first (~28 GB)
+        # would not fit a typical GPU job's host memory
+        kwargs["device_map"] = {"": str(dev)}
     log.info("loading %s%s (dtype=%s, quant=%s, device=%s)", where, f" [{gguf_file}]" if gguf_file else "",
              dtype, quant, dev)
     tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
@@ -226,7 +272,7 @@ def load_model(source: str = "bundled", dtype: str = "fp32", device: str = "auto
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as err:  # not in the directory, not on the Hub or in its cache, or no network
         raise OSError(_not_found(source, where, err)) from err
-    if qcfg is None:
+    if "device_map" not in kwargs:
         model.to(dev)
     model.eval()
     model.requires_grad_(False)

@@ -14,7 +14,10 @@ are run again. Queries are right-padded and every pass gets explicit positions a
 """
 from __future__ import annotations
 
+import bisect
 import math
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,13 +90,40 @@ def _harness_pair(tok, context: str, continuation: str, special: bool) -> tuple[
     return ctx_ids, tok(context + continuation, add_special_tokens=special).input_ids[len(ctx_ids):]
 
 
-def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None = None) -> _Plan:
-    """joint=(text, special): harness tokenization of text + context as one string (see score_examples)."""
-    rows: dict[tuple[int, ...], int] = {}
+# tokenizer -> {(examples, base_ids, joint): _Plan}: the tuning loop and the RQ2 timings score the same examples
+# again and again; tokenising them once keeps tokenisation out of every later (timed) call. Weak keys: a plan
+# never outlives its tokenizer, and a new tokenizer at a reused address can never find an old plan.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+PLANS_KEPT = 4  # per tokenizer, most recently used first out
+
+
+def _cached_plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None,
+                 share: bool = True) -> _Plan:
+    """`_plan`, tokenised once per (tokenizer, examples' text, demonstrations, rule)."""
+    key = (tuple((ex.contexts, ex.continuations, ex.index) for ex in examples), tuple(base_ids), joint, share)
+    try:
+        plans = _PLANS.setdefault(tok, OrderedDict())
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        return _plan(tok, examples, base_ids, joint, share)
+    if key in plans:
+        plans.move_to_end(key)
+        return plans[key]
+    plans[key] = plan = _plan(tok, examples, base_ids, joint, share)
+    while len(plans) > PLANS_KEPT:
+        plans.popitem(last=False)
+    return plan
+
+
+def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[str, bool] | None = None,
+          share: bool = True) -> _Plan:
+    """joint=(text, special): harness tokenization of text + context as one string (see score_examples).
+    share=False: a query is shared by the candidates of its own example only (see score_examples)."""
+    rows: dict[tuple, int] = {}
+    texts: list[tuple[int, ...]] = []
     cands = []
     ctx_cache: dict[str, list[int]] = {}
     longest = (0, 0, -1)
-    for ex in examples:
+    for e, ex in enumerate(examples):
         per = []
         for j, (ctx, cont) in enumerate(zip(ex.contexts, ex.continuations)):
             if joint is not None:
@@ -109,17 +139,21 @@ def _plan(tok, examples: Sequence[Example], base_ids: list[int], joint: tuple[st
                 raise ValueError(f"example {ex.index}: candidate {j} ({cont!r}) tokenises to no tokens")
             if not query:
                 raise ValueError(f"example {ex.index}: empty context and no prefix: nothing to condition on")
-            per.append((rows.setdefault(query, len(rows)), cont_ids))
+            key = query if share else (e, query)
+            if key not in rows:
+                rows[key] = len(texts)
+                texts.append(query)
+            per.append((rows[key], cont_ids))
             if len(ctx_ids) + len(cont_ids) > longest[0] + longest[1]:
                 longest = (len(ctx_ids), len(cont_ids), ex.index)
         cands.append(per)
-    return _Plan(list(rows), cands, longest)
+    return _Plan(texts, cands, longest)
 
 
 @torch.no_grad()
 def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations: str | None = None,
                    batch_size: int = 32, progress: bool = False, stats: dict | None = None,
-                   tokenization: str = "ift") -> list[ExampleScore]:
+                   tokenization: str = "ift", share_queries: bool = True) -> list[ExampleScore]:
     """Score every candidate of every example.
 
     prefix: a `TunedPrefix` (inference without demonstrations in the input);
@@ -129,6 +163,8 @@ def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations:
     tokenization: "ift" (docs/design.md: demonstrations, context and continuation tokenised apart) or
     "harness" (lm-evaluation-harness's rule: demonstrations + context tokenised as one string, trailing
     whitespace moved to the continuation; with a prefix only the query side can follow it).
+    share_queries=False: examples with the same text still run one query each (the candidates of one example
+    always share theirs); RQ2 fills a batch past the number of examples with repeats this way (ift/efficiency.py).
     """
     if prefix is not None and demonstrations is not None:
         raise ValueError("give either a tuned prefix or demonstrations, not both")
@@ -142,7 +178,7 @@ def score_examples(lm, examples: Sequence[Example], prefix=None, demonstrations:
     joint = None
     if tokenization == "harness":
         joint, base_ids = (demonstrations or "", prefix is None), []
-    plan = _plan(tok, examples, base_ids, joint)
+    plan = _cached_plan(tok, examples, base_ids, joint, share_queries)
 
     # first-token log-probs come from the query pass; later continuation tokens from a second pass
     by_row: dict[int, list[tuple[int, int, list[int]]]] = {}
@@ -184,14 +220,15 @@ def _pad(seqs: list[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 @contextmanager
-def _own_position_only(model, columns: torch.Tensor):
+def _own_position_only(model, columns: torch.Tensor, widest: int):
     """During one forward pass, the output head reads each row's hidden state at its own column of
     `logits_to_keep` only ([B, 1, H] instead of [B, K, H]).
 
     Why: `logits_to_keep` slices the same positions for every row, so a batch whose queries end at K different
     positions computed B x K rows of logits and used B of them; with Gemma 3's 262k-token vocabulary that was
     over half the scoring time. Whatever the model applies after its head (e.g. logit soft-capping) still
-    applies. The head sees the same vectors as before, row by row.
+    applies. The head sees the same vectors as before, row by row. `widest`: the largest column (a host int,
+    so that the check below never waits for the device).
     """
     head = model.get_output_embeddings()
     if head is None:
@@ -201,7 +238,7 @@ def _own_position_only(model, columns: torch.Tensor):
 
     def own_position(module, args):
         hidden = args[0]
-        if hidden.shape[1] <= int(columns.max()):  # a model that ignored logits_to_keep: refuse, never guess
+        if hidden.shape[1] <= widest:  # a model that ignored logits_to_keep: refuse, never guess
             raise RuntimeError(f"{type(model).__name__} gave the output head {hidden.shape[1]} positions, fewer "
                                f"than the logits_to_keep columns it was asked for")
         return (hidden[rows, columns].unsqueeze(1), *args[1:])
@@ -213,34 +250,63 @@ def _own_position_only(model, columns: torch.Tensor):
         handle.remove()
 
 
+# logits turned into fp32 log-probabilities at once: rows x vocabulary <= this (256 MB of fp32), so that
+# Gemma 3's 262k-token vocabulary never needs a [answers, tokens, vocab] fp32 copy
+LOGSOFTMAX_ELEMENTS = 1 << 26
+
+
+def _answer_logprobs(logits: torch.Tensor, rows: list[int], picks: list[tuple[int, int]]) -> torch.Tensor:
+    """log_softmax(logits[rows[i]])[token] for each pick (i, token), as one fp32 tensor on the logits' device.
+
+    logits: [R, V]; `rows`: the rows needed, `picks` sorted by i. Each needed row is normalised once (a label
+    word shared by many candidates reads one row), `LOGSOFTMAX_ELEMENTS // V` rows at a time; the values are
+    those of a log_softmax over the whole tensor, row by row. Index lists go to the device once."""
+    device, vocab = logits.device, logits.shape[-1]
+    per = max(1, LOGSOFTMAX_ELEMENTS // vocab)
+    row_ids = torch.tensor(rows, dtype=torch.long).to(device)
+    which = torch.tensor(picks, dtype=torch.long).reshape(-1, 2).to(device)  # [(row position, token)]
+    starts = [i for i, _ in picks]
+    out = torch.empty(len(picks), dtype=torch.float32, device=device)
+    for s in range(0, len(rows), per):
+        a, b = bisect.bisect_left(starts, s), bisect.bisect_left(starts, s + per)
+        if a == b:
+            continue
+        lp = torch.log_softmax(logits.index_select(0, row_ids[s: s + per]).float(), dim=-1)
+        out[a:b] = lp[which[a:b, 0] - s, which[a:b, 1]]
+    return out
+
+
 def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, device) -> int:
+    """Score one batch of queries into `logprob`; returns the tokens processed. The only device-to-host
+    transfer is one list of floats at the end (no per-answer `.item()`, no sync while the batch runs)."""
     queries = [plan.rows[r] for r in batch]
-    lengths = torch.tensor([len(q) for q in queries], device=device)
+    sizes = [len(q) for q in queries]
+    lengths = torch.tensor(sizes).to(device)
     ids, qmask = _pad(queries, pad_id, device)
     B, Q = ids.shape
     mask = torch.cat([torch.ones(B, offset, dtype=torch.long, device=device), qmask], dim=1)
     positions = (offset + torch.arange(Q, device=device)).expand(B, Q)
-    later = [(b, e, j, cont) for b, r in enumerate(batch) for e, j, cont in by_row[r] if len(cont) > 1]
+    firsts = [(b, e, j, cont) for b, r in enumerate(batch) for e, j, cont in by_row[r]]  # sorted by b
+    later = [(b, e, j, cont) for b, e, j, cont in firsts if len(cont) > 1]
     # logits only where a first continuation token is predicted: the last real query token of each row
-    keep = torch.unique(lengths - 1)
-    columns = torch.searchsorted(keep, lengths - 1)  # each row's own position among `keep`
-    with _own_position_only(model, columns):
+    ends = sorted({n - 1 for n in sizes})
+    keep = torch.tensor(ends).to(device)
+    columns = torch.tensor([bisect.bisect_left(ends, n - 1) for n in sizes]).to(device)  # own position in `keep`
+    with _own_position_only(model, columns, len(ends) - 1):
         out = run(model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(later),
                   cache=prefix.to_cache(model, B) if prefix is not None else None, logits_to_keep=keep)
     logits = out.logits  # [B, 1, V]; [B, K, V] for a model without an output-embedding module to hook
     if logits.shape[1] != 1:
         logits = logits[torch.arange(B, device=device), columns].unsqueeze(1)
-    last = torch.log_softmax(logits[:, 0].float(), dim=-1)  # [B, V]
-    for b, r in enumerate(batch):
-        lp = last[b]
-        for e, j, cont in by_row[r]:
-            logprob[e][j] = lp[cont[0]].item()
-    processed = int(qmask.sum())
+    first = _answer_logprobs(logits[:, 0], list(range(B)), [(b, cont[0]) for b, _, _, cont in firsts])
+    processed = sum(sizes)
     if not later:
+        for (_, e, j, _), value in zip(firsts, first.tolist()):
+            logprob[e][j] = value
         return processed
 
     # second pass: continuation tokens 2..n, each candidate reading its own query's cache
-    rows = torch.tensor([b for b, *_ in later], device=device)
+    rows = torch.tensor([b for b, *_ in later]).to(device)
     keys, values = cache_tensors(output_cache(out))
     cache = make_cache(model, [k.index_select(0, rows) for k in keys], [v.index_select(0, rows) for v in values])
     conts = [cont for *_, cont in later]
@@ -250,8 +316,17 @@ def _score_batch(model, batch, plan, by_row, logprob, offset, prefix, pad_id, de
     positions2 = offset + lengths.index_select(0, rows)[:, None] + torch.arange(C, device=device)[None]
     logits = run(model, input_ids=cids, attention_mask=mask2, position_ids=positions2, cache=cache,
                  use_cache=True).logits
-    lps = torch.log_softmax(logits.float(), dim=-1)
-    for n, (_, e, j, cont) in enumerate(later):
-        targets = torch.tensor(cont[1:], device=device)
-        logprob[e][j] += lps[n, torch.arange(len(cont) - 1, device=device), targets].sum().item()
-    return processed + int(cmask.sum())
+    # only the positions that predict an answer token are normalised (not the padding up to C)
+    flat = [n * C + t for n, cont in enumerate(conts) for t in range(len(cont) - 1)]
+    tokens = [tok for cont in conts for tok in cont[1:]]
+    per_token = _answer_logprobs(logits.reshape(N * C, -1), flat, [(i, t) for i, t in enumerate(tokens)])
+    # summed per candidate in fp32 on the device, in token order, as the one-candidate-at-a-time loop did
+    table = torch.zeros(N * C, dtype=torch.float32, device=device)
+    table[torch.tensor(flat).to(device)] = per_token
+    rest = table.reshape(N, C).sum(dim=1)
+    values = torch.cat([first, rest]).tolist()
+    for (_, e, j, _), value in zip(firsts, values):
+        logprob[e][j] = value
+    for (_, e, j, _), value in zip(later, values[len(firsts):]):
+        logprob[e][j] += value
+    return processed + sum(len(c) - 1 for c in conts)

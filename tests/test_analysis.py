@@ -133,7 +133,7 @@ def test_skipped_runs_listed_with_reasons(store_a):
     assert skipped["6"].startswith("incomplete: status running")
     assert skipped["7"] == "incomplete: 2 of T=4 steps recorded"
     assert skipped["8"].startswith("duplicate of ") and skipped["8"].split()[2].endswith("/0")
-    assert skipped["9"].startswith("unreadable: JSONDecodeError")
+    assert skipped["9"].startswith("unreadable: ") and "9/meta.json: not valid JSON" in skipped["9"]
     assert sorted(Path(r.id).name for r in load.used(runs)) == ["0", "1", "2", "3"]
 
 
@@ -277,7 +277,12 @@ def test_wandb_source_gives_the_same_tables(store_a, monkeypatch):
 
 def test_cli_writes_report(store_a, tmp_path, capsys):
     out = tmp_path / "rep"
-    path = report.main([str(store_a), "--out", str(out)])
+    with pytest.raises(SystemExit) as refused:  # failed, incomplete and unreadable runs: no page without consent
+        report.main([str(store_a), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert refused.value.code == 1 and not (out / "report.md").exists()
+    assert "/4: failed: CUDA out of memory\n" in err and "4 run(s) unreadable, damaged, failed or incomplete" in err
+    path = report.main([str(store_a), "--out", str(out), "--allow-missing"])
     assert capsys.readouterr().out.strip() == str(out / "report.md") == str(path)
     text = path.read_text()
     assert "## Table 1: classification tasks" in text and "## Table 2: multiple-choice tasks" in text
@@ -313,7 +318,7 @@ def test_report_when_every_run_is_skipped(tmp_path):
     write_job(tmp_path / "s" / "a", acc=[.5], status="failed", error="boom", summary=False, T=3)
     d = write_job(tmp_path / "s" / "b", acc=[.5, .6])
     (d / "steps.jsonl").write_text('{"step": 1, "acc": null}\n{"step": 2, "acc": 0.6}\n')
-    text = report.main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]).read_text()
+    text = report.main([str(tmp_path / "s"), "--out", str(tmp_path / "out"), "--allow-missing"]).read_text()
     assert "## Runs used (0)" in text and "Table 1" not in text and "Figure 4" not in text
     assert "failed: boom" in text and "malformed: a step without a numeric acc" in text
 

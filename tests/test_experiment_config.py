@@ -44,7 +44,7 @@ def test_every_option_composes_and_validates(group, option):
     job = parse_config(cfg)
     assert len(job.hash) == 64
     if group == "quant":
-        dtype = ift.models.fast_dtype(cfg.device) if cfg.quant.dtype == "auto" else cfg.quant.dtype
+        dtype = ift.models.fast_dtype(cfg.device, cfg.quant.method) if cfg.quant.dtype == "auto" else cfg.quant.dtype
         assert (job.model.dtype, job.model.quant) == (dtype, cfg.quant.method)
 
 

@@ -80,3 +80,54 @@ def test_directory_that_is_not_a_model_is_named(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="is a file; give a Hugging Face model directory"):
         load_model(str(tmp_path / "weights.bin"), device="cpu")
+
+
+def _pretend_cuda(monkeypatch, capability=(9, 0)):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **kw: True)  # true on V100/T4 too (emulated)
+
+
+def test_a_cuda_load_goes_straight_to_the_gpu(tmp_path, monkeypatch):
+    """A CUDA load asks transformers for a device map (weights onto the GPU as they are read), never host RAM
+    first and then .to(cuda); a CPU load keeps the plain path."""
+    import transformers
+
+    path = save_tiny_model(tmp_path / "tiny", "llama")
+    seen = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def record(where, **kwargs):
+        seen.append(kwargs)
+        return real(where, **{k: v for k, v in kwargs.items() if k != "device_map"})
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **kw: pytest.fail(f".to{a} after loading"))
+    _pretend_cuda(monkeypatch)
+    lm = load_model(str(path), device="cuda")
+    assert seen[-1]["device_map"] == {"": "cuda"} and lm.device.type == "cuda"
+    monkeypatch.undo()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record)
+    assert load_model(str(path), device="cpu").device.type == "cpu" and "device_map" not in seen[-1]
+
+
+@pytest.mark.parametrize("variable, value, given", [
+    ("SLURM_JOB_GPUS", "0,1", True), ("SLURM_GPUS_ON_NODE", "1", True), ("CUDA_VISIBLE_DEVICES", "0", True),
+    ("SLURM_GPUS_ON_NODE", "0", False), ("CUDA_VISIBLE_DEVICES", "", False), ("CUDA_VISIBLE_DEVICES", "-1", False),
+])
+def test_device_auto_on_a_job_given_gpus_that_torch_cannot_see_is_an_error(monkeypatch, variable, value, given):
+    """device=auto falls back to the CPU only where no GPU was given: a SLURM job with GPUs and a CPU-only torch
+    (or a driver mismatch) must not run for days on the CPU and be stored as a CPU run."""
+    from ift.models import GPU_ALLOCATION_VARIABLES, resolve_device
+
+    for name in GPU_ALLOCATION_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(variable, value)
+    if given:
+        with pytest.raises(ValueError, match=rf"device='auto': this job was given GPUs \({variable}={value}\) but "
+                                             "torch sees no CUDA device.*device=cpu"):
+            check_options(device="auto")
+    else:
+        assert resolve_device("auto").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"  # asking for the CPU is always fine

@@ -164,3 +164,75 @@ def test_the_findings_table_holds_the_nine_task_pages_numbers():
     section = quotes.parse_page((ROOT / "docs" / "results.md").read_text())["Findings (nine tasks)"]
     have = {row[0]: [c.replace("−", "-") for c in row[1:]] for _, row in section}
     assert have == want
+
+
+# --- reference-style quotes: the number plain in the text, its cell in a link definition ---------------------
+
+def ref_doc(tmp_path, body, definitions, page_text=PAGE):
+    return _write(tmp_path, body + "\n\n" + "\n".join(f'[{n}]: page.md "{a}"' for n, a in definitions.items()) + "\n",
+                  page_text)
+
+
+def test_reference_quotes_are_checked_and_update_rewrites_every_use(tmp_path):
+    doc = ref_doc(tmp_path, "SST-2 [+9.7 ± 5.2][sst2-ift] over [26][sst2-seeds] seeds; again [+9.7 ± 5.2][sst2-ift].",
+                  {"sst2-ift": "By task | sst2 | IFT", "sst2-seeds": "By task | sst2 | seeds"})
+    found = quotes.quotes(doc)
+    assert [(x.name, x.quoted, x.current, x.verdict) for x in found] == [
+        ("sst2-ift", "+9.7 ± 5.2", "+6.6 ± 4.5", "▲"), ("sst2-seeds", "26", "26", ""),
+        ("sst2-ift", "+9.7 ± 5.2", "+6.6 ± 4.5", "▲")]
+    assert quotes.main(["check", str(doc)]) == 1
+    quotes.update(doc)
+    assert doc.read_text().startswith("SST-2 [+6.6 ± 4.5][sst2-ift] over [26][sst2-seeds] seeds; again "
+                                      "[+6.6 ± 4.5][sst2-ift].")
+    assert quotes.main(["check", str(doc)]) == 0
+
+
+def test_a_reference_quote_with_a_pick_and_an_escaped_pipe(tmp_path):
+    page = PAGE + "\n## Cosines\n\n| mode | mean \\|cos\\| | runs |\n|---|---|---|\n| aligned | 0.008 | 45 |\n"
+    doc = ref_doc(tmp_path, "[0.008][cos] [3][late] [−1.0][mean2]",
+                  {"cos": "Cosines | aligned | mean \\|cos\\|", "late": "By task | sst2 | dev-chosen steps | count>=6",
+                   "mean2": "By task | mean over tasks | zero-shot | 2"}, page)
+    assert [(x.quoted, x.current) for x in quotes.quotes(doc)] == [("0.008", "0.008"), ("3", "3"), ("−1.0", "+1.0 ± 2.0")]
+
+
+@pytest.mark.parametrize("body, definitions, message", [
+    ("[+6.6 ± 4.5][nope]", {}, "[+6.6 ± 4.5][nope] names no definition"),
+    ("[+6.6 ± 4.5][a]", {"a": "By task | mr | IFT"}, "row 'mr' not found in section 'By task'"),
+    ("[+6.6 ± 4.5][a]", {"a": "By task | sst2"}, "is not PAGE | SECTION | ROW | COLUMN [| PICK]"),
+])
+def test_a_reference_quote_that_names_no_cell_is_an_error(tmp_path, body, definitions, message):
+    doc = ref_doc(tmp_path, body, definitions)
+    with pytest.raises(quotes.QuoteError, match="doc.md:1: ") as err:
+        quotes.quotes(doc)
+    assert message in str(err.value)
+
+
+def test_a_name_defined_twice_is_an_error(tmp_path):
+    doc = _write(tmp_path, '[1][a]\n\n[a]: page.md "By task | sst2 | seeds"\n[a]: page.md "By task | sst2 | IFT"\n')
+    with pytest.raises(quotes.QuoteError, match=r"doc.md:4: \[a\] is defined twice"):
+        quotes.quotes(doc)
+
+
+def test_convert_turns_comment_quotes_into_readable_ones_with_the_same_cells(tmp_path):
+    text = ("# Doc\n\nSST-2 " + q("By task | sst2 | IFT", "+6.6 ± 4.5") + " and again " + q("By task | sst2 | IFT", "+6.6 ± 4.5")
+            + ", seeds " + q("By task | sst2 | seeds", "26") + ".\n\n```bash\n# not a heading\n```\n\n## Next\n\n- a list "
+            + q("Other | sst2 | IFT", "+1.0 ± 1.0") + "\n")
+    doc = _write(tmp_path, text)
+    assert quotes.convert(doc) == 4
+    out = doc.read_text()
+    assert "<!--" not in out
+    assert out == (
+        "# Doc\n\nSST-2 [+6.6 ± 4.5][sst2-ift] and again [+6.6 ± 4.5][sst2-ift], seeds [26][sst2-seeds].\n\n"
+        "```bash\n# not a heading\n```\n\n"
+        '[sst2-ift]: page.md "By task | sst2 | IFT"\n[sst2-seeds]: page.md "By task | sst2 | seeds"\n\n'
+        "## Next\n\n- a list [+1.0 ± 1.0][sst2-ift-2]\n\n"
+        '[sst2-ift-2]: page.md "Other | sst2 | IFT"\n')
+    assert [(x.quoted, x.current) for x in quotes.quotes(doc)] == [("+6.6 ± 4.5", "+6.6 ± 4.5")] * 2 + \
+        [("26", "26"), ("+1.0 ± 1.0", "+1.0 ± 1.0")]
+
+
+def test_the_committed_docs_quote_in_readable_markdown():
+    """No page-cell address inside a sentence: every quote of results.md and the README is reference-style."""
+    for doc in (ROOT / "docs" / "results.md", ROOT / "README.md"):
+        assert quotes.ADDRESS.search(doc.read_text()) is None, doc
+        assert all(x.name for x in quotes.quotes(doc))

@@ -162,3 +162,57 @@ def test_a_model_without_a_head_to_hook_scores_the_same(tiny_lm, demos, examples
     monkeypatch.setattr(lm.model, "get_output_embeddings", lambda: None)
     plain = ift.score_examples(lm, examples, demonstrations=demos, batch_size=len(examples))
     assert max_diff([s.sum_logprobs for s in hooked], [s.sum_logprobs for s in plain]) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_chunked_answer_log_softmax_gives_the_same_bits(arch, tiny_lm, demos, examples, monkeypatch):
+    """Log-probabilities are normalised only at the answer positions, a few rows at a time: any chunk size
+    gives bit-identical scores, and they match one full forward per candidate."""
+    import ift.scorer
+
+    lm = tiny_lm(arch)
+    prefix = list(ift.ForwardTuner(lm, eta=0.1).steps(demos, T=2))[-1]
+    runs = {}
+    for elements in (1 << 26, lm.model.config.vocab_size * 3, 1):  # everything at once, 3 rows, 1 row
+        monkeypatch.setattr(ift.scorer, "LOGSOFTMAX_ELEMENTS", elements)
+        runs[elements] = [[s.sum_logprobs for s in ift.score_examples(lm, examples, batch_size=b, **how)]
+                          for b in (1, 4) for how in ({}, {"demonstrations": demos}, {"prefix": prefix})]
+    whole, *chunked = runs.values()
+    assert all(run == whole for run in chunked)
+    assert max_diff(whole[0], naive_scores(lm, examples)) < 1e-4
+
+
+def test_no_per_answer_host_sync_and_one_transfer_per_batch(tiny_lm, demos, examples, monkeypatch):
+    """The batch loop never calls .item() (a device sync per answer on a GPU) and copies its scores to the
+    host once per batch."""
+    lm = tiny_lm("llama")
+    expected = [s.sum_logprobs for s in ift.score_examples(lm, examples, demonstrations=demos, batch_size=2)]
+    calls = {"item": 0, "tolist": 0}
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def counted(name, real):
+        def call(self, *a, **kw):
+            calls[name] += 1
+            return real(self, *a, **kw)
+        return call
+
+    monkeypatch.setattr(torch.Tensor, "item", counted("item", item))
+    monkeypatch.setattr(torch.Tensor, "tolist", counted("tolist", tolist))
+    got = [s.sum_logprobs for s in ift.score_examples(lm, examples, demonstrations=demos, batch_size=2)]
+    assert got == expected
+    assert calls == {"item": 0, "tolist": 3}  # 5 distinct queries, batches of 2
+
+
+def test_examples_are_tokenised_once(tiny_lm, demos, examples, monkeypatch):
+    """Scoring the same examples again (every tuning step, every RQ2 timing) reuses their tokens, so
+    tokenisation stays out of later (timed) calls; other examples or demonstrations are tokenised anew."""
+    lm = tiny_lm("llama")
+    first = [s.sum_logprobs for s in ift.score_examples(lm, examples, demonstrations=demos)]
+    tok_class, calls = type(lm.tokenizer), []
+    real = tok_class.__call__
+    monkeypatch.setattr(tok_class, "__call__", lambda self, *a, **kw: calls.append(a) or real(self, *a, **kw))
+    again = [s.sum_logprobs for s in ift.score_examples(lm, examples, demonstrations=demos)]
+    assert again == first
+    assert calls == [(demos,)]  # only the demonstrations' ids, which pick the cached plan
+    ift.score_examples(lm, examples[:2], demonstrations=demos)
+    assert len(calls) > 2

@@ -22,6 +22,7 @@ from ift.experiment import store as store_module
 from ift.experiment.config import ConfigError, parse_config
 from ift.experiment.hydra_app import SweepReport
 from ift.experiment.job import prepare
+from ift.experiment.modelcache import ModelLoadError
 from ift.experiment.store import JobStore, StoreLocked
 from ift.jsonl import parse_jsonl, read_jsonl
 
@@ -115,12 +116,17 @@ def test_a_failed_write_leaves_neither_a_temporary_file_nor_a_torn_line(tmp_path
     store.update_meta(status="running")
     store.append_step({"step": 1, "acc": 0.5})
 
-    def disk_full(f):
+    def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
+
+    def half_then_full(fd, data):  # the disk fills mid-line
+        os.write(fd, data[: len(data) // 2])
+        disk_full()
     monkeypatch.setattr(store_module, "_sync", disk_full)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(store_module, "_write_all", half_then_full)
+    with pytest.raises(OSError, match="meta.json: no space left on device"):
         store.update_meta(status="failed")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="steps.jsonl: no space left on device"):
         store.append_step({"step": 2, "acc": 0.6})
     assert store.meta()["status"] == "running" and not list(store.path.glob("*.tmp"))
     assert strict_rows(store.file("steps.jsonl")) == [{"step": 1, "acc": 0.5}]
@@ -453,13 +459,14 @@ def test_a_failed_model_load_is_not_retried_by_the_next_jobs(tiny_dir, tmp_path,
     monkeypatch.setattr(ift, "load_model", unreachable)
     errors = []
     for eta in (0.1, 0.01):
-        with pytest.raises(OSError) as caught:
+        with pytest.raises(ModelLoadError) as caught:
             run_job(compose_cfg(["model=hf", "model.source=nobody/missing-model", f"optim.eta={eta}",
                                  "logger=disabled", f"results_dir={tmp_path}"]))
         errors.append(caught.value)
     assert calls == ["nobody/missing-model"] and errors[0] is errors[1]
-    assert [meta_of(s)["status"] for s in stores(tmp_path)] == ["failed", "failed"]
-    with pytest.raises(OSError, match="other/model"):  # another source is tried
+    assert str(errors[0]) == "cannot reach the hub for nobody/missing-model"  # one line, naming the source
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # loaded before the store: no folder left behind
+    with pytest.raises(ModelLoadError, match="other/model"):  # another source is tried
         run_job(compose_cfg(["model=hf", "model.source=other/model", "logger=disabled", f"results_dir={tmp_path}"]))
     assert calls == ["nobody/missing-model", "other/model"]
 

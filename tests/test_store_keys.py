@@ -117,5 +117,6 @@ def test_archived_runs_keep_their_keys():
                 checked.add(kind)
                 cfg = yaml.safe_load(tar.extractfile(files[name]))
                 cfg["task"]["data_dir"] = None  # the mirror here (IFT_DATA_DIR); where data lives is not keyed
+                cfg["device"] = "cpu"  # they ran on CPUs; on a GPU node device=auto keys a GPU run, a new key
                 assert prepare(cfg, base_dir="/").job.hash == meta["config_hash"], name
     assert len(checked) >= 10

@@ -77,7 +77,9 @@ def test_sync_finds_every_offline_run_and_keeps_the_newest_attempt(tree, capsys)
 def test_sync_runs_wandb_sync_on_the_selected_runs(tree, monkeypatch, capsys):
     root, runs = tree
     calls = []
-    monkeypatch.setattr(sync.subprocess, "run", lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(sync, "unreachable", lambda url, timeout: None)  # as if online
+    monkeypatch.setattr(sync.subprocess, "run",
+                        lambda cmd, timeout: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     assert sync.main([str(runs["store"].parents[1]), "--project", "other", "--entity", "me"]) == 0
     (cmd,) = calls
     assert cmd == [sys.executable, "-m", "wandb", "sync", "--include-synced", "--project", "other", "--entity", "me",

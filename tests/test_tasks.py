@@ -278,20 +278,32 @@ def test_bundled_demo_task_needs_no_configuration(monkeypatch, tmp_path):
     assert len(task.split("demo_split")) == 40
 
 
-HUB = {"sst2": ("nyu-mll/glue", "sst2", "validation"), "sst5": ("SetFit/sst5", None, "validation"),
-       "mr": ("cornell-movie-review-data/rotten_tomatoes", None, "validation"),
-       "trec": ("CogComp/trec", None, "test"), "agnews": ("fancyzhx/ag_news", None, "test"),
-       "copa": ("aps/super_glue", "copa", "validation"), "obqa": ("allenai/openbookqa", "main", "validation"),
-       "qasc": ("allenai/qasc", None, "validation"), "hellaswag": ("Rowan/hellaswag", None, "validation"),
-       "winogrande": ("allenai/winogrande", "winogrande_xs", "validation")}
+# what `datasets.load_dataset` is asked for, checked against the hub (issue 43): (path, config, revision, eval
+# split); every demo split is train. CogComp/trec is script-only on main: its parquet export has the config
+# folder `default` with train and test, read without a config name
+HUB = {"sst2": ("nyu-mll/glue", "sst2", None, "validation"), "sst5": ("SetFit/sst5", None, None, "validation"),
+       "mr": ("cornell-movie-review-data/rotten_tomatoes", None, None, "validation"),
+       "trec": ("CogComp/trec", None, "refs/convert/parquet", "test"),
+       "agnews": ("fancyzhx/ag_news", None, None, "test"),
+       "copa": ("aps/super_glue", "copa", None, "validation"),
+       "obqa": ("allenai/openbookqa", "main", None, "validation"),
+       "qasc": ("allenai/qasc", None, None, "validation"), "hellaswag": ("Rowan/hellaswag", None, None, "validation"),
+       "winogrande": ("allenai/winogrande", "winogrande_xs", None, "validation")}
+
+
+def test_every_built_in_hub_task_is_in_the_table():
+    specs = Path(__file__).resolve().parents[1] / "ift" / "tasks" / "specs"
+    with_hub = {p.stem for p in specs.glob("*.yaml") if yaml.safe_load(p.read_text()).get("hub")}
+    assert set(HUB) == with_hub == set(BENCHMARKS)
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_hub_path_uses_current_dataset_ids(monkeypatch, name):
+    """The exact call the loader makes for each split (path, config, split, revision), no network."""
     calls = []
 
-    def fake_load_dataset(path, name=None, split=None, revision=None):
-        calls.append((path, name, split))
+    def fake_load_dataset(path, name=None, split=None, revision=None, **kwargs):
+        calls.append((path, name, revision, split, kwargs))
         return datasets.Dataset.from_list([ROWS[task_name]])
 
     task_name = name
@@ -300,7 +312,8 @@ def test_hub_path_uses_current_dataset_ids(monkeypatch, name):
     task = load_task(name)
     assert task.eval_examples()[0].demonstration == DEMONSTRATION[name]
     task.split("demo_split")
-    assert calls == [HUB[name], HUB[name][:2] + ("train",)]
+    path, config, revision, split = HUB[name]
+    assert calls == [(path, config, revision, split, {}), (path, config, revision, "train", {})]
 
 
 def test_hub_failure_says_how_to_go_offline(monkeypatch):

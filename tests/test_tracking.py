@@ -11,6 +11,7 @@ from test_launch import compose_cfg, launch, read_rows, stores
 from analysis.wandb_offline import OfflineRunError, records
 from analysis.wandb_offline import read_finished_run as read_run
 from ift.experiment import run_job
+from ift.experiment.modelcache import ModelLoadError
 from ift.experiment.tracking import NORM_IMAGE, NORM_TABLE, job_tags, run_id, run_name, sweep_group
 
 STEP_KEYS = ("acc", "acc_norm", "dev_acc", "tune_tokens", "peak_mem_mb", "time_s", "eval_tokens_per_query")
@@ -105,13 +106,23 @@ def test_a_killed_and_resumed_job_stays_one_run_with_every_step(tiny_dir, tmp_pa
     assert json.loads((store / "meta.json").read_text())["attempts"] == 2
 
 
-def test_a_model_that_fails_to_load_is_a_failed_run_with_the_error(tmp_path, fresh_model_cache):
+def test_a_model_that_fails_to_load_leaves_no_wandb_run_and_no_store(tmp_path, fresh_model_cache):
     out = tmp_path / "out"
-    with pytest.raises(Exception):
+    with pytest.raises(ModelLoadError, match="no-such-model"):
         run_job(compose_cfg(tiny(tmp_path / "no-such-model", tmp_path / "r", "optim.T=2")), output_dir=out)
+    assert not offline_runs(tmp_path) and not (tmp_path / "r").exists()
+
+
+def test_a_run_that_fails_after_the_model_loaded_is_a_failed_run_with_the_error(tiny_dir, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring broke")
+    monkeypatch.setattr("ift.score_examples", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="scoring broke"):
+        run_job(compose_cfg(tiny(tiny_dir, tmp_path / "r", "optim.T=2")), output_dir=out)
     (path,) = offline_runs(out)
     run = read_run(path)
-    assert run.exit_code == 1 and run.summary["status"] == "failed" and run.summary["error"]
+    assert run.exit_code == 1 and run.summary["status"] == "failed" and "scoring broke" in run.summary["error"]
     assert "status" not in run.config
 
 

@@ -17,12 +17,13 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
+import ift.experiment.controls  # noqa: F401 - registers the control methods (issue 42)
 from ift.experiment.methods import REGISTRY, Ift, Method
-from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options, fast_dtype
+from ift.models import DTYPE_CHOICES, NAMED_SOURCES, QUANTS, check_options, fast_dtype, resolve_device
 from ift.tuner import POSITION_MODE_CHOICES
 
 MODES = ("tune", "efficiency")
-METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad
+METHODS = tuple(REGISTRY)  # ift/experiment/methods.py: ift, zero_shot, repeat, more_demos, grad; controls.py
 LOGGER_MODES = ("offline", "online", "disabled")
 
 
@@ -66,7 +67,7 @@ class EvalConfig:
 
 @dataclass
 class QuantConfig:
-    dtype: str = "fp32"    # fp32 | fp16 | bf16 | bf16-mixed (compute dtype for int8/nf4)
+    dtype: str = "fp32"    # fp32 | fp16 | bf16 | bf16-mixed | auto (compute dtype for int8/nf4; auto: resolved)
     method: str = "none"   # none | int8 | nf4
 
 
@@ -75,7 +76,7 @@ class EfficiencyConfig:
     """mode=efficiency (experiment=rq2_efficiency): ICL against the tuned prefix, per query."""
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])  # measured on CPU
-    max_batch_limit: int = 4096   # upper end of the GPU search for the largest batch that fits
+    max_batch_limit: int = 4096   # upper end of the GPU search (past n_examples: repeats); reached = `capped`
     n_examples: int = 256         # evaluation examples scored per measurement
     search: bool | None = None    # null: search on GPU only; true/false forces it
 
@@ -126,7 +127,8 @@ class JobConfig:
     def identity(self) -> dict:
         """What determines the numbers a job produces, and so its results-store key (`config_hash`).
 
-        Run-only keys (logger, batch size, device, progress, output directories) stay out. Before `bind`, the
+        Run-only keys (logger, batch size, progress, output directories) stay out; the device enters as its
+        kind when it is not the CPU. Before `bind`, the
         task is the config's `task` node; after it, the task's content: the resolved spec, a fingerprint of
         the data files and the demonstration text, so editing a task YAML or its data gives a new key.
         """
@@ -135,6 +137,9 @@ class JobConfig:
                  **self.method.identity(self.optim)}
         if self.mode == "efficiency":
             ident["efficiency"] = self.efficiency
+        kind = resolve_device(self.device).type
+        if kind != "cpu":  # a GPU run is not its CPU twin (other bits, other RQ2 costs); CPU keys stay as they were
+            ident["device"] = kind
         if self.content:
             ident.update(task=self.content["task"], data=self.content["data"],
                          demonstrations=self.content["demonstrations"])
@@ -393,7 +398,7 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
     quant = typed(c.get("quant"), "quant")
     if quant["dtype"] == "auto":  # quant=auto: the faster precision on this machine, recorded as resolved
         try:
-            quant["dtype"] = fast_dtype(device)
+            quant["dtype"] = fast_dtype(device, quant["method"])
         except ValueError as err:
             raise ConfigError(f"device: {err}") from None
     model = _model(_need(c, "model", "config"), quant)

@@ -6,11 +6,19 @@ accuracies, or its error) and makes the command exit non-zero if any job failed 
 the same job was running in another process (status `locked`: its result is not there yet), after every
 other job has run. A single run that finds its job locked exits non-zero too. Choosing η across a sweep on
 the dev set is `python -m analysis.report`'s job.
+
+Errors a user can act on (bad input, a model that does not load, a damaged store file, a full disk) end a
+single run with one line and exit status 2, no traceback; SIGTERM or Ctrl-C ends it with one line saying at
+which step and how to resume. Hydra's output folders are unique per process (`${ift_unique:}` in
+conf/config.yaml: the process id and a random suffix), so two sweeps started in the same second never share
+one.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import sys
 import traceback
 from pathlib import Path
@@ -19,16 +27,34 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd
+from omegaconf import OmegaConf
 
 from ift.experiment.config import ConfigError
+from ift.experiment.interrupt import JobInterrupted
 from ift.experiment.job import COMPUTING_ACTIONS, run_job
+from ift.experiment.layout import ENDED, StoreDamaged
+from ift.experiment.modelcache import ModelLoadError
+from ift.experiment.store import StoreFull
 from ift.tasks.spec import TaskError
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
-DONE = ("finished", "diverged")  # a job that ran to its end (diverged is a result, not an error)
+DONE = ENDED                     # a job that ran to its end (diverged is a result, not an error)
 LOCKED = "locked"              # the same job was running in another process: skipped, no result yet
 PLANNED = "planned"            # dry_run=true: what the job would do, nothing computed
+
+
+def unique_suffix() -> str:
+    """This process's id and 4 random hex digits: Hydra's folders differ between two processes started in the
+    same second, on one machine or on two sharing a file system (the value is cached: one per config)."""
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
+if not OmegaConf.has_resolver("ift_unique"):
+    OmegaConf.register_new_resolver("ift_unique", unique_suffix, use_cache=True)
+
+# errors whose message says it all: one line, no traceback
+ONE_LINE = (ConfigError, TaskError, ModelLoadError, StoreDamaged, StoreFull)
 
 
 def run_hydra_job(cfg) -> dict:
@@ -37,24 +63,39 @@ def run_hydra_job(cfg) -> dict:
     record = {"overrides": list(hc.overrides.task), "output_dir": str(out)}
     try:
         result = run_job(cfg, base_dir=get_original_cwd(), output_dir=out)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, and the sweep stops too
+        signum = getattr(err, "signum", 2)
+        line = str(err) if isinstance(err, JobInterrupted) else "interrupted before the job started: nothing recorded"
+        record.update(status="interrupted", error=line)
+        _write_record(out, record)
+        log.error("%s", line)
+        sys.exit(128 + int(signum))
     except Exception as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}")
-        try:
-            (out / JOB_FILE).write_text(json.dumps(record, indent=2, default=str))
-        except OSError as write_err:  # a full disk must not hide the job's own error
-            log.error("could not write %s: %s", out / JOB_FILE, write_err)
+        one_line = isinstance(err, ONE_LINE)
+        record.update(status="failed", error=str(err) if one_line else f"{type(err).__name__}: {err}")
+        _write_record(out, record)
         if hc.mode != RunMode.MULTIRUN:
-            if isinstance(err, (ConfigError, TaskError)):  # bad input: the message says it all, no traceback
+            if one_line:  # the message says it all, no traceback
                 log.error("%s", err)  # to the console and the job's log
                 sys.exit(2)
             raise
-        log.error("job failed; the sweep goes on:\n%s", traceback.format_exc())
+        if one_line:
+            log.error("job failed (the sweep goes on): %s", err)
+        else:
+            log.error("job failed; the sweep goes on:\n%s", traceback.format_exc())
         return record
     record.update(result)
     (out / JOB_FILE).write_text(json.dumps(record, indent=2, default=str))
     if result.get("status") == LOCKED and hc.mode != RunMode.MULTIRUN:
         raise JobLocked(result.get("error") or f"{result.get('store')} is locked by another run of the same job")
     return record
+
+
+def _write_record(out: Path, record: dict) -> None:
+    try:
+        (out / JOB_FILE).write_text(json.dumps(record, indent=2, default=str))
+    except OSError as write_err:  # a full disk must not hide the job's own error
+        log.error("could not write %s: %s", out / JOB_FILE, write_err)
 
 
 class JobLocked(RuntimeError):
@@ -107,7 +148,7 @@ class SweepReport(Callback):
             lines.append(f"  [{r.get('status')}{note}] {' '.join(r.get('overrides', []))}  "
                          f"{r.get('error') or _numbers(r.get('summary') or {})}  {r.get('store', '')}")
         (sweep_dir / "sweep_report.txt").write_text("\n".join(lines) + "\n")
-        log.info("\n".join(lines))
-        if failed or locked:
-            print("\n".join(lines), file=sys.stderr)
+        if failed or locked:  # printed once (the log's console handler), then a non-zero exit
+            log.error("\n".join(lines))
             sys.exit(1)
+        log.info("\n".join(lines))

@@ -2,9 +2,11 @@
 
 Order matters for users: every config, task and data error is raised by `prepare`, before the results store
 is touched or the model loads; the store directory is keyed by the config *and* the task's content (spec,
-data fingerprint, demonstrations) and locked while the job runs; every finished step is on disk before the
-next one starts; a job whose key already finished is skipped, and a killed one resumes from its last
-checkpointed step when the checkpoint matches the job (else it starts clean, with a warning saying why).
+data fingerprint, demonstrations) and locked while the job runs; the model loads before the store directory
+and the wandb run are made, so a load error leaves neither; every finished step is on disk before the
+next one starts; a job whose key already finished, with records that agree, is skipped (one whose records
+disagree is repaired), and a killed or interrupted one resumes from its last checkpointed step when the
+checkpoint matches the job (else it starts clean, with a warning saying why).
 """
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ import yaml
 
 import ift
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
+from ift.experiment.interrupt import JobInterrupted, interrupts_raised
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
+from ift.experiment.layout import STEPS_FILE
 from ift.experiment.modelcache import load_model_once
-from ift.experiment.resume import continue_shorter_run, prefix_mismatch, shorter_run  # noqa: F401 - re-exported
-from ift.experiment.store import LOCK_FILE, PREFIX_FILE, JobStore, StoreLocked, summarize
+from ift.experiment.resume import continue_shorter_run, prefix_mismatch, repair_records, shorter_run  # noqa: F401
+from ift.experiment.store import LOCK_FILE, JobStore, StoreLocked, summarize
 from ift.experiment.tracking import Tracker
 from ift.tasks import Task, load_task
 from ift.tasks.task import Demonstrations
@@ -42,7 +46,7 @@ def versions() -> dict:
     # to move an accuracy by a row (docs/results.md, *Precision*), so a rerun elsewhere is recognisable
     cpu = ift.models.cpu_kind()
     out = {"python": platform.python_version(), "cpu": cpu["cpu"] or platform.processor() or None,
-           "cpu_amx": cpu["cpu_amx"]}
+           "cpu_amx": cpu["cpu_amx"], "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     for package in ("ift", "torch", "transformers", "datasets", "bitsandbytes"):
         try:
             out[package] = version(package)
@@ -137,29 +141,46 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
     done = _already_ended(job, store)  # before the lock too, so that a re-run touches no file of a finished job
     if done:
         return done
+    holder = store.running_elsewhere()  # before loading a model for nothing
+    if holder:
+        return _locked(StoreLocked(store.path, holder))
+    # the model before the store directory and the wandb run: a load error (one line) leaves neither behind
+    lm = None if _reuse_source(job, store) else load_model_once(job.model.source, job.model.dtype, job.device,
+                                                                 job.model.quant, job.model.trust_remote_code)
     try:
         store.lock()
     except StoreLocked as err:
-        log.warning("%s", err)
-        return {"status": "locked", "skipped": True, "store": str(store.path), "holder": err.holder,
-                "error": str(err), "summary": None}
+        return _locked(err)
     try:
-        return _run_locked(cfg, ready, store, output_dir, on_step)
+        with interrupts_raised():
+            return _run_locked(cfg, ready, store, output_dir, on_step, lm)
     finally:
         store.unlock()
 
 
+def _locked(err: StoreLocked) -> dict:
+    log.warning("%s", err)
+    return {"status": "locked", "skipped": True, "store": str(err.path), "holder": err.holder, "error": str(err),
+            "summary": None}
+
+
 def _already_ended(job: JobConfig, store: JobStore) -> dict | None:
-    """run_job's result for a job whose key already finished or diverged (skip_finished), else None."""
+    """run_job's result for a job whose key already finished or diverged (skip_finished) with records that
+    agree (a damaged one is repaired: resumed from its last good step, said on one line), else None."""
     ended = store.ended() if job.skip_finished else None
     if not ended:
+        return None
+    damage = store.damage()
+    if damage:
+        log.warning("%s: %s run whose records disagree (%s): repairing it (resuming from its last good step)",
+                    store.path, ended, damage)
         return None
     log.info("already %s with this config (%s): nothing to do", ended, store.path)
     return {"status": ended, "skipped": True, "store": str(store.path), "summary": store.summary()}
 
 
 # what a dry run says a job would do: running elsewhere, skip, copy in, or one of these, which compute
-COMPUTING_ACTIONS = ("resume", "continue", "run")
+COMPUTING_ACTIONS = ("repair", "resume", "continue", "run")
 
 
 def plan(job: JobConfig, store: JobStore) -> tuple[str, str]:
@@ -174,11 +195,16 @@ def plan(job: JobConfig, store: JobStore) -> tuple[str, str]:
         return "run", f"{total} step(s), skip_finished=false: nothing kept"
     ended = store.ended()
     if ended:
-        return "skip", f"already {ended}"
+        damage = store.damage()
+        return ("repair", f"{ended} but its records disagree ({damage}): resume from its last good step") if damage \
+            else ("skip", f"already {ended}")
     source = _reuse_source(job, store)
     if source is not None:
         return "copy in", f"already {source.ended()} in {source.path}"
-    recorded = len(store.steps())
+    try:
+        recorded = len(store.steps())
+    except ValueError as err:  # a line damaged mid-file
+        return "repair", f"{err}: cut there, resume from the last good step"
     if recorded:
         return "resume", f"an earlier attempt recorded {recorded} of {total} step(s)"
     if job.method.checkpoints and job.mode == "tune":
@@ -200,11 +226,11 @@ def dry_run(job: JobConfig) -> dict:
 def _reuse_source(job: JobConfig, store: JobStore) -> JobStore | None:
     """The first store of `reuse_from` where this job ended under the same key; None if none, or if this job's
     own directory holds an attempt (that one resumes), or with skip_finished=false."""
-    if not job.skip_finished or store.meta() or store.steps():
+    if not job.skip_finished or store.meta() or store.file(STEPS_FILE).exists():
         return None
     for root in job.reuse_from:
         source = JobStore(job, root)
-        if source.ended():
+        if source.trusted():
             return source
     return None
 
@@ -227,12 +253,13 @@ def _reuse_ended(job: JobConfig, store: JobStore) -> dict | None:
             "reused_from": str(source.path)}
 
 
-def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> dict:
+def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step, lm) -> dict:
     job, task, demos, examples, dev = ready.job, ready.task, ready.demos, ready.examples, ready.dev
     # again under the lock: another process may have just finished it
     done = _already_ended(job, store) or _reuse_ended(job, store)
     if done:
         return done
+    damage = store.damage() if store.ended() else None  # begin() below removes the summary it is checked with
 
     resolved = to_plain(cfg)
     is_ift = job.method.reads_optim
@@ -247,15 +274,18 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             "n_shot": job.n_shot,
             "demonstrations": {"text": demos.text, "indices": demos.indices, "split": demos.split},
             "data_source": str(task.data_dir or (task.spec.hub or {}).get("path")), "data": job.content["data"],
-            "n_eval": len(examples), "n_dev": len(dev), "versions": versions()}
+            "n_eval": len(examples), "n_dev": len(dev), "device": ift.models.resolve_device(job.device).type,
+            "versions": versions()}
     store.begin(meta, yaml.safe_dump(resolved, sort_keys=False))
     log.info("job %s -> %s", job.hash[:16], store.path)
-    tracker = Tracker.for_job(job, store, output_dir, resolved)  # before the model loads: a failed load shows
+    repair_records(store, damage)
+    tracker = Tracker.for_job(job, store, output_dir, resolved)
     try:
         if job.method.checkpoints and job.mode == "tune" and job.skip_finished:  # false: compute every step
             continue_shorter_run(job, store)
-        lm = load_model_once(job.model.source, job.model.dtype, job.device, job.model.quant,
-                             job.model.trust_remote_code)
+        if lm is None:  # a reuse source that vanished before the lock
+            lm = load_model_once(job.model.source, job.model.dtype, job.device, job.model.quant,
+                                 job.model.trust_remote_code)
         if job.optim.position_mode == "auto":  # the key keeps "auto"; everything after uses the concrete mode
             job.optim.position_mode = resolve_position_mode(lm.model, "auto")
             if is_ift:
@@ -264,11 +294,16 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
             status, summary, error = _efficiency(job, lm, demos.text, examples, store, tracker)
         else:
             # before any work: the longest prefix this method reads + the longest query and answer must fit
-            store.update_meta(lengths=ift.check_lengths(
-                lm, ready.longest_demo_text, examples + dev, T=job.method.checks_length_for_T(job),
-                position_mode=job.optim.position_mode))
+            lengths = ift.check_lengths(lm, ready.longest_demo_text, examples + dev, T=job.method.checks_length_for_T(job),
+                                        position_mode=job.optim.position_mode)
+            store.update_meta(lengths=lengths)
+            _warn_long_prompt(job, lengths)
             status, summary, error = _tune(job, lm, ready, store, tracker, on_step)
         store.end(status, summary, error)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (interrupts_raised): resumable, said in one line
+        step = store.interrupt(getattr(err, "signal_name", "SIGINT"))
+        tracker.finish(store.summary(), "interrupted", f"interrupted after step {step}")
+        raise JobInterrupted(step, store.path, getattr(err, "signum", 2)) from None
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
         store.fail(error, traceback.format_exc())  # best effort, never raises: the job's own error goes on
@@ -277,6 +312,17 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step) -> d
     tracker.finish(summary, status, error)
     log.info("%s: %s", status, {k: v for k, v in summary.items() if v is not None})
     return {"status": status, "skipped": False, "store": str(store.path), "summary": {**summary, "status": status}}
+
+
+LONG_PROMPT_TOKENS = 2048
+
+
+def _warn_long_prompt(job: JobConfig, lengths: dict) -> None:
+    """A long demonstration prefix is accepted, but its cost is said: every step re-reads it."""
+    demo = lengths.get("demo_tokens") if isinstance(lengths, dict) else None
+    if isinstance(demo, int) and demo > LONG_PROMPT_TOKENS:
+        log.warning("n_shot=%d: the demonstrations are %d tokens long; every tuning step and every scored batch "
+                    "reads them, so the job's time and memory grow with that length", job.n_shot, demo)
 
 
 def non_finite(row: dict) -> str | None:
@@ -311,15 +357,19 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
         if prefix is not None and prefix.diverged:
             log.warning("diverged: %s", prefix.diverged)
             return "diverged", summarize(rows), prefix.diverged
+        if lm.device.type == "cuda":  # kernels run asynchronously: wait for tuning's, or tune_s stops early
+            torch.cuda.synchronize(lm.device)
         tune_s = time.perf_counter() - start
         cost: dict = {}
         scores = ift.score_examples(lm, examples, prefix=prefix, batch_size=job.batch_size, progress=job.progress,
                                     stats=cost)
+        rescore = point.rescore or (lambda s: s)
+        scores = rescore(scores)
         acc, acc_norm = ift.accuracy(scores)
         dev_acc = dev_acc_norm = None
         if dev:
-            dev_acc, dev_acc_norm = ift.accuracy(ift.score_examples(lm, dev, prefix=prefix,
-                                                                     batch_size=job.batch_size))
+            dev_acc, dev_acc_norm = ift.accuracy(rescore(ift.score_examples(lm, dev, prefix=prefix,
+                                                                             batch_size=job.batch_size)))
         row = {"step": point.step, "acc": acc, "acc_norm": acc_norm, "dev_acc": dev_acc, "dev_acc_norm": dev_acc_norm,
                **point.extra, "tune_tokens": point.tune_tokens, "backward_tokens": point.backward_tokens,
                "prefix_tokens": point.prefix_tokens, "eval_tokens_per_query": cost["tokens"] / cost["queries"],
@@ -335,7 +385,7 @@ def _tune(job: JobConfig, lm, ready: Prepared, store: JobStore, tracker: Tracker
             store.append_predictions([{"step": point.step, "index": ex.index, "pred": s.pred,
                                        "pred_norm": s.pred_norm, "gold": s.gold} for ex, s in zip(examples, scores)])
         if job.save_prefix and job.method.checkpoints:
-            prefix.save(store.file(PREFIX_FILE))
+            store.save_prefix(prefix)
         rows.append(row)
         if stopper is not None:
             stopper.update(dev_acc)
@@ -363,5 +413,6 @@ def _efficiency(job: JobConfig, lm, demo_text, examples, store: JobStore, tracke
         log.info("%s", row)
     by = {r["method"]: r for r in rows}
     summary = {"icl_queries_per_s": by["icl"]["queries_per_s"], "tuned_queries_per_s": by["tuned"]["queries_per_s"],
-               "icl_max_batch": by["icl"]["max_batch"], "tuned_max_batch": by["tuned"]["max_batch"]}
+               "icl_max_batch": by["icl"]["max_batch"], "tuned_max_batch": by["tuned"]["max_batch"],
+               "icl_capped": by["icl"]["capped"], "tuned_capped": by["tuned"]["capped"]}  # true: max_batch is a bound
     return "finished", summary, None

@@ -40,8 +40,11 @@ def file_sha256(path: Path) -> str:
 def task_identity(task: Task) -> dict:
     """The resolved task spec (after its YAML is read and overrides applied), minus where its data lives and
     minus later-added fields left unset (SPEC_KEYED_WHEN_SET)."""
-    return {k: v for k, v in asdict(task.spec).items()
-            if k not in SPEC_LOCATION_FIELDS and not (k in SPEC_KEYED_WHEN_SET and v is None)}
+    ident = {k: v for k, v in asdict(task.spec).items()
+             if k not in SPEC_LOCATION_FIELDS and not (k in SPEC_KEYED_WHEN_SET and v is None)}
+    if ident.get("hub") and "revision" in ident["hub"]:  # where hub data lives: data_fingerprint keys the revision
+        ident["hub"] = {k: v for k, v in ident["hub"].items() if k != "revision"}  # (TREC's parquet export)
+    return ident
 
 
 def data_fingerprint(task: Task) -> dict:

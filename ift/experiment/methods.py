@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 import ift
 from ift.baselines import icl_prefix, repeat_demonstrations
 from ift.cache import uses_alibi
+from ift.lengths import fitting_prefixes
 
 log = logging.getLogger(__name__)
 REGISTRY: dict[str, type[Method]] = {}  # name -> class, filled by subclassing `Method`
@@ -46,6 +47,7 @@ class Point:
     tune_tokens: int = 0
     backward_tokens: int = 0
     extra: dict = field(default_factory=dict)  # method-specific numbers for the step row (loss, norms ...)
+    rescore: Callable[[list], list] | None = None  # scores -> scores before accuracy (contextual calibration)
 
     @property
     def prefix_tokens(self) -> int:
@@ -58,6 +60,17 @@ def ift_points(lm, demo_text: str, optim, resume_from=None) -> Iterator[Point]:
         # step 1 reads the L demonstration tokens; every later step re-reads them (attending to 2L)
         yield Point(prefix.step, prefix, tune_tokens=prefix.step * prefix.length,
                     extra={"grad_norm_k": prefix.grad_norms_k, "grad_norm_v": prefix.grad_norms_v})
+
+
+def cap_to_window(lm, texts: list[str], examples, store, setting: str) -> int:
+    """How many of a method's growing prefixes (one per step) fit the model's positions and window: the job runs
+    those steps and meta.json records the cap (T becomes the steps run) instead of failing the whole job."""
+    fit, why = fitting_prefixes(lm, texts, examples)
+    if fit < len(texts):
+        log.warning("%s: only steps 1..%d of %s=%d fit this model; running those (%s)", store.path, fit, setting,
+                    len(texts), why)
+        store.update_meta(T=fit, window_cap={"setting": setting, "asked": len(texts), "fit": fit, "why": why})
+    return fit
 
 
 def zero_shot_points() -> Iterator[Point]:
@@ -217,10 +230,15 @@ class Repeat(Method):
         return self.max_repeats
 
     def longest_demo_text(self, job, task, demos):
-        return repeat_demonstrations(demos.text, self.max_repeats)
+        return demos.text  # step 1 must fit; longer steps run while they fit (points: the cap is recorded)
+
+    def points(self, job, lm, ready, store, tracker):
+        texts = [repeat_demonstrations(ready.demos.text, r) for r in range(1, self.max_repeats + 1)]
+        self._fit = cap_to_window(lm, texts, ready.examples + ready.dev, store, "method.max_repeats")
+        return super().points(job, lm, ready, store, tracker)
 
     def _points(self, job, lm, ready, done):
-        return repeat_points(lm, ready.demos.text, self.max_repeats, done)
+        return repeat_points(lm, ready.demos.text, self._fit, done)
 
 
 @dataclass

@@ -1,14 +1,67 @@
-"""The model of a local sweep's jobs, loaded once per process (the model is frozen, so jobs can share it)."""
+"""The model of a local sweep's jobs, loaded once per process (the model is frozen, so jobs can share it).
+
+A job loads its model before it creates its store directory or its wandb run (ift/experiment/job.py), so a
+load error leaves nothing behind; the error is one line (ModelLoadError). A hub id with the Hugging Face Hub
+out of reach is looked up in the local cache only, at once, instead of after a minute of retries.
+"""
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 import ift
+from ift.models import HUB_ID, PACKAGED_GGUF
 
 log = logging.getLogger(__name__)
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded: one line naming the source and why."""
+
+
+def is_hub_id(source: str) -> bool:
+    return source != "bundled" and source not in PACKAGED_GGUF and not Path(source).expanduser().exists() \
+        and HUB_ID.fullmatch(source.split("::")[0]) is not None
+
+
+def hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face Hub (HF_ENDPOINT) cannot be reached, or None when a connection opens in `timeout`."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{url.scheme}://{url.hostname}:{port} cannot be reached ({err.strerror or err})"
+    return None
+
+
+def go_offline_if_unreachable(source: str) -> None:
+    """For a hub id, when HF_HUB_OFFLINE is not set and the hub does not answer in a few seconds: set it (this
+    process), so the model comes from the local cache at once or the load fails at once saying so."""
+    from huggingface_hub import constants
+
+    if not is_hub_id(source) or constants.HF_HUB_OFFLINE:
+        return
+    why = hub_unreachable()
+    if why is None:
+        return
+    log.warning("the Hugging Face Hub %s: loading %s from the local cache only (HF_HUB_OFFLINE=1)", why, source)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
+def one_line(err: BaseException, source: str) -> str:
+    text = " ".join(str(err).split())
+    return text if source in text else f"model {source!r}: {text}"
 
 
 class ModelCache:
@@ -31,8 +84,7 @@ class ModelCache:
             return self.loaded[key]
         failed = self.failed.get(key)
         if failed is not None:
-            log.error("model %s failed to load earlier in this process; not trying again: %s: %s", source,
-                      type(failed).__name__, failed)
+            log.error("model %s failed to load earlier in this process; not trying again", source)
             raise failed
         if self.loaded:
             self.loaded.clear()
@@ -40,11 +92,14 @@ class ModelCache:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         try:
+            go_offline_if_unreachable(source)
             lm = ift.load_model(source, dtype=dtype, device=device, quant=quant, trust_remote_code=trust_remote_code)
         except Exception as err:
-            if not isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):  # memory may be free next time
-                self.failed[key] = err
-            raise
+            if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):  # memory may be free next time
+                raise
+            failed = ModelLoadError(one_line(err, source))
+            self.failed[key] = failed
+            raise failed from err
         self.loaded[key] = lm
         return lm
 

@@ -8,6 +8,7 @@ import shutil
 
 import ift
 from ift.experiment.config import JobConfig, config_hash
+from ift.experiment.layout import STEPS_FILE
 from ift.experiment.store import PREFIX_FILE, JobStore
 from ift.experiment.tracking import Tracker
 
@@ -19,6 +20,22 @@ def span(steps: list[int]) -> str:
         return "none"
     return f"{steps[0]}-{steps[-1]}" if steps == list(range(steps[0], steps[-1] + 1)) and len(steps) > 1 \
         else ", ".join(map(str, steps))
+
+
+def repair_records(store: JobStore, damage: str | None) -> None:
+    """Before an attempt reads its store: cut steps.jsonl at its first unreadable line (a torn tail, or damage
+    mid-file), and forget every step of an ended run whose steps.jsonl no longer matches the digest its summary
+    recorded (which row changed cannot be told). `damage`: JobStore.damage() of the ended run, read before
+    `begin` removed its summary. Each repair is one WARNING line."""
+    if damage and STEPS_FILE in damage and "digest" in damage:
+        log.warning("%s: %s; starting clean from step 1", store.path, damage)
+        store.reset()
+        return
+    cut = store.repair_steps()
+    if cut:
+        kept = [r["step"] for r in store.steps()]
+        log.warning("%s: %s had %d unreadable or torn line(s) after its first %d: cut, keeping step(s) %s",
+                    store.path, STEPS_FILE, cut, len(kept), span(kept))
 
 
 def prefix_mismatch(prefix_meta: dict, job: JobConfig, demo_text: str) -> str:
@@ -90,7 +107,7 @@ def shorter_run(job: JobConfig) -> JobStore | None:
         other.optim.T = shorter
         other.hash = config_hash(other.identity())
         store = JobStore(other)
-        if store.ended() == "finished" and store.file(PREFIX_FILE).exists() and \
+        if store.trusted() == "finished" and store.file(PREFIX_FILE).exists() and \
                 (not job.save_predictions or store.file("predictions.jsonl").exists()):
             return store
     return None

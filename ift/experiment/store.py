@@ -18,7 +18,11 @@ step). `analysis/` reads this layout (docs/design.md).
 
 Every file holds standard JSON only (`allow_nan=False`): a NaN or infinity reaching the store is an error,
 never an `Infinity` that other JSON readers reject. Whole files are replaced atomically (a temporary file,
-removed again if the write fails); JSONL rows are appended and fsync'ed, and a failed append is cut back.
+removed again if the write fails); JSONL rows are appended whole or not at all (unbuffered writes, fsync'ed,
+and a failed append is cut back to the size before it), and a full disk is a StoreFull naming the file.
+
+File names, statuses and the check an ended run must pass before it is trusted (`JobStore.damage`) live in
+ift/experiment/layout.py, shared with analysis/.
 """
 from __future__ import annotations
 
@@ -31,7 +35,23 @@ import socket
 import time
 from pathlib import Path
 
+from ift.experiment import layout
 from ift.experiment.config import JobConfig
+from ift.experiment.layout import (
+    DIGEST_KEY,
+    ENDED,
+    ERROR_FILE,
+    FAILED,
+    INTERRUPTED,
+    LOCK_FILE,
+    META_FILE,
+    PREDICTIONS_FILE,
+    PREFIX_FILE,
+    RUNNING,
+    STEPS_FILE,
+    SUMMARY_FILE,
+    StoreDamaged,
+)
 from ift.jsonl import read_jsonl
 from ift.protocol import EARLIEST, pick, score_of
 
@@ -42,8 +62,7 @@ except ImportError:  # Windows: no flock; jobs run unlocked
 
 log = logging.getLogger(__name__)
 
-PREFIX_FILE = "prefix.safetensors"
-LOCK_FILE = ".lock"
+__all__ = ["LOCK_FILE", "PREFIX_FILE", "JobStore", "StoreDamaged", "StoreFull", "StoreLocked", "summarize"]
 HELD_ELSEWHERE = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # a non-blocking flock that another process holds
 
 
@@ -54,6 +73,23 @@ class StoreLocked(RuntimeError):
         self.path, self.holder = path, holder
         super().__init__(f"{path} is locked by another run of the same job ({holder}); skipped. Wait for it to end, "
                          f"or stop it, then run again to pick up its result")
+
+
+class StoreFull(OSError):
+    """A store write that found no space left: names the file; the file is as it was before the write."""
+
+    def __init__(self, path: Path):
+        super().__init__(errno.ENOSPC, f"{path}: no space left on device (nothing half-written was kept; free "
+                         "space and re-run the same command to resume)")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _full(err: BaseException) -> bool:
+    """A write that failed for lack of space (an OSError, or safetensors' error naming os error 28)."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "os error 28" in str(err)
 
 
 def _safe(name: str) -> str:
@@ -82,11 +118,13 @@ def _write_text(path: Path, text: str) -> None:
             f.write(text)
             _sync(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if _full(err) and not isinstance(err, StoreFull):
+            raise StoreFull(path) from err
         raise
 
 
@@ -115,22 +153,35 @@ def _cut_torn_tail(f) -> None:
     f.truncate(0)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    text = "".join(_dumps(row, default=float) + "\n" for row in rows)  # a bad value fails before the file is touched
+    """Append whole lines or nothing: unbuffered writes, fsync'ed, and on any error (a full disk) the file is cut
+    back to its size before the write, so no torn line is left for the next append or a reader to meet."""
+    text = "".join(_dumps(row, default=float) + "\n" for row in rows).encode()  # a bad value fails first
     if path.exists():
         with open(path, "rb+") as f:
             _cut_torn_tail(f)
-    with open(path, "a") as f:
-        start = f.tell()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            f.write(text)
-            _sync(f)  # a step reported as done survives a kill
-        except BaseException:
-            try:  # no torn line left for the next append to follow
-                f.truncate(start)
+            _write_all(fd, text)
+            os.fsync(fd)  # a step reported as done survives a kill
+        except BaseException as err:
+            try:
+                os.ftruncate(fd, start)
             except OSError:
                 pass
+            if _full(err):
+                raise StoreFull(path) from err
             raise
+    finally:
+        os.close(fd)
 
 
 def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
@@ -147,28 +198,78 @@ class JobStore:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @classmethod
+    def at(cls, path) -> JobStore:
+        """The store of an existing job directory (analysis.sync --from-store), without its config."""
+        store = cls.__new__(cls)
+        store.path, store._lock_fd = Path(path), None
+        return store
+
     # ---------------------------------------------------------------- reading
-    def meta(self) -> dict:
+    def _object(self, name: str) -> dict | None:
+        """A JSON-object file: None when missing or not JSON (a write never finished); StoreDamaged (one line
+        naming the file) when it is JSON of another shape."""
         try:
-            return json.loads(self.file("meta.json").read_text())
-        except (OSError, ValueError):
-            return {}
+            text = self.file(name).read_text()
+        except OSError:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            layout.json_object(text, self.file(name))  # raises, naming the file
+        return data
+
+    def meta(self) -> dict:
+        return self._object(META_FILE) or {}
 
     def summary(self) -> dict | None:
-        try:
-            return json.loads(self.file("summary.json").read_text())
-        except (OSError, ValueError):
-            return None
+        return self._object(SUMMARY_FILE)
 
     def ended(self) -> str | None:
         """"finished" or "diverged" when an earlier attempt ran to its end (re-running would change nothing)."""
         summary, status = self.summary(), self.meta().get("status")
-        if status in ("finished", "diverged") and summary is not None and summary.get("status") == status:
+        if status in ENDED and summary is not None and summary.get("status") == status:
             return status
         return None
 
+    def damage(self) -> str | None:
+        """Why an ended run's records disagree (layout.check_ended), or None: a run is trusted only when they
+        agree; one that does not is repaired by running it again (it resumes from its last good step)."""
+        summary = self.summary() or {}
+        steps = self.file(STEPS_FILE)
+        prefix = self.file(PREFIX_FILE)
+        checkpoint = layout.checkpoint_step(prefix) if prefix.exists() else False
+        return layout.check_ended(self.meta(), summary, steps.read_bytes() if steps.exists() else None, checkpoint)
+
+    def trusted(self) -> str | None:
+        """`ended()` for a run whose records agree (`damage()` is None), else None."""
+        ended = self.ended()
+        return ended if ended and self.damage() is None else None
+
     def steps(self) -> list[dict]:
-        return sorted(read_jsonl(self.file("steps.jsonl")), key=lambda r: r["step"])
+        return sorted(read_jsonl(self.file(STEPS_FILE)), key=lambda r: r["step"])
+
+    def repair_steps(self) -> int:
+        """Cut steps.jsonl at its first unreadable line (a torn tail, or damage mid-file): the rows before it
+        stay, the rest go (resume then redoes those steps). Returns how many lines were cut."""
+        path = self.file(STEPS_FILE)
+        if not path.exists():
+            return 0
+        lines = [line for line in path.read_bytes().splitlines(keepends=True) if line.strip()]
+        good = 0
+        for line in lines:
+            try:
+                row = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                break
+            good += 1
+        if good < len(lines):
+            _write_text(path, b"".join(lines[:good]).decode())
+        return len(lines) - good
 
     # ---------------------------------------------------------------- locking
     def lock(self) -> None:
@@ -241,40 +342,63 @@ class JobStore:
                 "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         if config_yaml is not None:
             _write_text(self.file("config.yaml"), config_yaml)
-        self.file("summary.json").unlink(missing_ok=True)
-        self.file("error.txt").unlink(missing_ok=True)
-        _write_json(self.file("meta.json"), meta)
+        self.file(SUMMARY_FILE).unlink(missing_ok=True)
+        self.file(ERROR_FILE).unlink(missing_ok=True)
+        _write_json(self.file(META_FILE), meta)
 
     def update_meta(self, **items) -> None:
-        _write_json(self.file("meta.json"), {**self.meta(), **items})
+        _write_json(self.file(META_FILE), {**self.meta(), **items})
 
     def keep_steps(self, last_step: int) -> list[dict]:
         """Drop step rows after `last_step` (recorded after the checkpoint was saved); return the rest."""
         rows = [r for r in self.steps() if r["step"] <= last_step]
-        _rewrite_jsonl(self.file("steps.jsonl"), rows)
-        preds = self.file("predictions.jsonl")
+        _rewrite_jsonl(self.file(STEPS_FILE), rows)
+        preds = self.file(PREDICTIONS_FILE)
         if preds.exists():
             _rewrite_jsonl(preds, [r for r in read_jsonl(preds) if r["step"] <= last_step])
         return rows
 
     def reset(self) -> None:
         """Forget the results of an earlier attempt that cannot be resumed."""
-        for name in ("steps.jsonl", "predictions.jsonl", "efficiency.jsonl", PREFIX_FILE):
+        for name in (STEPS_FILE, PREDICTIONS_FILE, layout.EFFICIENCY_FILE, PREFIX_FILE):
             self.file(name).unlink(missing_ok=True)
 
     def append_step(self, row: dict) -> None:
-        _append_jsonl(self.file("steps.jsonl"), [row])
+        _append_jsonl(self.file(STEPS_FILE), [row])
 
     def append_predictions(self, rows: list[dict]) -> None:
-        _append_jsonl(self.file("predictions.jsonl"), rows)
+        _append_jsonl(self.file(PREDICTIONS_FILE), rows)
 
     def append_efficiency(self, row: dict) -> None:
-        _append_jsonl(self.file("efficiency.jsonl"), [row])
+        _append_jsonl(self.file(layout.EFFICIENCY_FILE), [row])
+
+    def save_prefix(self, prefix) -> None:
+        """The resume checkpoint; a full disk is a StoreFull naming the file (safetensors' own error does not)."""
+        path = self.file(PREFIX_FILE)
+        try:
+            prefix.save(path)
+        except Exception as err:
+            if _full(err):
+                raise StoreFull(path) from err
+            raise
 
     def end(self, status: str, summary: dict, error: str | None = None) -> None:
-        """Record how the job ended: summary first, then meta (`ended` needs both to agree)."""
-        _write_json(self.file("summary.json"), {**summary, "status": status})
+        """Record how the job ended: summary (with the digest of steps.jsonl) first, then meta (`ended` needs
+        both to agree; `damage` checks the digest)."""
+        steps = self.file(STEPS_FILE)
+        sealed = {DIGEST_KEY: layout.digest(steps.read_bytes())} if steps.exists() else {}
+        _write_json(self.file(SUMMARY_FILE), {**summary, "status": status, **sealed})
         self.update_meta(status=status, error=error, finished=now())
+
+    def interrupt(self, signal_name: str) -> int:
+        """Mark the job interrupted (SIGTERM, Ctrl-C): resumable, like a killed job; returns its last step."""
+        last = max((r["step"] for r in self.steps()), default=0)
+        try:
+            self.update_meta(status=INTERRUPTED, error=f"interrupted by {signal_name} after step {last}",
+                             finished=now())
+        except Exception as err:  # noqa: BLE001 - the interruption goes on; the status stays running
+            log.warning("could not record the interruption in %s (%s)", self.file(META_FILE), err)
+        return last
 
     def fail(self, error: str, details: str) -> None:
         """Record a failure, best effort: never raises, so the caller re-raises the original error.
@@ -289,19 +413,19 @@ class JobStore:
         except Exception:  # noqa: BLE001 - an unreadable steps file must not hide the job's own error
             summary = summarize([])
         try:
-            self.update_meta(status="failed", error=error, finished=now())
+            self.update_meta(status=FAILED, error=error, finished=now())
         except Exception as err:  # noqa: BLE001
-            log.warning("could not record the failure in %s (%s): it stays marked running", self.file("meta.json"),
-                        err)
+            log.warning("could not record the failure in %s (%s): it stays marked %s", self.file(META_FILE), err,
+                        RUNNING)
         else:
             try:
-                _write_json(self.file("summary.json"), {**summary, "status": "failed"})
+                _write_json(self.file(SUMMARY_FILE), {**summary, "status": FAILED})
             except Exception as err:  # noqa: BLE001
-                log.warning("could not write %s (%s)", self.file("summary.json"), err)
+                log.warning("could not write %s (%s)", self.file(SUMMARY_FILE), err)
         try:
-            _write_text(self.file("error.txt"), details)
+            _write_text(self.file(ERROR_FILE), details)
         except Exception as err:  # noqa: BLE001
-            log.warning("could not write %s (%s)", self.file("error.txt"), err)
+            log.warning("could not write %s (%s)", self.file(ERROR_FILE), err)
         for tmp in self.path.glob("*.tmp"):  # a write the error interrupted (this process holds the lock)
             try:
                 tmp.unlink()

@@ -184,13 +184,18 @@ class Tracker:
             if cfg.mode != "online":
                 log.warning("wandb could not start (%s): tracking only to the local results store", err)
                 return
-            log.warning("wandb could not start online (%s); logging offline instead: `python -m analysis.sync %s`"
-                        " later", err, run_dir)
-            try:
+            try:  # the failed online attempt still holds the run id in wandb's service: shut it down first
+                wandb.teardown()
                 self.run = wandb.init(mode="offline", **kwargs)
             except Exception as err2:  # noqa: BLE001
-                log.warning("wandb could not start offline either (%s): tracking only to the results store", err2)
+                log.warning("wandb could not start online (%s) nor offline (%s): this job has no wandb copy; the "
+                            "results store has everything, rebuild the copy from it later with `python -m "
+                            "analysis.sync --from-store %s`", _first_line(err), _first_line(err2),
+                            store.path if store is not None else "<job directory>")
+                self.run = None
                 return
+            log.warning("wandb could not start online (%s); logging offline instead: `python -m analysis.sync %s` "
+                        "later", _first_line(err), run_dir)
         self._call("define_metric", self._define_metrics)
         if self.run is not None and getattr(self.run, "resumed", False):  # online resume: the server has these
             last = self.run.summary.get(STEP)
@@ -333,6 +338,10 @@ class Tracker:
         for f in files:
             artifact.add_file(str(f))
         self.run.log_artifact(artifact)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _table(rows: list[dict]):

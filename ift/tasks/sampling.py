@@ -10,7 +10,7 @@ import numpy as np
 
 from ift.tasks.spec import TaskError
 
-EVAL, POOL, SHUFFLE = 0, 1, 2
+EVAL, POOL, SHUFFLE, DRAWS = 0, 1, 2, 3
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
@@ -28,6 +28,13 @@ def subsample(n_rows: int, limit: int | None, seed: int) -> list[int]:
 
 def permute(items: list[int], seed: int, stream: int) -> list[int]:
     return [items[int(i)] for i in rng(seed, stream).permutation(len(items))]
+
+
+def redraw(items: list[int], seed: int, draw: int) -> list[int]:
+    """Another order of `items` for demonstration draw `draw` >= 1 (its own stream: draw 0, the plain order,
+    never changes)."""
+    rng(seed, DRAWS)  # checks the seed
+    return [items[int(i)] for i in np.random.default_rng([DRAWS, int(seed), int(draw)]).permutation(len(items))]
 
 
 def first_per_class(order: list[int], classes: dict[int, int], n: int, n_classes: int) -> list[list[int]]:

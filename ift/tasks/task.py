@@ -119,6 +119,11 @@ class Task:
             gold = self._gold(row.get(self.spec.label_field), row, len(conts))
         return Example(tuple(contexts), tuple(conts), gold, index)
 
+    def render_example(self, row: dict) -> Example:
+        """An unlabelled example rendered from a made-up row (contextual calibration's content-free inputs)."""
+        contexts, conts = self._formatter.render(self.spec, row)
+        return Example(tuple(contexts), tuple(conts))
+
     # --- evaluation ---------------------------------------------------------------------------
 
     @property
@@ -167,14 +172,21 @@ class Task:
                             f"(pool: {len(order)} rows of {self.spec.demo_split!r}); lower task.dev_size")
         return order[:cut], order[cut:]
 
-    def demonstrations(self, n: int, seed: int = 0) -> Demonstrations:
-        """n per class (stratified classification) or n in all, shuffled; the text ends with the separator."""
+    def demonstrations(self, n: int, seed: int = 0, draw: int = 0) -> Demonstrations:
+        """n per class (stratified classification) or n in all, shuffled; the text ends with the separator.
+
+        draw k >= 1 takes them from another order of the same candidates (ift.controls: demonstrations chosen on
+        dev), so no draw ever holds a dev or evaluated row; draw 0 is the job's own."""
         if not isinstance(n, int) or n < 0:
             raise TaskError(f"{self.name}: n (shots) must be an integer >= 0, got {n!r}")
+        if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+            raise TaskError(f"{self.name}: draw must be an integer >= 0, got {draw!r}")
         split = self.spec.demo_split
         if n == 0:
             return Demonstrations("", [], split)
         candidates, _ = self._order(seed)
+        if draw:
+            candidates = sampling.redraw(candidates, seed, draw)
         if self.spec.demo_max_chars is not None:
             candidates = self._short_enough(candidates, n)
         if self.spec.stratify:
