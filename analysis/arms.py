@@ -1,9 +1,10 @@
 """The studies' protocol side: which arms a run serves, the candidate (arm, run, step) rows, and what each arm picks.
 
-A *method* run (meta `method`: ift, zero_shot, repeat, more_demos, grad) records one row per step of its
-own knob. An *arm* (`Arm`) is a method together with the settings a protocol may choose among: its fields
-say what it is (code selects arms by them), its `label` is only what the page prints. The rules themselves
-(scores, tie rules, early stopping) are ift/protocol.py's.
+A *method* run records one row per step of its own knob. An *arm* (`Arm`) is a method together with the
+settings a protocol may choose among: its fields say what it is (code selects arms by them), its `label` is
+what the page prints and groups by. What an arm is made of comes from what the method declared
+(analysis.methods.method_info: its label, settings, pooled arms, rank), never from the method's name. The rules
+themselves (scores, tie rules, early stopping) are ift/protocol.py's; choosing is analysis.core's.
 """
 from __future__ import annotations
 
@@ -12,111 +13,71 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import load
+from analysis import core, load
+from analysis.methods import fill, method_info, setting
 from analysis.tables import task_family
-from ift.protocol import CHEAPEST, pick_frame, score_of, stop_step
+from ift.protocol import CHEAPEST, score_of, stop_step
 
-PATIENCE = 2  # the simulated early stopping's patience (the IFT_EARLY arm)
-BASELINE_LABELS = {"repeat": "ICL ×r (r on dev)", "more_demos": "ICL, k×n shots (k on dev)"}
+PATIENCE = 2  # the simulated early stopping's patience (the early-stopping arm)
 
 # what the dev rows choose among (Arm.choice)
 NONE = "none"        # one step only (ICL, zero-shot)
 STEP = "step"        # the steps of one run (IFT's T at one η; r, k or the gradient's steps)
-ETA = "eta"          # one IFT setting (mode, β): its runs' η and T
-ALL = "all"          # every IFT run of the seed: mode, η, β and T
-EARLY = "early"      # every IFT run, each cut where early stopping (patience PATIENCE) would have stopped it
+POOL = "pool"        # the runs of a method that share some settings (IFT: mode and β), their steps
+ALL = "all"          # every run of the method of the seed: all its settings and steps
+EARLY = "early"      # every run of the method, each cut where early stopping (patience PATIENCE) would have stopped
 RUNTIME = "runtime"  # a run stopped early while it ran (optim.patience): its own arm
+
+# whose arm it is (Arm.role)
+ICL_ROLE = "icl"     # step 1 of the runs with demonstrations
+SUBJECT = "subject"  # the method the pages study (MethodInfo.subject: IFT)
+RIVAL = "rival"      # every other method: a baseline the subject must beat
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm of the page: a method and what the protocol chooses among (see the constants above)."""
+    """One arm of the page: its label (the grouping key), what the protocol chooses among, its place."""
 
-    method: str                # ift, zero_shot, repeat, more_demos, grad, or "icl" (step 1)
+    label: str
     choice: str = STEP
-    mode: str | None = None    # IFT's position mode, β and η where the arm fixes them
-    beta: float | None = None
-    eta: float | None = None
-    lr: float | None = None    # gradient tuning's learning rate
-    patience: int | None = None  # RUNTIME: the run's own patience
-
-    @property
-    def setting(self) -> str:
-        """An IFT run's setting without η: 'IFT aligned β=0.9'."""
-        return f"IFT {self.mode} β={self.beta:g}"
-
-    @property
-    def label(self) -> str:
-        m = self.method
-        if self.choice == RUNTIME:
-            what = f"{self.setting} η={self.eta:g}" if m == "ift" else f"gradient tuning lr={self.lr:g}"
-            return f"{what} (run-time early stopping, patience {self.patience})"
-        if m == "ift":
-            if self.choice == ALL:
-                return "IFT (mode, η, β, T on dev)"
-            if self.choice == EARLY:
-                return f"IFT (mode, η, β on dev; T by early stopping, patience {PATIENCE})"
-            if self.choice == ETA:
-                return f"{self.setting} (η, T on dev)"
-            return f"{self.setting} η={self.eta:g} (T on dev)"
-        if m == "icl":
-            return "ICL"
-        if m == "zero_shot":
-            return "zero-shot"
-        if m == "grad":
-            return f"gradient tuning lr={self.lr:g} (steps on dev)"
-        return BASELINE_LABELS.get(m, m)
-
-    @property
-    def rank(self) -> int:
-        """Where the arm sits in the page's tables: zero-shot, ICL, the baselines, the gradient, IFT overall,
-        then every other arm (ties by label)."""
-        if self.method == "ift":
-            return 5 if self.choice in (ALL, EARLY) else 6
-        if self.method == "grad":
-            return 4
-        return {"zero_shot": 0, "icl": 1, "repeat": 2, "more_demos": 3}.get(self.method, 6)
+    rank: int = 6          # its place in the page's tables (MethodInfo.rank); ties by label
+    role: str = RIVAL
+    setting: str = ""      # one run's setting as the page names it ("IFT aligned β=0.9 η=0.1"; "" when pooled)
+    detail: str = ""       # its settings alone ("aligned β=0.9 η=0.1"), a figure's legend
+    demos: bool = True     # it reads demonstrations (a zero-shot arm does not)
+    tunes: bool = False    # MethodInfo.tunes
+    candidates: int = 1    # the dev candidates one run of it offers (MethodInfo: its steps)
 
 
-ICL_ARM = Arm("icl", NONE)
-IFT_ALL_ARM = Arm("ift", ALL)
-IFT_EARLY_ARM = Arm("ift", EARLY)
+ICL_ARM = Arm("ICL", NONE, rank=1, role=ICL_ROLE)
 ICL = ICL_ARM.label
-ZERO = Arm("zero_shot", NONE).label
-IFT_ALL = IFT_ALL_ARM.label
-IFT_EARLY = IFT_EARLY_ARM.label
-ETA_ARM = " (T on dev)"  # the suffix of the per-η IFT arms (choice STEP), where each run's steps appear once
-BASELINE_ARMS = BASELINE_LABELS
-COLUMNS = ["task", "arm", "seed", "run", "step", "acc", "dev_acc", "tune_tokens", "backward_tokens",
-           "prefix_tokens"]
-
-
-def method(run: load.Run) -> str:
-    return str(run.meta.get("method") or "ift")
-
-
-def ift_setting(meta: dict) -> str:
-    return f"IFT {meta.get('position_mode')} β={float(meta.get('beta')):g}"
-
-
-def _num(x) -> float:
-    return float(x or 0)
 
 
 def arms(run: load.Run) -> list[Arm]:
-    """The arms a run's steps belong to (an IFT run serves its η-specific, its setting's and the overall arm)."""
-    m, meta = method(run), run.meta
-    ift = dict(mode=meta.get("position_mode"), beta=float(meta["beta"]), eta=float(meta["eta"])) if m == "ift" \
-        else {}
+    """The arms a run's steps belong to: its own (one setting; or its run-time early stopping), then those its
+    method pools it into (IFT: its mode and β over η, then every setting)."""
+    info, meta = method_info(run), run.meta
+    name = setting(info, meta)
+    common = dict(rank=info["rank"], role=SUBJECT if info["subject"] else RIVAL, setting=name,
+                  detail=fill(info["setting"], meta), demos=info["step1_is_icl"], tunes=info["tunes"],
+                  candidates=info["candidates"])
     if meta.get("patience") is not None:  # stopped at run time (optim.patience): its own arm, beside full runs
-        return [Arm(m, RUNTIME, lr=None if m == "ift" else _num(meta.get("lr")), patience=meta["patience"], **ift)]
-    if m == "ift":
-        return [Arm(m, STEP, **ift), Arm(m, ETA, mode=ift["mode"], beta=ift["beta"]), IFT_ALL_ARM]
-    if m == "zero_shot":
-        return [Arm(m, NONE)]
-    if m == "grad":
-        return [Arm(m, STEP, lr=_num(meta.get("lr")))]
-    return [Arm(m, STEP)]
+        return [Arm(f"{name} (run-time early stopping, patience {meta['patience']})", RUNTIME, **common)]
+    own = [Arm(f"{name} ({info['chooses']} on dev)", STEP, **common) if info["chooses"] else Arm(name, NONE, **common)]
+    return own + [pool_arm(info, meta, kept, chooses) for kept, chooses in info["pools"]]
+
+
+def pool_arm(info: dict, meta: dict, kept: str, chooses: str) -> Arm:
+    """The arm pooling the runs of a method that share the `kept` settings (none: every setting)."""
+    label = f"{info['label']} {fill(kept, meta)}" if kept else info["label"]
+    return Arm(f"{label} ({chooses} on dev)", POOL if kept else ALL, rank=info["rank"] if kept else info["pooled_rank"],
+               role=SUBJECT if info["subject"] else RIVAL, tunes=info["tunes"])
+
+
+def early_arm(info: dict) -> Arm:
+    """The arm of simulated early stopping over every setting of the method (MethodInfo.early)."""
+    return Arm(f"{info['label']} ({info['early']} on dev; {info['chooses']} by early stopping, patience {PATIENCE})",
+               EARLY, rank=info["pooled_rank"], role=SUBJECT if info["subject"] else RIVAL, tunes=info["tunes"])
 
 
 def arms_of(run: load.Run) -> list[str]:
@@ -153,21 +114,22 @@ def drop_incomplete(runs: list[load.Run]) -> list[load.Run]:
 
 
 def _row_arm(a: Arm) -> dict:
-    """The arm's columns of a candidate row: its label (the grouping key), its Arm and its rank."""
-    return {"arm": a.label, "arm_spec": a, "choice": a.choice, "rank": a.rank}
+    """The arm's columns of a candidate row: its label (the grouping key), its Arm, its choice, rank and role."""
+    return {"arm": a.label, "arm_spec": a, "choice": a.choice, "rank": a.rank, "role": a.role}
 
 
 def candidates(runs: list[load.Run], metric: str = "acc") -> pd.DataFrame:
     """One row per (arm, run, step) with what a protocol needs to choose and to report."""
     rows = []
     for run in runs:
-        meta = run.meta
-        simulate = method(run) == "ift" and meta.get("patience") is None  # a full run: simulate early stopping
+        meta, info = run.meta, method_info(run)
+        simulate = bool(info["early"]) and meta.get("patience") is None  # a full run: simulate early stopping
         stop = early_stop([_pct(s.get("dev_" + metric)) for s in run.steps]) if simulate else 0
+        early = early_arm(info) if simulate else None
         for s in run.steps:
             base = {"model": meta.get("model"), "task": meta.get("task"), "n_shot": meta.get("n_shot"),
                     "seed": meta.get("seed"), "run": run.id, "config": repr(run.config_key()),
-                    "method": method(run), "step": int(s["step"]),
+                    "method": run.method, "step1_is_icl": info["step1_is_icl"], "step": int(s["step"]),
                     "acc": _pct(s.get(metric)), "dev_acc": _pct(s.get("dev_" + metric)),
                     "tune_tokens": float(s.get("tune_tokens", np.nan) or 0),
                     "backward_tokens": float(s.get("backward_tokens", 0) or 0),
@@ -177,7 +139,7 @@ def candidates(runs: list[load.Run], metric: str = "acc") -> pd.DataFrame:
             for arm in arms(run):
                 rows.append({**base, **_row_arm(arm)})
             if base["step"] <= stop:  # what early stopping would have evaluated
-                rows.append({**base, **_row_arm(IFT_EARLY_ARM)})
+                rows.append({**base, **_row_arm(early)})
     return pd.DataFrame(rows)
 
 
@@ -187,7 +149,7 @@ def _pct(x) -> float:
 
 def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
     """Step 1 of every method with demonstrations, one per (model, task, n_shot, seed); they must agree."""
-    first = cands[(cands["step"] == 1) & (cands["method"] != "zero_shot")].drop_duplicates("run")
+    first = cands[(cands["step"] == 1) & cands["step1_is_icl"]].drop_duplicates("run")
     group = ["model", "task", "n_shot", "seed"]
     spread = first.groupby(group)["acc"].agg(lambda a: a.max() - a.min())
     bad = spread[spread > 1e-6]
@@ -200,10 +162,8 @@ def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
 
 def choose(cands: pd.DataFrame, protocol: str, tie=CHEAPEST) -> pd.DataFrame:
     """The (run, step) each arm picks per seed under a protocol ('dev' or 'eval'); ties by `tie`
-    (ift/protocol.py; the page's rule is CHEAPEST)."""
-    score = score_of(protocol)  # candidates hold the chosen metric as acc / dev_acc
-    c = cands.dropna(subset=[score]) if protocol == "dev" else cands
-    return pick_frame(c, score, ["model", "task", "n_shot", "arm", "seed"], tie=tie, dropna=True)
+    (ift/protocol.py; the page's rule is CHEAPEST). Candidates hold the chosen metric as acc / dev_acc."""
+    return core.choose(cands, protocol, ["model", "task", "n_shot", "arm", "seed"], tie=tie)
 
 
 def choose_per_task(cands: pd.DataFrame, protocol: str = "eval", tie=CHEAPEST) -> pd.DataFrame:
@@ -218,10 +178,11 @@ def choose_per_task(cands: pd.DataFrame, protocol: str = "eval", tie=CHEAPEST) -
         **{score: (score, "mean"), "tune_tokens": ("tune_tokens", "mean"), "_n": ("seed", "nunique")})
     mean = mean.join(seeds, on=group)
     mean = mean[mean["_n"] == mean["_seeds"]].assign(run=lambda f: f["config"])  # ties: CHEAPEST's run -> config
-    best = pick_frame(mean, score, group, tie=tie, dropna=True)[[*group, "config", "step"]]
+    best = core.choose(mean, protocol, group, tie=tie)[[*group, "config", "step"]]
     return c.merge(best, on=[*group, "config", "step"])
 
 
-def ift_step_arms(cands: pd.DataFrame) -> pd.DataFrame:
-    """The per-η IFT arms' rows (choice STEP), where each full IFT run's steps appear exactly once."""
-    return cands[(cands["method"] == "ift") & (cands["choice"] == STEP)]
+def setting_arms(cands: pd.DataFrame) -> pd.DataFrame:
+    """The subject's one-setting arms (choice STEP: IFT per mode, β and η), where each full run's steps appear
+    exactly once."""
+    return cands[(cands["role"] == SUBJECT) & (cands["choice"] == STEP)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -26,124 +25,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import load  # noqa: E402
-from analysis.study import (  # noqa: E402  (the private formatters too: the same cells as the study pages)
-    _marked,
-    _pm,
-    _signed,
-    arm_table,
-    candidates,
-    choose,
-    drop_incomplete,
-    interval,
+from analysis.arms import ICL, choose  # noqa: E402
+from analysis.core import interval, markdown_table, marked, pm, signed  # noqa: E402
+from analysis.crossmodel_runs import (  # noqa: E402
+    ARM_TEXT,
+    ARMS,
+    DEFAULT,
+    LONG,
+    PAPER,
+    RIVALS,
+    ZERO,
+    Model,
+    demo_check,
+    frame,
+    parse_model,
+    prepare,
+    reach,
+    runs_table,
+    seed_notes,
 )
-from analysis.tables import markdown_table  # noqa: E402
-
-ZERO, DEFAULT, PAPER, GRAD, REPEAT = "zero-shot", "IFT default", "paper's setting", "gradient tuning", "repetition"
-ARMS = (ZERO, DEFAULT, PAPER, GRAD, REPEAT)  # column order
-ARM_TEXT = {ZERO: "the query alone, no demonstrations (method zero_shot)",
-            DEFAULT: "IFT, position mode aligned, η 0.1, β 0.9; T chosen",
-            PAPER: "IFT as the paper runs it: position mode continue, η 0.01, β 0.9; T chosen",
-            GRAD: "gradient tuning of the demonstrations' cache (method grad; lr and Adam steps chosen)",
-            REPEAT: "the demonstrations repeated r times (method repeat; r chosen)"}
-RIVALS = (ZERO, GRAD, REPEAT)  # what IFT default is compared with head to head
-LONG = 15  # the second table: choices among steps ≤ 15, where every model has them
-
-
-def arm_of(run: load.Run) -> str | None:
-    """The cross-model arm a run belongs to, or None (other η, modes, β, run-time early stopping)."""
-    meta, method = run.meta, run.method
-    if meta.get("patience") is not None:
-        return None
-    if method == "zero_shot":
-        return ZERO
-    if method == "grad":
-        return GRAD
-    if method == "repeat":
-        return REPEAT
-    if method != "ift" or not _is(meta.get("beta"), 0.9):
-        return None
-    if meta.get("position_mode") == "aligned" and _is(meta.get("eta"), 0.1):
-        return DEFAULT
-    if meta.get("position_mode") == "continue" and _is(meta.get("eta"), 0.01):
-        return PAPER
-    return None
-
-
-def _is(x, value: float) -> bool:
-    return x is not None and math.isclose(float(x), value, rel_tol=1e-9)
-
-
-# ---------------------------------------------------------------- the runs of one model
-
-@dataclass
-class Model:
-    """One model's runs after the cross-model rules, and what each rule left out (for the page)."""
-    label: str
-    sources: list[str]
-    runs: list[load.Run] = field(default_factory=list)       # everything read (skipped ones carry a reason)
-    kept: list[load.Run] = field(default_factory=list)       # the runs the page rests on
-    outside: int = 0                                         # finished runs of no compared arm
-    copies: list[tuple[load.Run, load.Run]] = field(default_factory=list)  # (shorter, kept longer) of one arm+seed
-    seeds: dict[tuple, list] = field(default_factory=dict)   # (task, n_shot) -> the seeds every arm has
-    left: dict[tuple, dict[str, list]] = field(default_factory=dict)  # (task, n_shot) -> arm -> seeds left out
-
-
-def parse_model(spec: str) -> tuple[str, list[str]]:
-    """'LABEL=SRC[,SRC...]' -> (label, sources); a ValueError names what is wrong."""
-    label, eq, rest = spec.partition("=")
-    label, sources = label.strip(), [s.strip() for s in rest.split(",") if s.strip()]
-    if not eq or not label or not sources:
-        raise ValueError(f"--model {spec!r}: expected LABEL=SRC[,SRC...] (a label, '=', then store directories "
-                         f"or runs.tar.gz archives separated by commas)")
-    missing = [s for s in sources if not Path(s).exists()]
-    if missing:
-        raise ValueError(f"--model {spec!r}: source(s) {', '.join(missing)} do not exist")
-    return label, sources
-
-
-def _task(run: load.Run) -> tuple:
-    return run.meta.get("task"), run.meta.get("n_shot")
-
-
-def prepare(label: str, sources: list[str], runs: list[load.Run] | None = None) -> Model:
-    """Read a model's sources and apply the rules: one run per arm setting and seed (a run to T = 15 and one to
-    T = 8 of the same setting and seed: the longer is kept), one seed set per task that every arm present has,
-    then analysis.study's complete-or-absent rule."""
-    m = Model(label, list(sources), runs if runs is not None else load.load(sources))
-    tune = [r for r in load.used(m.runs) if r.mode == "tune"]
-    mine = [r for r in tune if arm_of(r)]
-    m.outside = len(tune) - len(mine)
-    longest, m.copies = load.longest(mine)
-    have: dict[tuple, dict[str, set]] = {}
-    for r in longest:
-        have.setdefault(_task(r), {}).setdefault(arm_of(r), set()).add(r.meta.get("seed"))
-    for task, arms in have.items():
-        common = set.intersection(*arms.values())
-        m.seeds[task] = sorted(common, key=str)
-        m.left[task] = {a: sorted(s - common, key=str) for a, s in arms.items() if s - common}
-    m.kept = drop_incomplete(sorted((r for r in longest if r.meta.get("seed") in m.seeds[_task(r)]),
-                                    key=lambda r: r.id))
-    return m
-
-
-def frame(models: list[Model], metric: str = "acc") -> pd.DataFrame:
-    """analysis.study's candidate rows for every model, one per (run, step), `model` = the model's label and
-    `arm` = its cross-model arm."""
-    parts = []
-    for m in models:
-        c = candidates(m.kept, metric)
-        if c.empty:
-            continue
-        arms = {r.id: arm_of(r) for r in m.kept}
-        c = c.drop_duplicates(["run", "step"]).assign(model=m.label)
-        parts.append(c.assign(arm=c["run"].map(arms)))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
+from analysis.study_tables import arm_table  # noqa: E402
 
 # ---------------------------------------------------------------- tables
 
 def deltas(cands: pd.DataFrame, max_step: int) -> pd.DataFrame:
-    """analysis.study.arm_table over the steps ≤ max_step: per (model, task, n_shot, arm) the honest and the
+    """analysis.study_tables.arm_table over the steps ≤ max_step: per (model, task, n_shot, arm) the honest and the
     paper's Δ vs ICL with their paired intervals."""
     return arm_table(cands[cands["step"] <= max_step])
 
@@ -165,14 +71,14 @@ def main_table(table: pd.DataFrame, models: list[str], arms=ARMS) -> tuple[pd.Da
     for task, n_shot in sorted(set(zip(table["task"], table["n_shot"])), key=str):
         row = {"task": task, "n_shot": n_shot}
         for m in models:
-            icl = (m, task, n_shot, "ICL")
+            icl = (m, task, n_shot, ICL)
             row[f"{m}: seeds"] = int(by.loc[icl, "seeds"]) if icl in by.index else "–"
-            row[f"{m}: ICL acc"] = _pm(by.loc[icl, "dev_mean"], by.loc[icl, "dev_ci"]) if icl in by.index else "–"
+            row[f"{m}: ICL acc"] = pm(by.loc[icl, "dev_mean"], by.loc[icl, "dev_ci"]) if icl in by.index else "–"
             for a in arms:
                 k = (m, task, n_shot, a)
                 have = k in by.index and not math.isnan(by.loc[k, "dev_delta"])  # NaN: no ICL to compare with
-                row[f"{m}: {a}"] = (f"{_marked(by.loc[k, 'dev_delta'], by.loc[k, 'dev_delta_ci'])}"
-                                    f" / {_signed(by.loc[k, 'eval_delta'], by.loc[k, 'eval_delta_ci'])}"
+                row[f"{m}: {a}"] = (f"{marked(by.loc[k, 'dev_delta'], by.loc[k, 'dev_delta_ci'])}"
+                                    f" / {signed(by.loc[k, 'eval_delta'], by.loc[k, 'eval_delta_ci'])}"
                                     if have else "–")
         rows.append(row)
     mean = {"task": "mean over shared tasks", "n_shot": ""}
@@ -181,8 +87,8 @@ def main_table(table: pd.DataFrame, models: list[str], arms=ARMS) -> tuple[pd.Da
         for a in arms:
             pick = by.loc[[(m, t, n, a) for t, n in shared[a]]] if shared[a] else None
             mean[f"{m}: {a}"] = "–" if pick is None else (
-                f"{_marked(*interval(pick['dev_delta'].tolist())[:2])}"
-                f" / {_signed(*interval(pick['eval_delta'].tolist())[:2])}")
+                f"{marked(*interval(pick['dev_delta'].tolist())[:2])}"
+                f" / {signed(*interval(pick['eval_delta'].tolist())[:2])}")
     rows.append(mean)
     return pd.DataFrame(rows), shared
 
@@ -213,26 +119,16 @@ def versus_table(pairs: dict, models: list[str]) -> tuple[pd.DataFrame, dict[str
         for m in models:
             for r in rivals:
                 v = pairs.get((m, task, n_shot, r))
-                row[f"{m}: {DEFAULT} − {r}"] = "–" if v is None else f"{_marked(*v[:2])} ({v[2]} seed{'s' * (v[2] != 1)})"
+                row[f"{m}: {DEFAULT} − {r}"] = "–" if v is None else f"{marked(*v[:2])} ({v[2]} seed{'s' * (v[2] != 1)})"
         rows.append(row)
     if rows:
         mean = {"task": "mean over shared tasks", "n_shot": ""}
         for m in models:
             for r in rivals:
                 d = [pairs[(m, t, n, r)][0] for t, n in shared[r]]
-                mean[f"{m}: {DEFAULT} − {r}"] = _marked(*interval(d)[:2]) if d else "–"
+                mean[f"{m}: {DEFAULT} − {r}"] = marked(*interval(d)[:2]) if d else "–"
         rows.append(mean)
     return pd.DataFrame(rows), shared
-
-
-def reach(models: list[Model]) -> dict[tuple, int]:
-    """(model, task, n_shot, arm) -> the last step every kept run of that arm has."""
-    out: dict[tuple, int] = {}
-    for m in models:
-        for r in m.kept:
-            k = (m.label, *_task(r), arm_of(r))
-            out[k] = min(out.get(k, 10 ** 9), len(r.steps))
-    return out
 
 
 # ---------------------------------------------------------------- the figure
@@ -265,7 +161,7 @@ def curves_figure(cands: pd.DataFrame, models: list[str], max_step: int) -> plt.
                 ax.plot(curve.index, curve.to_numpy(), style, marker="o", markersize=2.5, linewidth=1.2,
                         color=colour[m], label=f"{m}: {arm}")
                 longest = max(longest, last)
-            icl = mine[(mine["step"] == 1) & (mine["method"] != "zero_shot")].drop_duplicates("run")
+            icl = mine[(mine["step"] == 1) & mine["step1_is_icl"]].drop_duplicates("run")
             zero = mine[mine["arm"] == ZERO]
             for rows_, style, name in ((icl, "-.", "ICL"), (zero, ":", ZERO)):
                 if not rows_.empty:
@@ -298,82 +194,6 @@ def save(fig: plt.Figure, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- the page
-
-def _ranges(values) -> str:
-    """[0, 1, 2, 3, 7] -> '0-3, 7' (non-integers listed as they are)."""
-    ints = sorted(v for v in values if isinstance(v, int))
-    out, i = [], 0
-    while i < len(ints):
-        j = i
-        while j + 1 < len(ints) and ints[j + 1] == ints[j] + 1:
-            j += 1
-        out.append(str(ints[i]) if i == j else f"{ints[i]}-{ints[j]}")
-        i = j + 1
-    return ", ".join(out + [str(v) for v in values if not isinstance(v, int)])
-
-
-def runs_table(m: Model) -> pd.DataFrame:
-    rows = {}
-    for r in m.kept:
-        k = (*_task(r), arm_of(r))
-        row = rows.setdefault(k, {"task": k[0], "n_shot": k[1], "arm": k[2], "runs": 0, "seeds": set(), "T": set(),
-                                  "precision": set(), "rows (eval / dev)": set()})
-        row["runs"] += 1
-        row["seeds"].add(r.meta.get("seed"))
-        row["T"].add(len(r.steps))
-        row["precision"].add(str(r.meta.get("dtype")))
-        row["rows (eval / dev)"].add(f"{r.meta.get('n_eval')} / {r.meta.get('n_dev')}")
-    out = []
-    for k in sorted(rows, key=lambda k: (str(k[0]), str(k[1]), ARMS.index(k[2]))):
-        row = rows[k]
-        out.append({**row, "seeds": _ranges(row["seeds"]), "T": ", ".join(map(str, sorted(row["T"]))),
-                    "precision": ", ".join(sorted(row["precision"])),
-                    "rows (eval / dev)": ", ".join(sorted(row["rows (eval / dev)"]))})
-    return pd.DataFrame(out)
-
-
-def seed_notes(m: Model) -> list[str]:
-    out = []
-    for task in sorted(m.left, key=str):
-        if m.left[task]:
-            left = "; ".join(f"{a} {_ranges(s)}" for a, s in sorted(m.left[task].items(), key=lambda x: ARMS.index(x[0])))
-            out.append(f"- {task[0]} ({task[1]}-shot): seeds {_ranges(m.seeds[task])} used; left out: {left}")
-    return out
-
-
-def demo_check(models: list[Model]) -> list[str]:
-    """Do the models read the same demonstrations per (task, seed), and as many evaluation and dev rows per
-    task? (the recipe that draws them is model-independent)"""
-    demos: dict[tuple, dict[str, tuple]] = {}
-    sizes: dict[tuple, dict[str, set]] = {}
-    for m in models:
-        for r in m.kept:
-            sizes.setdefault(_task(r), {}).setdefault(m.label, set()).add((r.meta.get("n_eval"), r.meta.get("n_dev")))
-            d = r.meta.get("demonstrations") or {}
-            if d.get("indices") is not None:
-                demos.setdefault((*_task(r), r.meta.get("seed")), {})[m.label] = (d.get("split"), tuple(d["indices"]))
-    said = _rows_check(sizes, len(models))
-    shared = {k: v for k, v in demos.items() if len(v) == len(models)}
-    differ = sorted((k for k, v in shared.items() if len(set(v.values())) > 1), key=str)
-    if not shared:
-        return said + ["No (task, seed) that every model ran, so no demonstrations to compare."]
-    if not differ:
-        return said + [f"Every model read the same demonstrations (split and row indices, from meta) on all "
-                f"{len(shared)} (task, seed) pairs they share."]
-    return said + [f"The demonstrations differ between models on {len(differ)} of {len(shared)} shared (task, seed) "
-            f"pairs: " + ", ".join(f"{t} seed {s}" for t, _, s in differ) + "."]
-
-
-def _rows_check(sizes: dict[tuple, dict[str, set]], n_models: int) -> list[str]:
-    tasks = sorted((t for t, v in sizes.items() if len(v) == n_models), key=str)
-    odd = [t for t in tasks if len({frozenset(v) for v in sizes[t].values()}) > 1]
-    if not tasks:
-        return []
-    if not odd:
-        return [f"The models score the same numbers of evaluation and dev rows on all {len(tasks)} tasks they share."]
-    said = [f"{t[0]} ({'; '.join(f'{m}: {sorted(map(str, v))}' for m, v in sorted(sizes[t].items()))})" for t in odd]
-    return ["The numbers of (evaluation, dev) rows differ between models on " + ", ".join(said) + "."]
-
 
 def build(models: list[Model], out: Path, title: str = "Across models", max_step: int = 8,
           metric: str = "acc") -> Path:

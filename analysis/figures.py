@@ -2,7 +2,7 @@
 the axes, lines, images and titles; `save` writes it as PNG.
 
 - Figure 4 (`accuracy_curves`): one panel per (model, task); one line per configuration (η, and any
-  other varying key), the mean over seeds at each step, with its 95% t-interval as a band (analysis/stats.py).
+  other varying key), the mean over seeds at each step, with its 95% t-interval as a band (analysis/core.py).
 - Figure 5 (`grad_norm_heatmaps`): for one (model, task, configuration), one heatmap per η of the
   per-layer pseudo-gradient norm ‖G_K‖ (rows = steps 1..T from the bottom, columns = layers 1..L, as in
   the paper), mean over seeds, one colour scale for all panels; the title gives η, β and the mean
@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.core import half_width  # noqa: E402
 from analysis.load import Run  # noqa: E402
-from analysis.stats import half_width  # noqa: E402
 
 
 def label(config: dict) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis import archive
+from analysis.methods import method_info
 from ift.experiment import layout
 from ift.jsonl import parse_jsonl
 
@@ -71,7 +72,16 @@ class Run:
     def config_key(self) -> tuple:
         """The configuration without the seed: the runs of one arm on one task differ only in their seed."""
         return (self.mode,) + tuple(self.meta.get(k) for k in KEYS if k != "seed") + \
-            (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:])
+            (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:]) + self._other_settings()
+
+    def _other_settings(self) -> tuple:
+        """A method's settings beyond METHOD_KEYS, as its meta.json `method_info` lists them (none for the built-in
+        methods, whose keys stay as they were), so two settings of a new method are two configurations."""
+        try:
+            names = method_info(self).get("fields", ())
+        except ValueError:  # neither registered nor described: skipped (skip_reason), never grouped
+            return ()
+        return tuple((k, self.meta.get(k)) for k in names if k not in METHOD_KEYS)
 
 
 # ---------------------------------------------------------------- local results store
@@ -239,8 +249,11 @@ def skip_reason(run: Run) -> str | None:
         return f"incomplete: status running (job still running or killed), {len(run.steps)} step(s) recorded"
     if status != layout.FINISHED:
         return f"incomplete: status {status!r}"
-    needed = ("model", "task") if run.mode == "efficiency" else \
-        KEYS if run.method == "ift" else tuple(k for k in KEYS if k not in IFT_ONLY)
+    try:  # of IFT_ONLY, a run needs those its method declares as its settings (IFT: all three)
+        needed = ("model", "task") if run.mode == "efficiency" else \
+            tuple(k for k in KEYS if k not in IFT_ONLY or k in method_info(run)["settings"])
+    except ValueError as exc:  # a method neither registered nor described in meta.json
+        return f"malformed: {exc}"
     missing = [k for k in needed if meta.get(k) is None]
     if missing:
         return f"malformed: meta lacks {', '.join(missing)}"

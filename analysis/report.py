@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import cli, figures, load, tables
+from analysis.core import markdown_table
+from analysis.methods import method_info
 
 PROTOCOLS = """\
 ICL is the eval accuracy at step 1. *Best on eval* (the paper's protocol) is the best eval accuracy over
@@ -95,7 +97,7 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
     out.mkdir(parents=True, exist_ok=True)
     good = load.used(runs)
     # the paper's tables are about IFT; baselines (meta `method`) have their own page: python -m analysis.study
-    tune = [r for r in good if r.mode == "tune" and r.method == "ift"]
+    tune = [r for r in good if r.mode == "tune" and method_info(r)["subject"]]
     eff = [r for r in good if r.mode == "efficiency"]
     per_run = tables.run_results(tune, metric)
 
@@ -107,12 +109,12 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
     if missing:
         md.append(f"Used runs without any `{metric}` value, left out of tables and figures: {', '.join(missing)}\n")
     for title, frame in main_tables(per_run).items():
-        md.append(_section(title, tables.markdown_table(frame)))
+        md.append(_section(title, markdown_table(frame)))
     mom = momentum_section(per_run)
     if mom is not None:
         md.append(_section("Table 3: momentum vs no momentum (β = 0)",
                            "Best-on-eval accuracy and the step where it peaks, paired by seed.\n\n"
-                           + tables.markdown_table(mom)))
+                           + markdown_table(mom)))
 
     tune = [r for r in tune if r.id not in missing]
     if tune:
@@ -133,12 +135,12 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", sources=()) -> P
             shown[col] = shown[col].map(lambda v: f"{v:.1f}")
         shown["max_batch"] = [figures.max_batch_label(v, c) for v, c in zip(frame["max_batch"], frame["capped"])]
         md.append(_section("Figure 3: efficiency, ICL (demonstrations concatenated) vs tuned prefix",
-                           f"![Figure 3]({p.name})\n\n" + tables.markdown_table(shown)))
+                           f"![Figure 3]({p.name})\n\n" + markdown_table(shown)))
 
     used_df, skipped_df = runs_listing(runs)
-    md.append(_section(f"Runs used ({len(used_df)})", tables.markdown_table(used_df) if len(used_df) else "none"))
+    md.append(_section(f"Runs used ({len(used_df)})", markdown_table(used_df) if len(used_df) else "none"))
     md.append(_section(f"Runs skipped ({len(skipped_df)})",
-                       tables.markdown_table(skipped_df) if len(skipped_df) else "none"))
+                       markdown_table(skipped_df) if len(skipped_df) else "none"))
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path

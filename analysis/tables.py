@@ -7,19 +7,18 @@ Protocols (accuracies in %, the stored fractions x 100):
 Over a sweep of η (runs equal in everything but η and seed), each protocol also picks η per
 (configuration, seed): by best eval accuracy, or by the dev accuracy at the dev-chosen step (ties: the
 earlier step, then the smaller η).
-Over seeds: the mean and the half-width of its 95% Student-t interval (analysis/stats.py, the convention of
+Over seeds: the mean and the half-width of its 95% Student-t interval (analysis/core.py, the convention of
 every page; none with one seed). The relative gain is computed from the means: (tuned - ICL) / ICL x 100.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
+from analysis import core
+from analysis.core import fmt_acc, fmt_gain, fmt_list
 from analysis.load import KEYS, Run
-from analysis.stats import half_width
-from ift.protocol import EARLIEST, pick, pick_frame
+from ift.protocol import EARLIEST, pick
 
 # configuration keys besides model and task; those that vary across the runs become table columns
 CONFIG_KEYS = ("beta", "position_mode", "n_shot", "T")
@@ -101,24 +100,20 @@ def varying(frame: pd.DataFrame, keys=CONFIG_KEYS) -> list[str]:
 
 
 def choose(per_run: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """One row per (configuration, seed): the η (run) and step each protocol picks, with `acc` and `step`."""
-    group = ["model", "task", *CONFIG_KEYS, "seed"]
-    if protocol == "eval":
-        score, step, acc = "best_acc", "best_step", "best_acc"
-    elif protocol == "dev":
-        score, step, acc = "dev_acc", "dev_step", "dev_step_acc"
-        per_run = per_run[per_run["dev_acc"].notna()]
-    else:
-        raise ValueError(f"protocol must be 'eval' or 'dev', got {protocol!r}")
-    if per_run.empty:
-        return per_run.assign(acc=[], step=[])
+    """One row per (configuration, seed): the η (run) and step each protocol picks, with `acc` and `step`
+    (analysis.core.choose on the per-run best: best on eval, or the dev-chosen step's dev accuracy)."""
+    score, step, acc = {"eval": ("best_acc", "best_step", "best_acc"),
+                        "dev": ("dev_acc", "dev_step", "dev_step_acc")}.get(protocol, ("acc", "step", "acc"))
     # best score first; ties: the earlier step, then the smaller eta (ift/protocol.py)
-    picked = pick_frame(per_run, score, group, tie=(step, "eta"))
+    picked = core.choose(per_run, protocol, ["model", "task", *CONFIG_KEYS, "seed"], tie=(step, "eta"),
+                         score=score, dropna=False)
+    if picked.empty:
+        return picked.assign(acc=[], step=[])
     return picked.assign(acc=picked[acc], step=picked[step].astype(int))
 
 
 def _ci(x: pd.Series) -> float:
-    return half_width(x.to_numpy())
+    return core.half_width(x.to_numpy())
 
 
 def gain(tuned: float, icl: float) -> float:
@@ -179,32 +174,6 @@ def momentum_table(per_run: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- Markdown
-
-def fmt_acc(mean: float, half: float, n: int) -> str:
-    """'72.02 ± 3.23': mean ± 95% t half-width (the ± only when there is more than one seed)."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    return f"{mean:.2f} ± {half:.2f}" if n > 1 else f"{mean:.2f}"
-
-
-def fmt_gain(g: float) -> str:
-    return "–" if g is None or math.isnan(g) else f"{g:+.2f}%"
-
-
-def fmt_list(xs, fmt="{}") -> str:
-    return ", ".join(fmt.format(x) for x in xs) if len(xs) else "–"
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table of a frame of already formatted cells (no tabulate dependency)."""
-    def cell(x) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(x) for x in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
-
 
 def format_main(table: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     """Display cells for Tables 1-2; `extra` are the varying configuration keys to show.

@@ -1,4 +1,4 @@
-"""How often the *Spread over seeds* intervals (analysis.stats.sd_ratio: a paired percentile bootstrap of
+"""How often the *Spread over seeds* intervals (analysis.core.sd_ratio: a paired percentile bootstrap of
 sd(method) / sd(ICL) over seeds) cover the true ratio, by simulation (prints a table; not a test).
 
 Paired draws (correlation 0.6, true ratio 0.73: Gemma SST-2's estimate) from a normal and from a heavier-tailed
@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 from scipy import stats as sps
 
-from analysis.stats import sd_ratio
+from analysis.core import sd_ratio
 
 TRUE_RATIO, CORRELATION = 0.73, 0.6
 

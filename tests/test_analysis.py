@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import load, report, tables
+from analysis import core, load, report, tables
 from ift.jsonl import parse_jsonl
 
 L = 3  # layers in the synthetic runs
@@ -113,7 +113,7 @@ def test_markdown_cells(store_a):
     row = t2.iloc[0].to_dict()
     assert (row["ICL"], row["tuned (best on eval)"], row["gain (best on eval)"], row["tuned (dev-chosen)"],
             row["gain (dev-chosen)"]) == ("60.00", "62.00", "+3.33%", "60.00", "+0.00%")
-    md = tables.markdown_table(t1).splitlines()
+    md = core.markdown_table(t1).splitlines()
     assert md[0].startswith("| model | task | η | seeds | ICL |") and md[1].startswith("|---|")
     assert md[2] == ("| m1 | sst2 | 0.01 | 3 | 52.00 ± 4.97 | 66.00 ± 9.94 | +26.92% | 3, 4, 2 | 59.67 ± 3.79 "
                      "| +14.74% | 2, 2, 3 |")

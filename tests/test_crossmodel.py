@@ -10,6 +10,7 @@ from scipy import stats
 
 from analysis import archive
 from analysis import crossmodel as cm
+from analysis import crossmodel_runs as cmr
 
 T975 = {1: stats.t.ppf(0.975, 1)}  # two seeds or two tasks: half-width = t(1) * sd / sqrt(2)
 DEFAULT = {"method": "ift", "position_mode": "aligned", "eta": 0.1, "beta": 0.9}
@@ -68,7 +69,7 @@ def stores(tmp_path):
 
 
 def models(specs):
-    return [cm.prepare(*cm.parse_model(s)) for s in specs]
+    return [cmr.prepare(*cmr.parse_model(s)) for s in specs]
 
 
 def half(values):
@@ -80,53 +81,53 @@ def half(values):
 
 def test_honest_and_paper_deltas_per_model_choose_among_steps_up_to_max_step(stores):
     ms = models(stores)
-    table = cm.deltas(cm.frame(ms), 8).set_index(["model", "task", "arm"])
-    r = table.loc[("A", "sst2", cm.DEFAULT)]
+    table = cm.deltas(cmr.frame(ms), 8).set_index(["model", "task", "arm"])
+    r = table.loc[("A", "sst2", cmr.DEFAULT)]
     assert (r["dev_delta"], r["eval_delta"]) == pytest.approx((5.0, 20.0))  # seeds: +10, 0 / +20, +20
     assert r["dev_delta_ci"] == pytest.approx(half([10, 0])) and r["seeds"] == 2
-    assert table.loc[("A", "sst2", cm.ZERO), "dev_delta"] == pytest.approx(2.5)  # -5, +10 (seed 2 left out)
-    assert table.loc[("A", "sst2", cm.PAPER), "dev_delta"] == pytest.approx(2.5)
-    r = table.loc[("B", "mr", cm.DEFAULT)]
+    assert table.loc[("A", "sst2", cmr.ZERO), "dev_delta"] == pytest.approx(2.5)  # -5, +10 (seed 2 left out)
+    assert table.loc[("A", "sst2", cmr.PAPER), "dev_delta"] == pytest.approx(2.5)
+    r = table.loc[("B", "mr", cmr.DEFAULT)]
     assert (r["dev_delta"], r["eval_delta"]) == pytest.approx((0.0, 5.0))  # dev keeps ICL; eval peeks at step 2
-    longer = cm.deltas(cm.frame(ms), 10).set_index(["model", "task", "arm"]).loc[("A", "sst2", cm.DEFAULT)]
+    longer = cm.deltas(cmr.frame(ms), 10).set_index(["model", "task", "arm"]).loc[("A", "sst2", cmr.DEFAULT)]
     assert (longer["dev_delta"], longer["eval_delta"]) == pytest.approx((20.0, 30.0))  # step 9 is now allowed
 
 
 def test_means_are_over_the_tasks_every_model_has(stores):
     ms = models(stores)
-    table = cm.deltas(cm.frame(ms), 8)
+    table = cm.deltas(cmr.frame(ms), 8)
     main, shared = cm.main_table(table, ["A", "B"])
-    assert shared[cm.DEFAULT] == [("mr", 1), ("sst2", 1)]  # not copa: B lacks it
-    assert shared[cm.ZERO] == [("sst2", 1)] and shared[cm.PAPER] == []
+    assert shared[cmr.DEFAULT] == [("mr", 1), ("sst2", 1)]  # not copa: B lacks it
+    assert shared[cmr.ZERO] == [("sst2", 1)] and shared[cmr.PAPER] == []
     mean = main.set_index("task").loc["mean over shared tasks"]
     # A: sst2 +5, mr +7 (copa's +20 left out); B: sst2 +15, mr 0
-    assert mean[f"A: {cm.DEFAULT}"] == f"+6.0 ± {half([5, 7]):.1f} / +13.5 ± {half([20, 7]):.1f}"
-    assert mean[f"B: {cm.DEFAULT}"].startswith(f"+7.5 ± {half([15, 0]):.1f} / ")
-    assert mean[f"A: {cm.PAPER}"] == "–"
+    assert mean[f"A: {cmr.DEFAULT}"] == f"+6.0 ± {half([5, 7]):.1f} / +13.5 ± {half([20, 7]):.1f}"
+    assert mean[f"B: {cmr.DEFAULT}"].startswith(f"+7.5 ± {half([15, 0]):.1f} / ")
+    assert mean[f"A: {cmr.PAPER}"] == "–"
     row = main.set_index("task").loc["copa"]
-    assert row[f"B: {cm.DEFAULT}"] == "–" and row[f"A: {cm.DEFAULT}"] == "+20.0 ± 0.0 ▲ / +20.0 ± 0.0"
+    assert row[f"B: {cmr.DEFAULT}"] == "–" and row[f"A: {cmr.DEFAULT}"] == "+20.0 ± 0.0 ▲ / +20.0 ± 0.0"
 
 
 def test_duplicates_and_shorter_copies_are_counted_once_and_seeds_are_shared(stores):
     a, b = models(stores)
-    runs = cm.runs_table(b).set_index(["task", "arm"])
-    assert runs.loc[("sst2", cm.DEFAULT), "runs"] == 2  # the copy in the second source is not a third seed
+    runs = cmr.runs_table(b).set_index(["task", "arm"])
+    assert runs.loc[("sst2", cmr.DEFAULT), "runs"] == 2  # the copy in the second source is not a third seed
     assert sum("duplicate of" in (r.skip or "") for r in b.runs) == 1  # the store's and the archive's copy
     assert len(a.copies) == 1 and a.copies[0][0].meta["T"] == 2  # the T = 2 copy gives way to T = 10
-    assert a.seeds[("sst2", 1)] == [0, 1] and a.left[("sst2", 1)] == {cm.ZERO: [2]}
-    assert cm.runs_table(a).set_index(["task", "arm"]).loc[("sst2", cm.DEFAULT), "T"] == "10"
+    assert a.seeds[("sst2", 1)] == [0, 1] and a.left[("sst2", 1)] == {cmr.ZERO: [2]}
+    assert cmr.runs_table(a).set_index(["task", "arm"]).loc[("sst2", cmr.DEFAULT), "T"] == "10"
 
 
 def test_head_to_head_is_paired_by_seed(stores):
-    pairs = cm.versus(cm.frame(models(stores)), 8)
-    assert pairs[("A", "sst2", 1, cm.ZERO)][0] == pytest.approx(2.5)  # 60-45, 40-50
-    assert pairs[("B", "sst2", 1, cm.ZERO)][:2] == pytest.approx((20.0, 0.0))
-    assert pairs[("A", "sst2", 1, cm.GRAD)][0] == pytest.approx(-7.5)  # 60-65, 40-50
-    assert pairs[("B", "sst2", 1, cm.GRAD)][0] == pytest.approx(0.0)  # 80-60, 70-90
-    assert ("A", "mr", 1, cm.GRAD) not in pairs  # no gradient tuning on mr
+    pairs = cm.versus(cmr.frame(models(stores)), 8)
+    assert pairs[("A", "sst2", 1, cmr.ZERO)][0] == pytest.approx(2.5)  # 60-45, 40-50
+    assert pairs[("B", "sst2", 1, cmr.ZERO)][:2] == pytest.approx((20.0, 0.0))
+    assert pairs[("A", "sst2", 1, cmr.GRAD)][0] == pytest.approx(-7.5)  # 60-65, 40-50
+    assert pairs[("B", "sst2", 1, cmr.GRAD)][0] == pytest.approx(0.0)  # 80-60, 70-90
+    assert ("A", "mr", 1, cmr.GRAD) not in pairs  # no gradient tuning on mr
     table, shared = cm.versus_table(pairs, ["A", "B"])
-    assert shared[cm.ZERO] == [("sst2", 1)] and shared[cm.GRAD] == [("sst2", 1)]
-    assert table.set_index("task").loc["sst2", f"B: {cm.DEFAULT} − {cm.ZERO}"] == "+20.0 ± 0.0 ▲ (2 seeds)"
+    assert shared[cmr.ZERO] == [("sst2", 1)] and shared[cmr.GRAD] == [("sst2", 1)]
+    assert table.set_index("task").loc["sst2", f"B: {cmr.DEFAULT} − {cmr.ZERO}"] == "+20.0 ± 0.0 ▲ (2 seeds)"
     assert list(table["task"]) == ["sst2", "mean over shared tasks"]  # mr: no rival to compare with
 
 
@@ -151,13 +152,13 @@ def test_the_page_says_when_models_read_other_demonstrations_or_rows(tmp_path):
         job(x, "mx", "sst2", seed, DEFAULT, [.5, .6], [.5, .6])
         job(y, "my", "sst2", seed, DEFAULT, [.5, .6], [.5, .6], n_eval=50,
             demonstrations={"indices": [seed, 99], "split": "train"})
-    said = " ".join(cm.demo_check(models([f"X={x}", f"Y={y}"])))
+    said = " ".join(cmr.demo_check(models([f"X={x}", f"Y={y}"])))
     assert "rows differ between models on sst2 (X: ['(100, 30)']; Y: ['(50, 30)'])" in said
     assert "differ between models on 2 of 2 shared (task, seed) pairs: sst2 seed 0, sst2 seed 1" in said
 
 
 def test_the_figure_has_a_panel_per_task_and_a_colour_per_model(stores):
-    fig = cm.curves_figure(cm.frame(models(stores)), ["A", "B"], 8)
+    fig = cm.curves_figure(cmr.frame(models(stores)), ["A", "B"], 8)
     axes = fig.get_axes()
     assert [ax.get_title().split(",")[0] for ax in axes] == ["copa", "mr", "sst2"]
     lines = {line.get_label(): line for line in axes[2].get_lines()}

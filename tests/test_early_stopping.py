@@ -7,7 +7,7 @@ from test_methods import cfg, rows  # the same tiny task and job config as the m
 from test_methods import meta as methods_meta
 
 import ift
-from analysis import study
+from analysis import arms
 from analysis.load import load as load_runs
 from ift.experiment import run_job
 from ift.experiment.config import ConfigError
@@ -38,7 +38,7 @@ def test_the_analysis_simulates_the_same_rule_as_the_run():
     for _ in range(300):
         dev = [rng.choice([50.0, 60.0, 70.0, None]) for _ in range(rng.randint(1, 10))]
         patience = rng.randint(1, 4)
-        assert study.early_stop([float("nan") if d is None else d for d in dev], patience) == \
+        assert arms.early_stop([float("nan") if d is None else d for d in dev], patience) == \
             stop_step(dev, patience), (dev, patience)
 
 
@@ -59,8 +59,8 @@ def test_an_early_stopped_job_records_the_full_runs_first_steps(tiny_dir, tmp_pa
     # analysis reads it as complete (not "k of T steps") and keeps it apart from the full run
     loaded = load_runs([tmp_path])
     assert [r.skip for r in loaded] == [None, None]
-    arms = {tuple(study.arms_of(r)) for r in loaded}
-    assert any("run-time early stopping, patience 1" in a[0] for a in arms)
+    labels = {tuple(arms.arms_of(r)) for r in loaded}
+    assert any("run-time early stopping, patience 1" in a[0] for a in labels)
 
 
 def test_a_killed_early_stopping_job_resumes_to_the_same_result(tiny_dir, tmp_path):

@@ -13,6 +13,7 @@ from analysis.load import load as load_runs
 from ift.baselines import repeat_demonstrations
 from ift.experiment import run_job
 from ift.experiment.job import load_model_once, prepare
+from ift.experiment.methods import REGISTRY
 from ift.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,10 @@ def test_every_method_reads_the_same_demonstrations_and_rows(tiny_dir, tmp_path)
     m = meta(runs["repeat"])
     assert (m["method"], m["eta"], m["beta"], m["position_mode"], m["T"], m["max_repeats"]) == \
         ("repeat", None, None, None, 2, 2)
+    for name, result in runs.items():  # what the pages read of each method, written by the job (MethodInfo)
+        info = meta(result)["method_info"]
+        assert info == json.loads(json.dumps(REGISTRY[name].info(meta(result)))) and info["candidates"] == \
+            len(rows(result)), name
     cos = meta(runs["grad"])["pseudo_grad_cosine"]
     assert set(cos) == {"continue", "aligned"} and len(cos["aligned"]["k"]) == 2  # one per layer
     # the study page reads them all back, none skipped

@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis import study, tables
+from analysis import arms, tables
 from analysis.load import Run
 from ift.experiment.store import summarize
 from ift.protocol import CHEAPEST, COSTLIEST, LATEST, EarlyStopping, pick, pick_frame, score_of, stop_step
@@ -38,7 +38,7 @@ def test_pick_frame_is_pick_per_group():
 def test_stop_step_is_where_early_stopping_stops(dev, patience):
     stop = EarlyStopping(patience)
     last = next((i + 1 for i, d in enumerate(dev) if stop.update(d)), len(dev))
-    assert stop_step(dev, patience) == last == study.early_stop(dev, patience)
+    assert stop_step(dev, patience) == last == arms.early_stop(dev, patience)
 
 
 def test_the_job_summary_and_the_report_choose_the_same_steps():

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import study
-from analysis.load import Run
+from analysis import arms, core, study, study_figures, study_tables
+from analysis.load import Run, skip_reason
+from ift.protocol import COSTLIEST
+
+# the page's labels of the main arms (what ift.experiment.methods declares for IFT and the baselines)
+IFT_ALL = "IFT (mode, η, β, T on dev)"
+IFT_EARLY = "IFT (mode, η, β on dev; T by early stopping, patience 2)"
+ZERO = "zero-shot"
+BASELINE_ARMS = {"repeat": "ICL ×r (r on dev)", "more_demos": "ICL, k×n shots (k on dev)"}
 
 
 def run(method, seed, accs, devs, task="sst2", tokens=None, **meta):
@@ -24,27 +31,27 @@ def ift(seed, accs, devs, eta=0.01, mode="aligned", **kw):
 
 def test_honest_protocol_picks_the_dev_best_step_and_reports_its_eval_accuracy():
     runs = [ift(0, [0.60, 0.70, 0.50], [0.5, 0.6, 0.9])]
-    cands = study.candidates(runs)
-    dev = study.choose(cands, "dev")
-    pick = dev[dev["arm"] == study.IFT_ALL].iloc[0]
+    cands = arms.candidates(runs)
+    dev = arms.choose(cands, "dev")
+    pick = dev[dev["arm"] == IFT_ALL].iloc[0]
     assert (pick["step"], pick["acc"]) == (3, 50.0)  # dev says step 3; its eval accuracy is reported
-    paper = study.choose(cands, "eval")
-    pick = paper[paper["arm"] == study.IFT_ALL].iloc[0]
+    paper = arms.choose(cands, "eval")
+    pick = paper[paper["arm"] == IFT_ALL].iloc[0]
     assert (pick["step"], pick["acc"]) == (2, 70.0)  # the paper's protocol peeks at eval
 
 
 def test_ties_go_to_the_cheaper_choice_so_a_flat_curve_is_icl():
     runs = [ift(0, [0.6, 0.7, 0.8], [0.5, 0.5, 0.5]), ift(0, [0.6, 0.9, 0.9], [0.5, 0.5, 0.5], eta=0.1)]
-    dev = study.choose(study.candidates(runs), "dev")
-    pick = dev[dev["arm"] == study.IFT_ALL].iloc[0]
+    dev = arms.choose(arms.candidates(runs), "dev")
+    pick = dev[dev["arm"] == IFT_ALL].iloc[0]
     assert pick["step"] == 1 and pick["acc"] == 60.0
 
 
 def test_eta_and_mode_are_chosen_per_seed_on_dev():
     runs = [ift(0, [0.5, 0.6], [0.5, 0.7], eta=0.1), ift(0, [0.5, 0.9], [0.5, 0.6], eta=0.01),
             ift(0, [0.5, 0.8], [0.5, 0.8], mode="continue")]
-    dev = study.choose(study.candidates(runs), "dev").set_index("arm")
-    assert dev.loc[study.IFT_ALL, "acc"] == 80.0  # continue's step 2 has the best dev accuracy
+    dev = arms.choose(arms.candidates(runs), "dev").set_index("arm")
+    assert dev.loc[IFT_ALL, "acc"] == 80.0  # continue's step 2 has the best dev accuracy
     assert dev.loc["IFT aligned β=0.9 (η, T on dev)", "acc"] == 60.0  # η = 0.1 wins on dev, not 0.01
     assert dev.loc["IFT aligned β=0.9 η=0.01 (T on dev)", "acc"] == 90.0
 
@@ -53,38 +60,38 @@ def test_intervals_are_student_t_over_seeds_and_the_difference_is_paired():
     icl = [0.60, 0.70, 0.65, 0.55, 0.62]
     tuned = [0.63, 0.71, 0.69, 0.56, 0.66]
     runs = [ift(s, [a, b], [0.1, 0.9]) for s, (a, b) in enumerate(zip(icl, tuned))]
-    table = study.arm_table(study.candidates(runs)).set_index("arm")
+    table = study_tables.arm_table(arms.candidates(runs)).set_index("arm")
     d = 100 * (np.array(tuned) - np.array(icl))
     half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
-    row = table.loc[study.IFT_ALL]
+    row = table.loc[IFT_ALL]
     assert row["seeds"] == 5
     assert row["dev_delta"] == pytest.approx(d.mean()) and row["dev_delta_ci"] == pytest.approx(half)
     assert row["dev_mean"] == pytest.approx(100 * np.mean(tuned))
-    assert study.verdict(row["dev_delta"], row["dev_delta_ci"]) == "better"
-    assert table.loc[study.ICL, "dev_mean"] == pytest.approx(100 * np.mean(icl))
+    assert core.verdict(row["dev_delta"], row["dev_delta_ci"]) == "better"
+    assert table.loc[arms.ICL, "dev_mean"] == pytest.approx(100 * np.mean(icl))
 
 
 def test_verdicts():
-    assert study.verdict(2.0, 1.0) == "better"
-    assert study.verdict(-2.0, 1.0) == "worse"
-    assert study.verdict(0.5, 1.0) == "no difference"
-    assert study.verdict(0.5, float("nan")) == "one seed"
+    assert core.verdict(2.0, 1.0) == "better"
+    assert core.verdict(-2.0, 1.0) == "worse"
+    assert core.verdict(0.5, 1.0) == "no difference"
+    assert core.verdict(0.5, float("nan")) == "one seed"
 
 
 def test_methods_that_read_other_demonstrations_at_step_1_are_refused():
     runs = [ift(0, [0.6, 0.7], [0.5, 0.6]), run("repeat", 0, [0.65, 0.7], [0.5, 0.6])]
     with pytest.raises(ValueError, match="ICL.*differs"):
-        study.arm_table(study.candidates(runs))
+        study_tables.arm_table(arms.candidates(runs))
 
 
 def test_baselines_get_their_own_arms_and_zero_shot_is_not_icl():
     runs = [ift(0, [0.6, 0.7], [0.5, 0.6]), run("repeat", 0, [0.6, 0.8], [0.5, 0.4]),
             run("zero_shot", 0, [0.3], [0.3]), run("grad", 0, [0.6, 0.65], [0.5, 0.7], lr=0.01)]
-    table = study.arm_table(study.candidates(runs)).set_index("arm")
-    assert table.loc[study.ICL, "dev_mean"] == 60.0
-    assert table.loc[study.ZERO, "dev_mean"] == 30.0
-    assert table.loc[study.BASELINE_ARMS["repeat"], "dev_mean"] == 60.0  # r = 1 on dev
-    assert table.loc[study.BASELINE_ARMS["repeat"], "eval_mean"] == 80.0
+    table = study_tables.arm_table(arms.candidates(runs)).set_index("arm")
+    assert table.loc[arms.ICL, "dev_mean"] == 60.0
+    assert table.loc[ZERO, "dev_mean"] == 30.0
+    assert table.loc[BASELINE_ARMS["repeat"], "dev_mean"] == 60.0  # r = 1 on dev
+    assert table.loc[BASELINE_ARMS["repeat"], "eval_mean"] == 80.0
     assert table.loc["gradient tuning lr=0.01 (steps on dev)", "dev_mean"] == 65.0
 
 
@@ -110,31 +117,31 @@ def test_page_has_overview_tables_figures_and_cosines(tmp_path):
 
 
 def test_early_stopping_stops_after_patience_steps_without_dev_improvement():
-    assert study.early_stop([50, 60, 60, 55, 70], patience=2) == 4  # best at step 2; steps 3, 4 no better
-    assert study.early_stop([50, 60, 70, 80], patience=2) == 4  # always improving: run to the end
-    assert study.early_stop([50, 50, 50], patience=2) == 3  # ties are no improvement: best stays step 1
+    assert arms.early_stop([50, 60, 60, 55, 70], patience=2) == 4  # best at step 2; steps 3, 4 no better
+    assert arms.early_stop([50, 60, 70, 80], patience=2) == 4  # always improving: run to the end
+    assert arms.early_stop([50, 50, 50], patience=2) == 3  # ties are no improvement: best stays step 1
     runs = [ift(0, [0.6, 0.7, 0.9, 0.95], [0.5, 0.5, 0.5, 0.9])]  # dev would only improve at step 4
-    dev = study.choose(study.candidates(runs), "dev").set_index("arm")
-    assert dev.loc[study.IFT_EARLY, "step"] == 1 and dev.loc[study.IFT_ALL, "step"] == 4
+    dev = arms.choose(arms.candidates(runs), "dev").set_index("arm")
+    assert dev.loc[IFT_EARLY, "step"] == 1 and dev.loc[IFT_ALL, "step"] == 4
 
 
 def test_the_overview_pools_tasks_with_an_interval_over_tasks():
     # two tasks, two seeds each: IFT gains +10 and +20 on one task (mean +15), +0 and +10 on the other (+5)
     runs = [ift(0, [0.5, 0.6], [0.1, 0.9]), ift(1, [0.5, 0.7], [0.1, 0.9]),
             ift(0, [0.4, 0.4], [0.1, 0.9], task="trec"), ift(1, [0.4, 0.5], [0.1, 0.9], task="trec")]
-    rows = study.overview(study.arm_table(study.candidates(runs))).set_index("method (choice)")
+    rows = study_tables.overview(study_tables.arm_table(arms.candidates(runs))).set_index("method (choice)")
     half = stats.t.ppf(0.975, 1) * np.std([15.0, 5.0], ddof=1) / math.sqrt(2)
-    assert rows.loc[study.IFT_ALL, "mean honest Δ (± over tasks)"] == f"+10.0 ± {half:.1f}"
-    assert rows.loc[study.IFT_ALL, "tasks"] == 2
+    assert rows.loc[IFT_ALL, "mean honest Δ (± over tasks)"] == f"+10.0 ± {half:.1f}"
+    assert rows.loc[IFT_ALL, "tasks"] == 2
 
 
 def test_seeds_for_a_target_interval_inverts_the_t_interval():
     sd = 6.0
     half5 = stats.t.ppf(0.975, 4) * sd / math.sqrt(5)
-    need = study.seeds_for(half5, 5, target=3.0)
+    need = core.seeds_for(half5, 5, target=3.0)
     assert stats.t.ppf(0.975, need - 1) * sd / math.sqrt(need) <= 3.0
     assert stats.t.ppf(0.975, need - 2) * sd / math.sqrt(need - 1) > 3.0  # the smallest such number
-    assert study.seeds_for(1.0, 5) == 3 and study.seeds_for(float("nan"), 1) is None  # t(1) = 12.7 rules out 2
+    assert core.seeds_for(1.0, 5) == 3 and core.seeds_for(float("nan"), 1) is None  # t(1) = 12.7 rules out 2
 
 
 def test_task_matrix_has_one_row_per_task_with_marks_for_significant_differences():
@@ -142,18 +149,18 @@ def test_task_matrix_has_one_row_per_task_with_marks_for_significant_differences
     runs = [ift(s, [a, a + 0.1], [0.1, 0.9]) for s, a in enumerate(icl)]  # +10 on every seed: better
     runs += [run("zero_shot", s, [a - 0.2 + 0.01 * s], [0.5]) for s, a in enumerate(icl)]
     runs += [ift(s, [0.4, 0.4], [0.1, 0.9], task="trec") for s in range(2)]
-    rows = study.task_matrix(study.arm_table(study.candidates(runs))).set_index("task")
+    rows = study_tables.task_matrix(study_tables.arm_table(arms.candidates(runs))).set_index("task")
     assert list(rows.index) == ["sst2", "trec"]
-    assert rows.loc["sst2", study.IFT_ALL] == "+10.0 ± 0.0 ▲"
-    assert rows.loc["sst2", study.ZERO].endswith("▼") and rows.loc["trec", study.ZERO] == "–"
+    assert rows.loc["sst2", IFT_ALL] == "+10.0 ± 0.0 ▲"
+    assert rows.loc["sst2", ZERO].endswith("▼") and rows.loc["trec", ZERO] == "–"
     assert rows.loc["sst2", "ICL acc"].startswith("65.0 ±") and rows.loc["trec", "seeds"] == 2
-    assert rows.loc["trec", study.IFT_ALL] == "+0.0 ± 0.0"
+    assert rows.loc["trec", IFT_ALL] == "+0.0 ± 0.0"
 
 
 def test_curves_give_a_setting_one_colour_on_every_panel_and_list_every_setting_once():
     runs = [ift(0, [0.5, 0.6], [0.5, 0.6], eta=0.1), ift(0, [0.5, 0.4], [0.5, 0.6], eta=0.01, mode="continue"),
             ift(0, [0.4, 0.5], [0.5, 0.6], eta=0.01, mode="continue", task="agnews")]  # the first panel: one setting
-    fig = study.curves_figure(study.candidates(runs))
+    fig = study_figures.curves_figure(arms.candidates(runs))
     colours = {}
     for ax in fig.axes:
         for line in ax.get_lines():
@@ -169,7 +176,7 @@ def test_a_configuration_missing_seeds_is_left_out_and_listed(tmp_path):
     runs = [ift(s, [0.6, 0.7], [0.5, 0.6]) for s in range(3)]
     runs += [ift(s, [0.6, 0.9], [0.5, 0.9], eta=0.1) for s in range(2)]  # η = 0.1 stopped after seed 1
     runs += [run("zero_shot", s, [0.4], [0.4]) for s in range(3)]
-    kept = study.drop_incomplete(list(runs))
+    kept = arms.drop_incomplete(list(runs))
     assert {r.meta.get("eta") for r in kept if r.meta["method"] == "ift"} == {0.01}
     assert len(kept) == 6 and all(r.skip is None for r in kept)
     left = [r for r in runs if r.skip]
@@ -188,8 +195,8 @@ def test_head_to_head_pairs_ift_with_each_baseline_by_seed_and_pools_tasks():
     runs += [run("zero_shot", 0, [0.65], [0.5]), run("zero_shot", 1, [0.75], [0.5])]
     runs += [ift(s, [0.4, 0.4], [0.1, 0.9], task="trec") for s in range(2)]
     runs += [run("zero_shot", s, [0.3], [0.5], task="trec") for s in range(2)]
-    rows = study.head_to_head(study.candidates(runs)).set_index("task")
-    col = f"− {study.ZERO}"
+    rows = study_tables.head_to_head(arms.candidates(runs)).set_index("task")
+    col = f"− {ZERO}"
     assert list(rows.columns) == ["n_shot", "seeds", col]  # no other baseline ran
     half = stats.t.ppf(0.975, 1) * np.std([5.0, -15.0], ddof=1) / math.sqrt(2)
     assert rows.loc["sst2", col] == f"-5.0 ± {half:.1f}"  # IFT 70 / 60 against zero-shot 65 / 75
@@ -203,7 +210,7 @@ def test_longer_tuning_compares_dev_choices_within_8_steps_and_within_all():
     a = ift(0, [0.5, 0.5] + [0.5] * 7 + [0.7, 0.5, 0.5], [0.1, 0.2] + [0.2] * 7 + [0.9, 0.1, 0.1])
     b = ift(1, [0.6, 0.7] + [0.6] * 10, [0.1, 0.9] + [0.1] * 10)
     short = ift(0, [0.5] * 4, [0.1] * 4, eta=0.1)  # only 4 steps: not in the table
-    rows = study.longer_tuning(study.candidates([a, b, short, ift(1, [0.6] * 4, [0.1] * 4, eta=0.1)]))
+    rows = study_tables.longer_tuning(arms.candidates([a, b, short, ift(1, [0.6] * 4, [0.1] * 4, eta=0.1)]))
     assert list(rows["setting"]) == ["IFT aligned β=0.9 η=0.01"]
     row = rows.iloc[0]
     assert row["honest Δ vs ICL, T ≤ 8"].startswith("+5.0 ±")  # seed 0 picks step 2 (+0), seed 1 step 2 (+10)
@@ -214,31 +221,31 @@ def test_longer_tuning_compares_dev_choices_within_8_steps_and_within_all():
 def test_ties_to_the_latest_step_move_a_flat_dev_curve_off_icl_and_the_table_shows_both_rules():
     # dev is flat on seed 0 (earliest: step 1 = ICL, latest: step 3, +20) and peaks at step 2 on seed 1 (+10)
     runs = [ift(0, [0.5, 0.6, 0.7], [0.5, 0.5, 0.5]), ift(1, [0.6, 0.7, 0.4], [0.1, 0.9, 0.2])]
-    cands = study.candidates(runs)
-    latest = study.choose(cands, "dev", tie=study.COSTLIEST).set_index(["arm", "seed"]).sort_index()
-    assert list(latest.loc[study.IFT_ALL, "step"]) == [3, 2]
-    rows = study.tie_sensitivity(cands).set_index(["task", "method (choice)"])
-    row = rows.loc[("sst2", study.IFT_ALL)]
+    cands = arms.candidates(runs)
+    latest = arms.choose(cands, "dev", tie=COSTLIEST).set_index(["arm", "seed"]).sort_index()
+    assert list(latest.loc[IFT_ALL, "step"]) == [3, 2]
+    rows = study_tables.tie_sensitivity(cands).set_index(["task", "method (choice)"])
+    row = rows.loc[("sst2", IFT_ALL)]
     half = stats.t.ppf(0.975, 1) * np.std([0.0, 10.0], ddof=1) / math.sqrt(2)
     assert row["honest Δ, ties to the earliest step"] == f"+5.0 ± {half:.1f}"
     half = stats.t.ppf(0.975, 1) * np.std([20.0, 10.0], ddof=1) / math.sqrt(2)
     assert row["honest Δ, ties to the latest step"] == f"+15.0 ± {half:.1f}"
     assert row["seeds whose pick moves"] == 1 and row["seeds"] == 2
-    mean = rows.loc[("mean over tasks", study.IFT_ALL)]
+    mean = rows.loc[("mean over tasks", IFT_ALL)]
     assert mean["honest Δ, ties to the latest step"] == "+15.0 (1 tasks)"  # one task: no interval over tasks
 
 
 def test_the_papers_protocol_per_task_picks_one_step_on_the_mean_over_seeds_and_pairs_by_seed():
     # per seed the best eval steps are 2 (80) and 3 (90); averaged over seeds step 3 wins (75 against 70)
     runs = [ift(0, [0.5, 0.8, 0.6], [0.5, 0.5, 0.5]), ift(1, [0.5, 0.6, 0.9], [0.5, 0.5, 0.5])]
-    cands = study.candidates(runs)
-    per_task = study.choose_per_task(cands, "eval").set_index(["arm", "seed"]).sort_index()
-    assert list(per_task.loc[study.IFT_ALL, "step"]) == [3, 3] and list(per_task.loc[study.IFT_ALL, "acc"]) == [60, 90]
-    row = study.arm_table(cands).set_index("arm").loc[study.IFT_ALL]
+    cands = arms.candidates(runs)
+    per_task = arms.choose_per_task(cands, "eval").set_index(["arm", "seed"]).sort_index()
+    assert list(per_task.loc[IFT_ALL, "step"]) == [3, 3] and list(per_task.loc[IFT_ALL, "acc"]) == [60, 90]
+    row = study_tables.arm_table(cands).set_index("arm").loc[IFT_ALL]
     assert row["eval_steps"] == [2, 3] and row["eval_delta"] == pytest.approx(35)  # per seed: +30, +40
     assert row["task_eval_steps"] == [3, 3] and row["task_eval_delta"] == pytest.approx(25)  # +10, +40
     assert row["task_eval_delta_ci"] == pytest.approx(stats.t.ppf(0.975, 1) * np.std([10, 40], ddof=1) / math.sqrt(2))
-    matrix = study.task_matrix(study.arm_table(cands)).iloc[0]
+    matrix = study_tables.task_matrix(study_tables.arm_table(cands)).iloc[0]
     assert matrix["IFT, paper protocol Δ, one T per task"].startswith("+25.0 ±")
     assert matrix["IFT, paper protocol Δ"].startswith("+35.0 ±")
 
@@ -246,9 +253,9 @@ def test_the_papers_protocol_per_task_picks_one_step_on_the_mean_over_seeds_and_
 def test_one_step_per_task_needs_every_seed_to_have_it():
     # simulated early stopping (patience 2) cuts seed 0 after step 3; seed 1 runs all 4 steps, best at step 4
     runs = [ift(0, [0.5, 0.6, 0.6, 0.99], [0.5, 0.4, 0.4, 0.4]), ift(1, [0.5, 0.6, 0.6, 0.99], [0.1, 0.2, 0.3, 0.4])]
-    per_task = study.choose_per_task(study.candidates(runs), "eval").set_index(["arm", "seed"]).sort_index()
-    assert list(per_task.loc[study.IFT_ALL, "step"]) == [4, 4]
-    assert list(per_task.loc[study.IFT_EARLY, "step"]) == [2, 2]  # step 4 is seed 1's only; 2 and 3 tie: the earlier
+    per_task = arms.choose_per_task(arms.candidates(runs), "eval").set_index(["arm", "seed"]).sort_index()
+    assert list(per_task.loc[IFT_ALL, "step"]) == [4, 4]
+    assert list(per_task.loc[IFT_EARLY, "step"]) == [2, 2]  # step 4 is seed 1's only; 2 and 3 tie: the earlier
 
 
 def test_a_page_mixing_bf16_mixed_runs_from_cpus_with_and_without_amx_says_so(tmp_path):
@@ -312,22 +319,22 @@ def test_compute_counts_a_run_continued_to_a_larger_t_once_as_the_longer_run():
     steps = [{**s, "time_s": 2.0} for s in ift(0, [0.5] * 15, [0.5] * 15).steps]
     long = Run("sst2/ift/0/long", {**short.meta, "T": 15}, steps, {"status": "finished"})
     other = ift(1, [0.5] * 8, [0.5] * 8)  # another seed: a run of its own
-    row = study.cost_table([short, long, other]).iloc[0]
+    row = study_tables.cost_table([short, long, other]).iloc[0]
     assert row["runs"] == 2 and row["steps"] == "11.5"  # (15 + 8) / 2, not (8 + 15 + 8) / 3
     assert row["wall s per run"] == "15"  # 30 s for the continued run, 0 for the other
 
 
 def test_sd_ratio_is_the_ratio_of_standard_deviations_with_a_paired_bootstrap_interval():
     x = np.array([50.0, 60, 70, 55, 65, 80, 45, 75, 62, 58])
-    assert study.sd_ratio(x, 50 + 0.5 * (x - 50)) == pytest.approx((0.5, 0.5, 0.5))  # paired: every resample 0.5
-    assert study.sd_ratio(x, x + 7) == pytest.approx((1.0, 1.0, 1.0))  # a constant gain leaves the spread alone
+    assert core.sd_ratio(x, 50 + 0.5 * (x - 50)) == pytest.approx((0.5, 0.5, 0.5))  # paired: every resample 0.5
+    assert core.sd_ratio(x, x + 7) == pytest.approx((1.0, 1.0, 1.0))  # a constant gain leaves the spread alone
     y = np.array([60.0, 62, 61, 66, 59, 64, 63, 60, 65, 61])
-    ratio, lo, hi = study.sd_ratio(x, y)
+    ratio, lo, hi = core.sd_ratio(x, y)
     assert ratio == pytest.approx(y.std(ddof=1) / x.std(ddof=1)) and lo < ratio < hi < 1
-    assert study.sd_ratio(x, y) == (ratio, lo, hi)  # a fixed generator: the page rebuilds byte for byte
-    assert math.isnan(study.sd_ratio([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])[0])  # ICL without spread: no ratio
-    assert study.ratio_cell(ratio, lo, hi).endswith("▼") and study.ratio_cell(1.5, 1.2, 1.9).endswith("▲")
-    assert study.ratio_cell(1.0, 0.8, 1.2) == "1.00 [0.80, 1.20]"
+    assert core.sd_ratio(x, y) == (ratio, lo, hi)  # a fixed generator: the page rebuilds byte for byte
+    assert math.isnan(core.sd_ratio([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])[0])  # ICL without spread: no ratio
+    assert core.ratio_cell(ratio, lo, hi).endswith("▼") and core.ratio_cell(1.5, 1.2, 1.9).endswith("▲")
+    assert core.ratio_cell(1.0, 0.8, 1.2) == "1.00 [0.80, 1.20]"
 
 
 def test_the_spread_table_compares_each_methods_spread_over_seeds_with_icls_on_tasks_with_enough_seeds():
@@ -335,9 +342,114 @@ def test_the_spread_table_compares_each_methods_spread_over_seeds_with_icls_on_t
     runs = [ift(s, [a, 0.6 + (a - 0.6) / 4], [0.1, 0.9]) for s, a in enumerate(icl)]  # IFT: a quarter the spread
     runs += [run("zero_shot", s, [0.5 + 0.01 * (s % 2)], [0.5]) for s in range(10)]
     runs += [ift(s, [a, a], [0.1, 0.9], task="mr") for s, a in enumerate(icl[:9])]  # 9 seeds: too few
-    table = study.spread_table(study.candidates(runs))
+    table = study_tables.spread_table(arms.candidates(runs))
     assert list(table["task"]) == ["sst2"]
     row = table.iloc[0]
     assert row["ICL sd"] == f"{100 * np.std(icl, ddof=1):.1f}"
     assert row["zero-shot sd (rows only)"] == f"{100 * np.std([0.5, 0.51] * 5, ddof=1):.1f}"
-    assert row[f"{study.IFT_ALL}: sd / ICL sd"] == "0.25 [0.25, 0.25] ▼"
+    assert row[f"{IFT_ALL}: sd / ICL sd"] == "0.25 [0.25, 0.25] ▼"
+
+
+def test_a_new_method_gets_its_own_page_row_with_no_analysis_change(tmp_path, monkeypatch):
+    """A method is one Method subclass (and its YAML): it declares what the pages need (MethodInfo), the job writes
+    that to meta.json, and the page gives it a row with its label, rank and candidates, knowing nothing of it."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from ift.experiment import methods
+
+    @dataclass
+    class Shuffled(methods.Method):  # registered by subclassing, as ift.experiment.methods' own
+        name: ClassVar[str] = "toy_shuffled"
+        about: ClassVar[methods.MethodInfo] = methods.MethodInfo(
+            "shuffled ICL", "p={p:g}", ("p",), chooses="order", step="the s-th shuffle", rank=3)
+        p: float = 0.5
+
+    del methods.REGISTRY["toy_shuffled"]  # it registered itself; monkeypatch's entry is removed after the test
+    monkeypatch.setitem(methods.REGISTRY, "toy_shuffled", Shuffled)
+    toy, other = [], []
+    for seed, accs, devs in ((0, [0.5, 0.7, 0.6], [0.5, 0.6, 0.9]), (1, [0.6, 0.8, 0.6], [0.5, 0.8, 0.6])):
+        for p, into in ((0.25, toy), (0.75, other)):
+            r = run("toy_shuffled", seed, accs if p == 0.25 else accs[:2], devs, p=p)
+            r.meta["method_info"] = Shuffled.info(r.meta)  # the one line of job.py that writes meta.json
+            into.append(r)
+    runs = [ift(0, [0.5, 0.6], [0.5, 0.5]), ift(1, [0.6, 0.6], [0.5, 0.5]), *toy, *other]
+    label = "shuffled ICL p=0.25 (order on dev)"
+    assert arms.arms_of(toy[0]) == [label] and arms.arms(toy[0])[0].candidates == 3
+    table = study_tables.arm_table(arms.candidates(runs)).set_index("arm")
+    assert table.loc[label, "dev_steps"] == [3, 2] and table.loc[label, "dev_mean"] == pytest.approx(70.0)
+    assert table.loc[label, "rank"] == 3 and table.loc[label, "dev_candidates"] == [3, 3]
+    page = study.build(runs, tmp_path).read_text()
+    assert f"| sst2 | {label} | 2 | 3 |" in page  # its row: seeds, then the dev candidates of a run
+    assert "| sst2 | shuffled ICL p=0.75 (order on dev) | 2 | 2 |" in page  # another setting: another arm
+    assert f"| {label} | 1 |" in page  # the overview: on one task
+
+    # a run recorded by a method this analysis cannot import still reads: its meta.json says what it is
+    monkeypatch.delitem(methods.REGISTRY, "toy_shuffled")
+    assert arms.arms_of(toy[0]) == [label]
+    del toy[0].meta["method_info"]
+    with pytest.raises(ValueError, match="has no method_info and method 'toy_shuffled' is not a registered method"):
+        arms.arms_of(toy[0])
+    assert skip_reason(toy[0]).startswith("malformed: sst2/toy_shuffled/0/")  # listed as skipped, not read
+
+
+def test_committed_runs_get_their_method_info_from_the_registered_class():
+    """Runs recorded before meta.json had `method_info` get exactly what the job writes now."""
+    from analysis.methods import method_info
+    from ift.experiment.methods import REGISTRY
+
+    legacy = run("grad", 0, [0.5, 0.6], [0.5, 0.6], lr=0.001)
+    info = method_info(legacy)
+    assert info == REGISTRY["grad"].info(legacy.meta) and info["candidates"] == 2 and info["label"] == "gradient tuning"
+    assert arms.arms_of(legacy) == ["gradient tuning lr=0.001 (steps on dev)"]
+    assert arms.arms_of(ift(0, [0.5], [0.5], eta=0.1)) == ["IFT aligned β=0.9 η=0.1 (T on dev)",
+                                                          "IFT aligned β=0.9 (η, T on dev)", IFT_ALL]
+
+
+def test_the_analysis_imports_and_reads_method_info_without_the_experiment_extras():
+    """Hydra, omegaconf, wandb and submitit are the `experiment` extra: reading runs must not need them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\n"
+            "for name in ('hydra', 'omegaconf', 'wandb', 'submitit'): sys.modules[name] = None\n"
+            "from analysis import crossmodel, report, study\n"
+            "from analysis.load import Run\n"
+            "from analysis.methods import method_info\n"
+            "print(method_info(Run('r', {'method': 'repeat', 'T': 4}))['candidates'])\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "4", proc.stderr[-2000:]
+
+
+def test_each_arm_counts_the_dev_candidates_it_chose_among():
+    """One run's steps for one setting; a pooled arm every setting's steps; ICL step 1 alone; a run without dev
+    scores on some steps offers only the others."""
+    runs = [ift(seed, [0.5, 0.6, 0.7], [0.5, 0.6, 0.7], eta=eta) for seed in (0, 1) for eta in (0.01, 0.1)]
+    runs[0].steps[2]["dev_acc"] = None  # seed 0, η 0.01: step 3 has no dev score
+    table = study_tables.arm_table(arms.candidates(runs)).set_index("arm")
+    assert table.loc["IFT aligned β=0.9 η=0.01 (T on dev)", "dev_candidates"] == [2, 3]
+    assert table.loc["IFT aligned β=0.9 η=0.1 (T on dev)", "dev_candidates"] == [3, 3]
+    assert table.loc[IFT_ALL, "dev_candidates"] == [5, 6] and table.loc[arms.ICL, "dev_candidates"] == [1, 1]
+    shown = study_tables.format_arms(table.reset_index()).set_index("method (choice)")["dev candidates"]
+    assert (shown[IFT_ALL], shown["IFT aligned β=0.9 η=0.1 (T on dev)"], shown[arms.ICL]) == ("5-6", "3", "1")
+
+
+def test_a_method_that_declares_nothing_keeps_its_name_and_offers_the_steps_it_ran(monkeypatch):
+    """No `about`: the page names the arm after the method; a job that lowered T after writing meta.json (steps
+    fitted to the model's window) offers the steps meta.json says, not those it first asked for."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from ift.experiment import methods
+
+    @dataclass
+    class Bare(methods.Method):
+        name: ClassVar[str] = "toy_bare"
+
+    del methods.REGISTRY["toy_bare"]  # it registered itself; monkeypatch's entry is removed after the test
+    monkeypatch.setitem(methods.REGISTRY, "toy_bare", Bare)
+    r = run("toy_bare", 0, [0.5, 0.6], [0.5, 0.6])
+    r.meta["method_info"] = Bare.info({**r.meta, "T": 4})  # written when the job began, before T became 2
+    assert arms.arms_of(r) == ["toy_bare (step on dev)"] and arms.arms(r)[0].candidates == 2

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from ift.baselines import icl_prefix
 from ift.controls import RandomDirectionTuner, calibrate, content_free_examples, demonstration_draws
-from ift.experiment.methods import Method, Point
+from ift.experiment.methods import Method, MethodInfo, Point
 from ift.lengths import fitting_prefixes
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ class RandomDirection(Method):
     """IFT's step sizes without IFT's direction; keyed by optim like IFT, plus its own name."""
 
     name: ClassVar[str] = "random_direction"
+    about: ClassVar[MethodInfo] = MethodInfo(
+        "random direction", "{position_mode} β={beta:g} η={eta:g}", ("position_mode", "beta", "eta"), "T",
+        "IFT's update sizes in a seeded random direction, step t", rank=5, tunes=True)
     iterative: ClassVar[bool] = True
     reads_optim: ClassVar[bool] = True
 
@@ -64,6 +67,8 @@ class DevDemos(Method):
     """ICL over `draws` demonstration draws of the job's seed, one per step."""
 
     name: ClassVar[str] = "dev_demos"
+    about: ClassVar[MethodInfo] = MethodInfo("ICL, demonstration draw chosen", chooses="draw",
+                                             step="ICL with demonstration draw k", rank=3, plain="demonstration draws")
     draws: int = 29  # dev candidates: as many as IFT's 2 settings x 15 steps (step 1 shared)
 
     def steps(self, optim) -> int:
@@ -92,6 +97,9 @@ class Calibrate(Method):
     """ICL (step 1) and ICL with contextual calibration (step 2), the better one chosen on dev."""
 
     name: ClassVar[str] = "calibrate"
+    about: ClassVar[MethodInfo] = MethodInfo("ICL, calibrated or not", chooses="calibration",
+                                             step="1: ICL; 2: ICL with contextual calibration", rank=3,
+                                             plain="contextual calibration")
 
     def steps(self, optim) -> int:
         return 2

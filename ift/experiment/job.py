@@ -276,6 +276,7 @@ def _run_locked(cfg, ready: Prepared, store: JobStore, output_dir, on_step, lm) 
             "data_source": str(task.data_dir or (task.spec.hub or {}).get("path")), "data": job.content["data"],
             "n_eval": len(examples), "n_dev": len(dev), "device": ift.models.resolve_device(job.device).type,
             "versions": versions()}
+    meta["method_info"] = job.method.info(meta)  # what the analysis pages read of the method (MethodInfo)
     store.begin(meta, yaml.safe_dump(resolved, sort_keys=False))
     log.info("job %s -> %s", job.hash[:16], store.path)
     repair_records(store, damage)

@@ -15,7 +15,10 @@ Each method is one registered class (`Method` subclass with a `name`): its setti
 checked and typed by `Method.from_config`), the steps it records, its store identity, the longest prefix it
 reads, whether early stopping applies, and its resume policy with its step iterator (`points`). The config
 selects it by conf/method/<name>.yaml (`_target_`: the class; kept out of the store key). A new method is
-one class here and one YAML there.
+one class here and one YAML there. What the analysis pages need of a method (its label, the settings that tell
+its arms apart, what a step means, how many dev candidates a run offers) it declares in `about`
+(`MethodInfo`); the job writes `Method.info(meta)` to meta.json as `method_info`, and the pages read that,
+never the method's name.
 
 Compute is counted in forward tokens: `tune_tokens` is what building this step's prefix cost (cumulative
 over steps for the iterative methods; backward passes counted apart as `backward_tokens`),
@@ -23,6 +26,7 @@ over steps for the iterative methods; backward passes counted apart as `backward
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -119,11 +123,42 @@ def pseudo_gradient_cosines(lm, demo_examples) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the analysis pages need to know of a method, declared by it (meta.json `method_info`).
+
+    Texts in braces are format strings over the run's meta.json (`"lr={lr:g}"`), filled in by the page from the
+    run's own meta, so a setting resolved after the job began (position mode `auto`) reads as run."""
+
+    label: str                   # the method on a page: "gradient tuning"
+    setting: str = ""            # one run's settings after the label: "lr={lr:g}" ("": it has none)
+    settings: tuple[str, ...] = ()  # the meta.json keys that identify its arm besides the method: ("lr",)
+    chooses: str = ""            # what dev picks among a run's steps, as a page names it: "T" ("": one step only)
+    step: str = "step"           # what step s of a run is
+    rank: int = 6                # its arms' place in a page's tables (zero-shot 0, ICL 1, ...; ties by label)
+    step1_is_icl: bool = True    # step 1 is plain ICL on the run's demonstrations (checked equal across methods)
+    tunes: bool = False          # its steps tune a prefix (by-task tables list it after the page's subject)
+    subject: bool = False        # what the pages study (IFT): its pooled arms head them, the rest are its rivals
+    pools: tuple[tuple[str, str], ...] = ()  # arms pooling runs over settings: (the setting kept, what dev picks)
+    pooled_rank: int = 5         # the rank of the arm pooling every setting and of the early-stopping arm
+    early: str = ""              # what dev picks when simulated early stopping sets the step ("": not simulated)
+    plain: str = ""              # its name in prose ("repetition"; default the label)
+    named: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()  # settings with a name: (name, ((key, value),))
+
+
+@functools.cache
+def _described(cls: type[Method]) -> dict:
+    """A method class's `about` as a dict (and its settings' names), made once: the pages ask for every run."""
+    about = cls.about or MethodInfo(cls.name, chooses="step")
+    return {**asdict(about), "fields": tuple(f.name for f in fields(cls))}
+
+
 @dataclass
 class Method:
     """What a job computes along its steps. Subclasses set `name` (registering them) and their settings."""
 
     name: ClassVar[str] = ""
+    about: ClassVar[MethodInfo | None] = None  # what the analysis pages need; None: its name, steps chosen on dev
     iterative: ClassVar[bool] = False  # step t builds on step t-1, so early stopping (optim.patience) applies
     reads_optim: ClassVar[bool] = False  # η, β and the position mode are its settings (else null in meta.json)
     checkpoints: ClassVar[bool] = False  # saves its prefix each step: resumes from it, continues shorter runs
@@ -138,6 +173,13 @@ class Method:
         """The method of a config node, its own settings checked by check(value, "method.<key>", default); settings
         of other methods are ignored (`++method.max_repeats=2` on a sweep over methods)."""
         return cls(**{f.name: check(node.get(f.name, f.default), f"method.{f.name}", f.default) for f in fields(cls)})
+
+    @classmethod
+    def info(cls, meta: dict) -> dict:
+        """meta.json's `method_info`: `about`, the settings meta.json records for it (its dataclass fields), and how
+        many dev candidates the run offers (its steps, meta `T`).
+        Also what the analysis derives for a run recorded before `method_info` existed (the same function)."""
+        return {**_described(cls), "candidates": int(meta.get("T") or 1)}
 
     def settings(self) -> dict:
         """The settings this method reads (meta.json records them)."""
@@ -189,6 +231,12 @@ class Ift(Method):
     """Iterative forward tuning (its settings are `optim`); resumes from its checkpoint."""
 
     name: ClassVar[str] = "ift"
+    about: ClassVar[MethodInfo] = MethodInfo(
+        "IFT", "{position_mode} β={beta:g} η={eta:g}", ("position_mode", "beta", "eta"), "T",
+        "tuning step t (step 1: the ICL cache)", rank=6, subject=True,
+        pools=(("{position_mode} β={beta:g}", "η, T"), ("", "mode, η, β, T")), early="mode, η, β",
+        named=(("IFT default", (("position_mode", "aligned"), ("eta", 0.1), ("beta", 0.9))),
+               ("paper's setting", (("position_mode", "continue"), ("eta", 0.01), ("beta", 0.9)))))
     iterative: ClassVar[bool] = True
     reads_optim: ClassVar[bool] = True
     checkpoints: ClassVar[bool] = True
@@ -210,6 +258,7 @@ class Ift(Method):
 @dataclass
 class ZeroShot(Method):
     name: ClassVar[str] = "zero_shot"
+    about: ClassVar[MethodInfo] = MethodInfo("zero-shot", step="the query alone", rank=0, step1_is_icl=False)
 
     def steps(self, optim) -> int:
         return 1
@@ -224,6 +273,8 @@ class ZeroShot(Method):
 @dataclass
 class Repeat(Method):
     name: ClassVar[str] = "repeat"
+    about: ClassVar[MethodInfo] = MethodInfo("ICL ×r", chooses="r", step="r copies of the demonstrations", rank=2,
+                                             plain="repetition")
     max_repeats: int = 5  # steps r = 1..max_repeats copies of the demonstrations
 
     def steps(self, optim) -> int:
@@ -244,6 +295,8 @@ class Repeat(Method):
 @dataclass
 class MoreDemos(Method):
     name: ClassVar[str] = "more_demos"
+    about: ClassVar[MethodInfo] = MethodInfo("ICL, k×n shots", chooses="k", step="k·n_shot demonstrations",
+                                             rank=3, plain="more demonstrations")
     max_factor: int = 5  # steps k = 1..max_factor times n_shot demonstrations
 
     def steps(self, optim) -> int:
@@ -260,6 +313,8 @@ class MoreDemos(Method):
 @dataclass
 class Grad(Method):
     name: ClassVar[str] = "grad"
+    about: ClassVar[MethodInfo] = MethodInfo("gradient tuning", "lr={lr:g}", ("lr",), "steps",
+                                             "after s−1 Adam steps", rank=4, tunes=True)
     iterative: ClassVar[bool] = True
     lr: float = 0.001  # Adam's learning rate on the K/V cache; 0.01 and above drive the LOO loss to ~0.01 in a
     #                    few steps and overfit (docs/results.md)

@@ -1,15 +1,32 @@
-"""The statistics of the analysis pages: a 95% Student-t interval over seeds (or over tasks), what a paired
-interval says against ICL, how many seeds a target width needs, and how the page prints them.
+"""The analysis core every page shares (the study page, the report, the cross-model page): choosing a step
+on dev (or on eval), the 95% Student-t interval over seeds (or over tasks), what a paired interval says against
+ICL, how many seeds a target width needs, and how a page prints numbers and tables.
 
-One convention for every page (analysis.study and analysis.report): the mean and the half-width of scipy's
-95% t-interval, mean ± t(0.975, n−1)·s/√n; differences are paired by seed.
+One convention for every page: the mean and the half-width of scipy's 95% t-interval,
+mean ± t(0.975, n−1)·s/√n; differences are paired by seed. The choice rules themselves (scores, tie rules,
+early stopping) are ift/protocol.py's.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 from scipy import stats
+
+from ift.protocol import CHEAPEST, pick_frame, score_of
+
+
+def choose(frame: pd.DataFrame, protocol: str, by, tie=CHEAPEST, score: str | None = None,
+           dropna: bool = True) -> pd.DataFrame:
+    """The row each `by` group picks under a protocol ('dev' or 'eval'): the highest `score` (default the
+    protocol's: dev_acc or acc), ties by `tie` (ift/protocol.py). Under 'dev' a row without a dev score is
+    never chosen; `dropna` drops the groups whose `by` keys are missing."""
+    need = score_of(protocol)  # checks the protocol
+    score = score or need
+    if protocol == "dev":
+        frame = frame.dropna(subset=[score])
+    return pick_frame(frame, score, by, tie=tie, dropna=dropna)
 
 
 def half_width(values) -> float:
@@ -99,3 +116,35 @@ def signed(mean: float, half: float) -> str:
 def marked(mean: float, half: float) -> str:
     """A signed difference with ▲ / ▼ where its 95% interval excludes 0."""
     return signed(mean, half) + {"better": " ▲", "worse": " ▼"}.get(verdict(mean, half), "")
+
+
+def tokens(x: float) -> str:
+    """A token count with thousands separators ('–' when unknown)."""
+    return "–" if math.isnan(x) else f"{x:,.0f}"
+
+
+def fmt_acc(mean: float, half: float, n: int) -> str:
+    """'72.02 ± 3.23': the report's two-decimal mean ± 95% t half-width (the ± only with more than one seed)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.2f} ± {half:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def fmt_gain(g: float) -> str:
+    """A relative gain in percent, signed, two decimals."""
+    return "–" if g is None or math.isnan(g) else f"{g:+.2f}%"
+
+
+def fmt_list(xs, fmt="{}") -> str:
+    return ", ".join(fmt.format(x) for x in xs) if len(xs) else "–"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of a frame of already formatted cells (no tabulate dependency)."""
+    def cell(x) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(x) for x in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
