@@ -293,3 +293,27 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_last_step(model_dir, t
     states = sacct_states("-D", "-X", "-j", str(job_id), until=lambda s: s == ["REQUEUED", "COMPLETED"])
     assert "REQUEUED" in states, f"sacct states {states}\n{why}"
 
+
+
+# ---------------------------------------------------------------- a study preset on SLURM, and its page
+
+@pytest.mark.skipif(not (Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data")) / "sst2").is_dir(),
+                    reason="needs the benchmark mirror (IFT_DATA_DIR)")
+def test_the_quick_study_runs_on_slurm_and_builds_its_page(tmp_path):
+    """`python -m analysis.studies run quick hydra/launcher=slurm`: the study preset's jobs as one SLURM job array
+    (its SST-2 part, hydra.sweeper.tasks, on seed 0: one job per arm, 6), then the archive and the page, by the one command a login node runs."""
+    name = f"ift-test-{uuid.uuid4().hex[:8]}"
+    out, results, sweep = tmp_path / "page", tmp_path / "results", tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "analysis.studies", "run", "quick", "--out", str(out), "hydra/launcher=slurm",
+           "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+           "hydra.launcher.timeout_min=20", f"hydra.launcher.name={name}", "hydra.sweeper.tasks=[sst2]", "seed=0",
+           f"results_dir={results}", f"hydra.sweep.dir={sweep}"]
+    proc = run_sweep(cmd, tmp_path, name, timeout=900)
+    why = diagnostics(tmp_path, name, proc.stdout, proc.stderr)
+    records = job_records(sweep)
+    assert len(records) == 6 and {r["status"] for r in records} == {"finished"}, why
+    ids = {json.loads((Path(r["store"]) / "meta.json").read_text())["slurm_job_id"] for r in records}
+    assert len(ids) == 6 and all(ids), f"not one SLURM job each: {ids}\n{why}"
+    assert (out / "runs.tar.gz").is_file() and (out / "study.md").is_file(), why
+    assert "python -m analysis.studies run quick" in (out / "README.md").read_text()
+    cancel(name)

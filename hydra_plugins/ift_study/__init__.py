@@ -1,0 +1,1 @@
+"""ift's Hydra plugins: the study sweeper."""

@@ -1,0 +1,64 @@
+"""The study sweeper, Hydra's plugin for `hydra/sweeper=study` (conf/hydra/sweeper/study.yaml; Hydra loads
+sweepers from the hydra_plugins namespace only). What a study plans is ift/experiment/study_plan.py's."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import OmegaConf
+
+from ift.experiment.study_plan import _plain, plan
+
+log = logging.getLogger(__name__)
+
+
+class StudySweeper(Sweeper):
+    """Hydra's Sweeper for a study preset (module docstring). The study's page settings (title, page, ...)
+    are read by `python -m analysis.studies`, not here."""
+
+    def __init__(self, sweeps, groups=None, max_batch_size=None, tasks=None, **study) -> None:
+        super().__init__()
+        self.sweeps = _plain(sweeps) or []
+        self.groups = _plain(groups) or {}
+        self.max_batch_size = max_batch_size
+        self.tasks = list(_plain(tasks)) if tasks is not None else None
+        self.study = _plain(study)  # title, page, ...: the page's settings (analysis.studies)
+        self.config = self.launcher = self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    def batches(self, arguments: Sequence[str]) -> list[tuple[str, list[list[str]]]]:
+        """The launcher batches: each named sweep's jobs, in chunks of max_batch_size."""
+        size = self.max_batch_size
+        out = []
+        for name, jobs in plan(self.sweeps, self.groups, arguments, self.tasks):
+            step = size if size and size > 0 else max(len(jobs), 1)
+            out += [(name, jobs[i:i + step]) for i in range(0, len(jobs), step)]
+        return out
+
+    def sweep(self, arguments: list[str]) -> Any:
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        batches = self.batches(arguments)
+        total = sum(len(jobs) for _, jobs in batches)
+        log.info("study: %d job(s) in %d batch(es): %s", total, len(batches),
+                 ", ".join(f"{name} ({len(jobs)})" for name, jobs in batches))
+        returns, index = [], 0
+        for name, jobs in batches:
+            self.validate_batch_is_legal(jobs)
+            log.info("study sweep %r: jobs %d-%d of %d", name, index, index + len(jobs) - 1, total)
+            results = self.launcher.launch(jobs, initial_job_idx=index)
+            for result in results:
+                _ = result.return_value  # as Hydra's BasicSweeper: a job's exception ends the study here
+            index += len(jobs)
+            returns.append(results)
+        return returns
