@@ -406,6 +406,7 @@ def test_committed_runs_get_their_method_info_from_the_registered_class():
                                                           "IFT aligned β=0.9 (η, T on dev)", IFT_ALL]
 
 
+@pytest.mark.slow
 def test_the_analysis_imports_and_reads_method_info_without_the_experiment_extras():
     """Hydra, omegaconf, wandb and submitit are the `experiment` extra: reading runs must not need them."""
     import subprocess
