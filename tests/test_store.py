@@ -17,8 +17,7 @@ from safetensors.torch import save_file
 import ift
 from analysis.load import load as load_runs
 from ift.experiment import job as job_module
-from ift.experiment import run_job
-from ift.experiment import store as store_module
+from ift.experiment import run_job, storefiles
 from ift.experiment.config import ConfigError, parse_config
 from ift.experiment.hydra_app import SweepReport
 from ift.experiment.job import prepare
@@ -122,8 +121,8 @@ def test_a_failed_write_leaves_neither_a_temporary_file_nor_a_torn_line(tmp_path
     def half_then_full(fd, data):  # the disk fills mid-line
         os.write(fd, data[: len(data) // 2])
         disk_full()
-    monkeypatch.setattr(store_module, "_sync", disk_full)
-    monkeypatch.setattr(store_module, "_write_all", half_then_full)
+    monkeypatch.setattr(storefiles, "sync", disk_full)
+    monkeypatch.setattr(storefiles, "write_all", half_then_full)
     with pytest.raises(OSError, match="meta.json: no space left on device"):
         store.update_meta(status="failed")
     with pytest.raises(OSError, match="steps.jsonl: no space left on device"):
@@ -432,7 +431,7 @@ def test_a_failure_while_recording_a_failure_stays_consistent(broken, tiny_dir, 
         failing.append(True)
         raise RuntimeError("scoring broke")
 
-    real_sync = store_module._sync
+    real_sync = storefiles.sync
 
     def sync(f):
         if failing and (broken == "every file" or Path(f.name).name == broken + ".tmp"):
@@ -440,7 +439,7 @@ def test_a_failure_while_recording_a_failure_stays_consistent(broken, tiny_dir, 
         real_sync(f)
 
     monkeypatch.setattr(ift, "score_examples", scoring_breaks)
-    monkeypatch.setattr(store_module, "_sync", sync)
+    monkeypatch.setattr(storefiles, "sync", sync)
     with pytest.raises(RuntimeError, match="scoring broke"):  # the job's own error, never the disk's
         run_job(tiny_cfg(tiny_dir, tmp_path, "optim.T=2"))
     (store,) = stores(tmp_path)

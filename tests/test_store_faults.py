@@ -16,8 +16,7 @@ from analysis import archive, study
 from analysis.load import load as load_runs
 from analysis.load import missing
 from ift.experiment import job as job_module
-from ift.experiment import layout, modelcache, run_job
-from ift.experiment import store as store_module
+from ift.experiment import layout, modelcache, run_job, storefiles
 from ift.experiment.interrupt import JobInterrupted
 from ift.experiment.layout import StoreDamaged
 from ift.experiment.store import StoreFull
@@ -160,7 +159,7 @@ def test_archive_pack_leaves_out_a_damaged_run_and_says_so(finished, tmp_path, c
 def test_a_full_disk_leaves_no_torn_line_marks_the_run_failed_and_resumes_cleanly(finished, tiny_dir, tmp_path,
                                                                                   monkeypatch):
     _, reference = finished
-    real = store_module._write_all
+    real = storefiles.write_all
     writes = []
 
     def fills_at_step_2(fd, data):
@@ -169,7 +168,7 @@ def test_a_full_disk_leaves_no_torn_line_marks_the_run_failed_and_resumes_cleanl
             os.write(fd, data[: len(data) // 2])  # half a line reaches the disk, then it is full
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data)
-    monkeypatch.setattr(store_module, "_write_all", fills_at_step_2)
+    monkeypatch.setattr(storefiles, "write_all", fills_at_step_2)
     with pytest.raises(StoreFull) as caught:
         run_job(tiny_cfg(tiny_dir, tmp_path / "full"))
     store = Path(str(caught.value.path)).parent
@@ -178,7 +177,7 @@ def test_a_full_disk_leaves_no_torn_line_marks_the_run_failed_and_resumes_cleanl
     assert (store / "steps.jsonl").read_text().endswith("}\n") and len(steps_without_timing(store)) == 1
     meta = json.loads((store / "meta.json").read_text())
     assert meta["status"] == "failed" and "no space left on device" in meta["error"]
-    monkeypatch.setattr(store_module, "_write_all", real)  # space freed
+    monkeypatch.setattr(storefiles, "write_all", real)  # space freed
     assert run_job(tiny_cfg(tiny_dir, tmp_path / "full"))["status"] == "finished"
     assert steps_without_timing(store) == reference
 

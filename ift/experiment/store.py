@@ -19,7 +19,8 @@ step). `analysis/` reads this layout (docs/design.md).
 Every file holds standard JSON only (`allow_nan=False`): a NaN or infinity reaching the store is an error,
 never an `Infinity` that other JSON readers reject. Whole files are replaced atomically (a temporary file,
 removed again if the write fails); JSONL rows are appended whole or not at all (unbuffered writes, fsync'ed,
-and a failed append is cut back to the size before it), and a full disk is a StoreFull naming the file.
+and a failed append is cut back to the size before it), and a full disk is a StoreFull naming the file:
+those writes live in ift/experiment/storefiles.py.
 
 File names, statuses and the check an ended run must pass before it is trusted (`JobStore.damage`) live in
 ift/experiment/layout.py, shared with analysis/.
@@ -52,6 +53,7 @@ from ift.experiment.layout import (
     SUMMARY_FILE,
     StoreDamaged,
 )
+from ift.experiment.storefiles import StoreFull, append_jsonl, is_full, rewrite_jsonl, write_json, write_text
 from ift.jsonl import read_jsonl
 from ift.protocol import EARLIEST, pick, score_of
 
@@ -75,117 +77,12 @@ class StoreLocked(RuntimeError):
                          f"or stop it, then run again to pick up its result")
 
 
-class StoreFull(OSError):
-    """A store write that found no space left: names the file; the file is as it was before the write."""
-
-    def __init__(self, path: Path):
-        super().__init__(errno.ENOSPC, f"{path}: no space left on device (nothing half-written was kept; free "
-                         "space and re-run the same command to resume)")
-        self.path = path
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-def _full(err: BaseException) -> bool:
-    """A write that failed for lack of space (an OSError, or safetensors' error naming os error 28)."""
-    return getattr(err, "errno", None) == errno.ENOSPC or "os error 28" in str(err)
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "--", name).strip("-") or "x"
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _dumps(data, **kwargs) -> str:
-    """Standard JSON: NaN and infinities raise ValueError instead of becoming `NaN` / `Infinity`."""
-    return json.dumps(data, allow_nan=False, **kwargs)
-
-
-def _sync(f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Replace `path` atomically (a reader never sees half a file); on failure no temporary file is left."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            _sync(f)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if _full(err) and not isinstance(err, StoreFull):
-            raise StoreFull(path) from err
-        raise
-
-
-def _write_json(path: Path, data) -> None:
-    _write_text(path, _dumps(data, indent=2, default=str))
-
-
-def _cut_torn_tail(f) -> None:
-    """Cut a torn last line (a writer killed mid-line; readers drop it, ift/jsonl.py) off a file open for
-    appending, so the next row starts a line of its own instead of turning the torn one into damage."""
-    end = f.seek(0, os.SEEK_END)
-    if end == 0:
-        return
-    f.seek(end - 1)
-    if f.read(1) == b"\n":
-        return
-    pos = end
-    while pos > 0:
-        step = min(pos, 1 << 16)
-        f.seek(pos - step)
-        newline = f.read(step).rfind(b"\n")
-        if newline >= 0:
-            f.truncate(pos - step + newline + 1)
-            return
-        pos -= step
-    f.truncate(0)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Append whole lines or nothing: unbuffered writes, fsync'ed, and on any error (a full disk) the file is cut
-    back to its size before the write, so no torn line is left for the next append or a reader to meet."""
-    text = "".join(_dumps(row, default=float) + "\n" for row in rows).encode()  # a bad value fails first
-    if path.exists():
-        with open(path, "rb+") as f:
-            _cut_torn_tail(f)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            _write_all(fd, text)
-            os.fsync(fd)  # a step reported as done survives a kill
-        except BaseException as err:
-            try:
-                os.ftruncate(fd, start)
-            except OSError:
-                pass
-            if _full(err):
-                raise StoreFull(path) from err
-            raise
-    finally:
-        os.close(fd)
-
-
-def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_text(path, "".join(_dumps(r) + "\n" for r in rows))
 
 
 class JobStore:
@@ -268,7 +165,7 @@ class JobStore:
                 break
             good += 1
         if good < len(lines):
-            _write_text(path, b"".join(lines[:good]).decode())
+            write_text(path, b"".join(lines[:good]).decode())
         return len(lines) - good
 
     # ---------------------------------------------------------------- locking
@@ -341,21 +238,21 @@ class JobStore:
                 "finished": None, "attempts": int(old.get("attempts", 0)) + 1,
                 "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         if config_yaml is not None:
-            _write_text(self.file("config.yaml"), config_yaml)
+            write_text(self.file("config.yaml"), config_yaml)
         self.file(SUMMARY_FILE).unlink(missing_ok=True)
         self.file(ERROR_FILE).unlink(missing_ok=True)
-        _write_json(self.file(META_FILE), meta)
+        write_json(self.file(META_FILE), meta)
 
     def update_meta(self, **items) -> None:
-        _write_json(self.file(META_FILE), {**self.meta(), **items})
+        write_json(self.file(META_FILE), {**self.meta(), **items})
 
     def keep_steps(self, last_step: int) -> list[dict]:
         """Drop step rows after `last_step` (recorded after the checkpoint was saved); return the rest."""
         rows = [r for r in self.steps() if r["step"] <= last_step]
-        _rewrite_jsonl(self.file(STEPS_FILE), rows)
+        rewrite_jsonl(self.file(STEPS_FILE), rows)
         preds = self.file(PREDICTIONS_FILE)
         if preds.exists():
-            _rewrite_jsonl(preds, [r for r in read_jsonl(preds) if r["step"] <= last_step])
+            rewrite_jsonl(preds, [r for r in read_jsonl(preds) if r["step"] <= last_step])
         return rows
 
     def reset(self) -> None:
@@ -364,13 +261,13 @@ class JobStore:
             self.file(name).unlink(missing_ok=True)
 
     def append_step(self, row: dict) -> None:
-        _append_jsonl(self.file(STEPS_FILE), [row])
+        append_jsonl(self.file(STEPS_FILE), [row])
 
     def append_predictions(self, rows: list[dict]) -> None:
-        _append_jsonl(self.file(PREDICTIONS_FILE), rows)
+        append_jsonl(self.file(PREDICTIONS_FILE), rows)
 
     def append_efficiency(self, row: dict) -> None:
-        _append_jsonl(self.file(layout.EFFICIENCY_FILE), [row])
+        append_jsonl(self.file(layout.EFFICIENCY_FILE), [row])
 
     def save_prefix(self, prefix) -> None:
         """The resume checkpoint; a full disk is a StoreFull naming the file (safetensors' own error does not)."""
@@ -378,7 +275,7 @@ class JobStore:
         try:
             prefix.save(path)
         except Exception as err:
-            if _full(err):
+            if is_full(err):
                 raise StoreFull(path) from err
             raise
 
@@ -387,7 +284,7 @@ class JobStore:
         both to agree; `damage` checks the digest)."""
         steps = self.file(STEPS_FILE)
         sealed = {DIGEST_KEY: layout.digest(steps.read_bytes())} if steps.exists() else {}
-        _write_json(self.file(SUMMARY_FILE), {**summary, "status": status, **sealed})
+        write_json(self.file(SUMMARY_FILE), {**summary, "status": status, **sealed})
         self.update_meta(status=status, error=error, finished=now())
 
     def interrupt(self, signal_name: str) -> int:
@@ -419,11 +316,11 @@ class JobStore:
                         RUNNING)
         else:
             try:
-                _write_json(self.file(SUMMARY_FILE), {**summary, "status": FAILED})
+                write_json(self.file(SUMMARY_FILE), {**summary, "status": FAILED})
             except Exception as err:  # noqa: BLE001
                 log.warning("could not write %s (%s)", self.file(SUMMARY_FILE), err)
         try:
-            _write_text(self.file(ERROR_FILE), details)
+            write_text(self.file(ERROR_FILE), details)
         except Exception as err:  # noqa: BLE001
             log.warning("could not write %s (%s)", self.file(ERROR_FILE), err)
         for tmp in self.path.glob("*.tmp"):  # a write the error interrupted (this process holds the lock)
