@@ -61,11 +61,15 @@ def shared_block(contexts: list[str], delimiter: str = "\n\n") -> str:
     return first[: cut + len(delimiter)] if cut >= 0 else ""
 
 
+class ModelArgsError(ValueError):
+    """A bad `ift` model_args value: main() prints it as one line (exit 2) instead of the harness's traceback."""
+
+
 def _number(value, kind, name):
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"ift model_args: {name} must be {kind.__name__}, got {value!r}") from None
+        raise ModelArgsError(f"ift model_args: {name} must be {kind.__name__}, got {value!r}") from None
 
 
 @register_model("ift")
@@ -87,10 +91,13 @@ class IFTLM(LM):
 
         if ignored:
             log.warning("ift model: ignoring model_args %s", sorted(ignored))
-        self.T = check_T(_number(T, int, "T"), "ift model_args: T")
-        self.eta = check_eta(_number(eta, float, "eta"), "ift model_args: eta")
-        self.beta = check_beta(_number(beta, float, "beta"), "ift model_args: beta")
-        self.position_mode = check_position_mode(position_mode, "ift model_args: position_mode")
+        try:
+            self.T = check_T(_number(T, int, "T"), "ift model_args: T")
+            self.eta = check_eta(_number(eta, float, "eta"), "ift model_args: eta")
+            self.beta = check_beta(_number(beta, float, "beta"), "ift model_args: beta")
+            self.position_mode = check_position_mode(position_mode, "ift model_args: position_mode")
+        except ValueError as err:  # the engine's checks (ift/settings.py) name the field and its range
+            raise ModelArgsError(str(err)) from None
         self.batch_size = batch_size if isinstance(batch_size, int) and batch_size > 0 else 32
         import torch
 
@@ -178,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     """`lm_eval`'s CLI with the `ift` model registered, plus ift's options (removed before the harness sees
     them): --data_dir DIR (rows from DIR/<task>/<split>.jsonl; default $IFT_DATA_DIR; without either the
     harness downloads as usual), --ift_shots N and --ift_seed S (the fixed few-shot set; N per class for
-    fixed-choice tasks), --ift_dirs task=folder,... (a data folder not named like the task)."""
+    fixed-choice tasks), --ift_dirs task=folder,... (a data folder not named like the task). A bad `ift`
+    model_args value is one line on stderr and exit status 2."""
     from lm_eval.__main__ import cli_evaluate
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -197,7 +205,11 @@ def main(argv: list[str] | None = None) -> None:
             local_task_yaml(name, data_dir, out, int(shots) if shots else None, seed, dirs.get(name))
         argv += ["--tasks", tasks, "--include_path", str(out)]
     sys.argv = ["lm_eval", *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ModelArgsError as err:  # a bad T, eta, beta or position_mode: one line naming it and its range
+        print(f"ift.lmeval: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed: pip install -e '.[lmeval]'")
 
 import ift  # noqa: E402
-from ift.lmeval import IFTLM, hflm, local_task_yaml, requests, shared_block  # noqa: E402
+from ift.lmeval import IFTLM, hflm, local_task_yaml, main, requests, shared_block  # noqa: E402
 from ift.tasks import TaskError, load_task  # noqa: E402
 from ift.tasks.harness import load_harness_task  # noqa: E402
 
@@ -168,6 +168,29 @@ def test_the_harness_cli_runs_ift_end_to_end(tiny_dir, mirror, tmp_path):
     res = json.loads(result.read_text())
     assert res["results"]["copa"]["acc,none"] in {0, 0.25, 0.5, 0.75, 1.0}
     assert res["n-shot"]["copa"] == 2
+
+
+@pytest.mark.parametrize("arg,message", [("T=0", "T must be an integer >= 1, got 0"),
+                                         ("beta=1.5", "beta must be a finite number in [0, 1), got 1.5"),
+                                         ("T=two", "T must be int, got 'two'")])
+def test_the_harness_cli_names_a_bad_model_arg_in_one_line(tiny_dir, mirror, tmp_path, monkeypatch, capsys, arg,
+                                                           message):
+    import logging
+
+    import lm_eval.utils
+
+    monkeypatch.setattr(sys, "argv", sys.argv)  # main() hands the harness its argv through sys.argv
+    # the harness adds its log handler once per process, on the stderr of that moment: give each run its own
+    monkeypatch.setattr(lm_eval.utils, "_LOGGING_CONFIGURED", False)
+    monkeypatch.setattr(logging.getLogger("lm_eval"), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("lm_eval"), "propagate", True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as code:
+        main(["--data_dir", str(mirror), "--model", "ift", "--model_args", f"pretrained={tiny_dir},{arg}",
+              "--tasks", "sst2", "--limit", "2", "--output_path", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"ift.lmeval: ift model_args: {message}"
 
 
 @pytest.mark.slow
