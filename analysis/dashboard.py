@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
+
+from ift import reach
 
 MEAN = {"agg": "mean", "range": "stderr"}
 
@@ -139,11 +139,9 @@ def unreachable(timeout: float = 3.0) -> str | None:
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         return f"WANDB_MODE={os.environ['WANDB_MODE']}"
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    url = urlparse(base)
-    try:  # first: wandb.Api() itself asks the server to check the login
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-    except OSError as err:
-        return f"{base} cannot be reached ({err})"
+    why = reach.unreachable(base, timeout)  # first: wandb.Api() itself asks the server to check the login
+    if why:
+        return f"{base} cannot be reached ({why})"
     try:
         if not wandb.Api(timeout=timeout).api_key:
             return "not logged in (wandb login, or WANDB_API_KEY)"

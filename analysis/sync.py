@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+
+from ift.reach import unreachable
 
 RUN_DIR = re.compile(r"^offline-run-(\d{8}_\d{6})-(.+)$")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -41,19 +41,6 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 def base_url() -> str:
     """The wandb server runs are synced to (WANDB_BASE_URL, as wandb itself reads it)."""
     return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
-
-
-def unreachable(url: str, timeout: float) -> str | None:
-    """Why `url`'s host cannot be reached in `timeout` seconds (a TCP connection), or None when it can."""
-    parsed = urlparse(url)
-    if not parsed.hostname:
-        return f"{url} is not a URL"
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        return f"{parsed.hostname}:{port}: {err.strerror or err}"
-    return None
 
 
 def relog_from_store(job_dir: Path, project: str | None = None, entity: str | None = None) -> Path:

@@ -22,20 +22,12 @@ from ift.experiment.controls import DevDemos
 from ift.experiment.job import prepare
 from ift.scorer import ExampleScore
 from ift.tasks import load_task
+from jobs import job_cfg as cfg
+from jobs import step_rows as rows
 from tiny import make_tokenizer, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def cfg(tiny_dir, results, *overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["model=hf", f"model.source={tiny_dir}", "task=demo", "task.eval_limit=12",
-                                            "task.dev_size=6", "logger=disabled", "eval.progress=false",
-                                            f"results_dir={results}", *overrides])
-
-
-def rows(result) -> list[dict]:
-    return [json.loads(line) for line in (Path(result["store"]) / "steps.jsonl").read_text().splitlines()]
 
 
 def meta(result) -> dict:

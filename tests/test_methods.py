@@ -15,20 +15,11 @@ from ift.experiment import run_job
 from ift.experiment.job import load_model_once, prepare
 from ift.experiment.methods import REGISTRY
 from ift.tasks import load_task
+from jobs import job_cfg as cfg
+from jobs import step_rows as rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def cfg(tiny_dir, results, *overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["model=hf", f"model.source={tiny_dir}", "task=demo", "task.eval_limit=12",
-                                            "task.dev_size=6", "logger=disabled", "eval.progress=false",
-                                            f"results_dir={results}", *overrides])
-
-
-def rows(result) -> list[dict]:
-    path = Path(result["store"]) / "steps.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def meta(result) -> dict:

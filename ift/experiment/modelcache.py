@@ -9,14 +9,13 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 import ift
 from ift.models import HUB_ID, PACKAGED_GGUF
+from ift.reach import unreachable
 
 log = logging.getLogger(__name__)
 HUB_CHECK_TIMEOUT_S = 3.0
@@ -35,13 +34,8 @@ def hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
     """Why the Hugging Face Hub (HF_ENDPOINT) cannot be reached, or None when a connection opens in `timeout`."""
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        return f"{url.scheme}://{url.hostname}:{port} cannot be reached ({err.strerror or err})"
-    return None
+    why = unreachable(constants.ENDPOINT, timeout)
+    return None if why is None else f"{constants.ENDPOINT} cannot be reached ({why})"
 
 
 def go_offline_if_unreachable(source: str) -> None:
