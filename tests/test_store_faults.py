@@ -161,6 +161,7 @@ def test_archive_pack_leaves_out_a_damaged_run_and_says_so(finished, tmp_path, c
 
 
 # ---------------------------------------------------------------- a full disk
+@pytest.mark.slow
 def test_a_full_disk_leaves_no_torn_line_marks_the_run_failed_and_resumes_cleanly(finished, tiny_dir, tmp_path,
                                                                                   monkeypatch):
     _, reference = finished
@@ -187,6 +188,7 @@ def test_a_full_disk_leaves_no_torn_line_marks_the_run_failed_and_resumes_cleanl
     assert steps_without_timing(store) == reference
 
 
+@pytest.mark.slow
 def test_a_checkpoint_the_disk_cannot_hold_names_its_file(finished, tiny_dir, tmp_path, monkeypatch):
     def full(self, path):
         raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
