@@ -28,6 +28,7 @@ def test_the_self_check_passes_on_this_cpu_and_prints_its_verdict():
     assert "torch " + torch.__version__ in done.stdout
 
 
+@pytest.mark.slow
 def test_a_failing_check_fails_the_verdict_and_the_exit_status(monkeypatch, capsys):
     """A prefix that does not come back as saved (here: reloaded as the plain ICL prefix) is a FAIL line, the
     verdict says FAIL and main() returns 1; the other checks still run. No bitsandbytes checks here (speed)."""

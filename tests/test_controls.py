@@ -105,6 +105,7 @@ def test_calibration_divides_by_the_content_free_label_probabilities():
         cal([ExampleScore([0.0] * 3, [0.0] * 3, [1] * 3, 0)])
 
 
+@pytest.mark.slow
 def test_calibration_of_a_prefix_reads_the_three_content_free_queries(tiny_lm, demos):
     lm, task = tiny_lm("llama"), load_task("demo")
     free = content_free_examples(task)
@@ -158,6 +159,7 @@ def test_calibrate_on_multiple_choice_fails_before_the_store(tiny_dir, tmp_path)
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_repetition_runs_the_copies_that_fit_a_small_window_and_records_the_cap(tmp_path):
     ready = prepare(cfg("unused", tmp_path, "method=repeat"))
     t = make_tokenizer()  # the tokenizer the saved tiny model carries
@@ -192,6 +194,7 @@ def test_a_demonstration_draw_too_long_for_the_model_fails_before_any_scoring(tm
     assert seen == []
 
 
+@pytest.mark.slow
 def test_a_killed_random_direction_run_starts_again_and_gives_the_same_steps(tiny_dir, tmp_path, caplog):
     class Killed(Exception):
         pass

@@ -91,6 +91,7 @@ def test_patience_needs_dev_rows_and_a_positive_integer(tiny_dir, tmp_path):
     prepare(cfg(tiny_dir, tmp_path, "method=zero_shot", "optim.patience=2", "task.dev_size=0"))  # not iterative
 
 
+@pytest.mark.slow
 def test_patience_keys_only_the_iterative_methods(tiny_dir, tmp_path):
     def key(*extra):
         return prepare(cfg(tiny_dir, tmp_path, *extra)).job.hash

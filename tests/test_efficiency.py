@@ -20,6 +20,7 @@ class FakeModel:
             raise self.error()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("capacity", [1, 2, 3, 7, 8, 100, 257, 1000, 1023, 1024, 4095])
 def test_finds_the_known_limit(capacity):
     fake = FakeModel(capacity)
@@ -34,6 +35,7 @@ def test_plain_runtime_error_mentioning_oom_counts():
     assert find_max_batch(fake) == 37
 
 
+@pytest.mark.slow
 def test_limit_and_start():
     assert find_max_batch(FakeModel(10_000), limit=4096) == 4096
     assert find_max_batch(FakeModel(10_000), limit=1000) == 1000  # not a power of two: tried as the last step
@@ -143,6 +145,7 @@ def test_study_searches_the_max_batch_of_each_method(tiny_lm, demos, examples, m
     assert all(not share for *_, share in seen)  # repeats are queries of their own
 
 
+@pytest.mark.slow
 def test_the_search_goes_past_the_examples_and_a_capped_result_says_so(tiny_lm, demos, examples, monkeypatch):
     """5 examples, room for 12 tuned queries: the search fills batches with repeats and finds 12; ICL fits
     anything up to the limit of 16, so its 16 is a lower bound, recorded as capped."""
@@ -157,6 +160,7 @@ def test_the_search_goes_past_the_examples_and_a_capped_result_says_so(tiny_lm, 
     assert [r["batch_size"] for r in rows] == [16, 12]
 
 
+@pytest.mark.slow
 def test_out_of_memory_while_timing_steps_the_batch_down(tiny_lm, demos, examples, monkeypatch):
     """The search finds 8, but the warm-up at 8 and at 7 runs out of memory (fragmentation): the study
     measures at 6 and reports 6, not capped, instead of crashing."""

@@ -88,6 +88,7 @@ def test_step_one_is_icl_exactly(arch, tiny_lm, examples):
         assert x.sum_logprobs == pytest.approx(y.sum_logprobs, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])  # Llama's RMSNorm computes in fp32 even in an fp64 model
 def test_gradient_matches_central_differences_in_float64(arch):
     lm = ift.from_objects(make_tiny_model(arch, seed=5).double(), make_tokenizer())

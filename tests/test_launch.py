@@ -89,6 +89,7 @@ def test_launch_writes_the_results_store_and_an_offline_wandb_run(tiny_dir, user
     assert json.loads((out / "job.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_task_file_takes_the_documented_overrides(tiny_dir, user_task, tmp_path):
     """conf/task/file.yaml declares eval_split, demo_split, eval_limit, dev_size and data_dir (null: the file's value)."""
     results = tmp_path / "results"

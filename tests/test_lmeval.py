@@ -118,6 +118,7 @@ def test_a_harness_task_gives_the_rows_and_accuracy_of_the_projects_spec(tiny_lm
     assert theirs.acc == ours.acc
 
 
+@pytest.mark.slow
 def test_harness_task_errors_name_the_problem(mirror):
     with pytest.raises(TaskError, match="unknown key.*'template'"):
         load_task({"source": "lmeval", "name": "sst2", "template": "x"})

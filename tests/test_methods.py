@@ -92,6 +92,7 @@ def test_baselines_are_keyed_without_ift_settings_and_ift_with_them(tiny_dir, tm
     assert d["store"] != e["store"] and not e["skipped"]
 
 
+@pytest.mark.slow
 def test_a_killed_baseline_keeps_its_finished_steps(tiny_dir, tmp_path, caplog):
     class Killed(Exception):
         pass

@@ -46,6 +46,7 @@ def test_shared_query_equals_naive_per_candidate(arch, tiny_lm, examples):
     assert max_diff([s.sum_logprobs for s in zero_shot], naive_scores(lm, examples)) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "opt", "bloom", "gpt2"])
 def test_batch_equals_single_runs(arch, tiny_lm, demos, examples):
     lm = tiny_lm(arch)
@@ -164,6 +165,7 @@ def test_a_model_without_a_head_to_hook_scores_the_same(tiny_lm, demos, examples
     assert max_diff([s.sum_logprobs for s in hooked], [s.sum_logprobs for s in plain]) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_chunked_answer_log_softmax_gives_the_same_bits(arch, tiny_lm, demos, examples, monkeypatch):
     """Log-probabilities are normalised only at the answer positions, a few rows at a time: any chunk size

@@ -57,6 +57,7 @@ def test_a_new_finished_run_records_the_digest_of_its_steps(finished):
     assert summary[layout.DIGEST_KEY] == layout.digest((store / "steps.jsonl").read_bytes())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["torn last line", "line damaged mid-file", "a row edited", "summary says more"])
 def test_a_damaged_finished_run_is_repaired_and_a_dry_run_says_so(damage, finished, tiny_dir, tmp_path, caplog):
     store, reference = finished
@@ -108,6 +109,7 @@ def test_every_committed_archive_run_passes_the_finished_run_check():
     assert checked > 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text, kind", [("meta.json", "[]", "list"), ("summary.json", "[1, 2]", "list"),
                                               ("meta.json", '"finished"', "str")])
 def test_valid_json_of_the_wrong_shape_is_one_line_naming_the_file(name, text, kind, finished, tiny_dir, tmp_path):
@@ -123,6 +125,7 @@ def test_valid_json_of_the_wrong_shape_is_one_line_naming_the_file(name, text, k
 
 
 # ---------------------------------------------------------------- analysis names every run it skips
+@pytest.mark.slow
 def test_a_study_lists_every_skipped_run_and_refuses_to_build_over_a_hole(finished, tiny_dir, tmp_path, capsys):
     store, _ = finished
     other = Path(run_job(tiny_cfg(tiny_dir, tmp_path / "r", "seed=1"))["store"])
@@ -145,6 +148,7 @@ def test_a_study_of_a_directory_that_does_not_exist_is_one_line(capsys):
                                            "does not exist\n"
 
 
+@pytest.mark.slow
 def test_archive_pack_leaves_out_a_damaged_run_and_says_so(finished, tmp_path, capsys):
     store, _ = finished
     cut_last_line(store / "steps.jsonl")
@@ -156,6 +160,7 @@ def test_archive_pack_leaves_out_a_damaged_run_and_says_so(finished, tmp_path, c
 
 
 # ---------------------------------------------------------------- a full disk
+@pytest.mark.slow
 def test_a_full_disk_leaves_no_torn_line_marks_the_run_failed_and_resumes_cleanly(finished, tiny_dir, tmp_path,
                                                                                   monkeypatch):
     _, reference = finished
@@ -182,6 +187,7 @@ def test_a_full_disk_leaves_no_torn_line_marks_the_run_failed_and_resumes_cleanl
     assert steps_without_timing(store) == reference
 
 
+@pytest.mark.slow
 def test_a_checkpoint_the_disk_cannot_hold_names_its_file(finished, tiny_dir, tmp_path, monkeypatch):
     def full(self, path):
         raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
@@ -192,6 +198,7 @@ def test_a_checkpoint_the_disk_cannot_hold_names_its_file(finished, tiny_dir, tm
 
 
 # ---------------------------------------------------------------- interruptions, model loads, long prompts
+@pytest.mark.slow
 def test_sigterm_marks_the_store_interrupted_and_names_the_step(finished, tiny_dir, tmp_path):
     _, reference = finished
 

@@ -137,6 +137,7 @@ def test_every_study_composes_and_plans_valid_jobs(hydra_conf, name):
         assert str(cfg.seed) == values["seed"] and cfg.task.name == values["task"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, overrides", [("quick", []), ("gemma_agnews", ["quant=bf16_mixed"]), ("pilot", [])])
 def test_a_job_composed_in_one_piece_equals_the_quick_path(hydra_conf, name, overrides):
     """analysis.studies.job_configs composes once per arm and task and sets the rest (++, + and plain keys): the

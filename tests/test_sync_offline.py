@@ -61,6 +61,7 @@ def test_sync_gives_each_run_a_time_limit_and_says_what_it_could_not_sync(tmp_pa
     assert f"not synced  slow  {slow}  (no answer within 5 s)" in out.err
 
 
+@pytest.mark.slow
 def test_logging_online_without_a_server_falls_back_to_offline_under_the_same_run_id(tmp_path, no_server, caplog):
     cfg = LoggerConfig(mode="online", init_timeout=3)
     with caplog.at_level("WARNING"):

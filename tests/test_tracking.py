@@ -169,6 +169,7 @@ def test_the_reader_refuses_what_is_not_a_wandb_run(tmp_path):
         read_run(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_efficiency_runs_chart_each_method_against_the_batch(tiny_dir, tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
     cfg = compose_cfg(tiny(tiny_dir, results, "mode=efficiency", "n_shot=1", "optim.T=2",
