@@ -26,6 +26,7 @@ import pandas as pd
 from analysis import cli, load
 from analysis.arms import candidates, drop_incomplete
 from analysis.core import BOOTSTRAP_RESAMPLES, markdown_table
+from analysis.fixed_steps import fixed_step_table
 from analysis.study_figures import (
     cosine_figure,
     cosine_frame,
@@ -140,6 +141,15 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"{headline(cands)} minus each baseline, both chosen on dev, paired by seed (points, mean ± 95% "
                    "interval); ▲ / ▼: IFT better / worse (the interval excludes 0). The last row: the mean of the "
                    "tasks' differences with a t-interval over tasks.\n", markdown_table(versus) + "\n"]
+        fixed = fixed_step_table(cands)
+        if not fixed.empty:
+            md += ["## Each arm at a fixed step, and the step its dev rows chose\n",
+                   "A method whose step is chosen per seed on the dev rows can gain from the choosing alone, and more "
+                   "so the more candidates it offers. Per task and one-setting arm: its dev candidates per seed, the "
+                   "Δ vs ICL (paired by seed, mean ± 95% interval; ▲ / ▼ where it excludes 0) at the step chosen on "
+                   "dev, at the one step per task with the best mean evaluation accuracy (chosen on the evaluation "
+                   "rows: a bound on what any fixed step can do, not a fair arm), at its last step, and the mean Δ "
+                   "at every fixed step.\n", markdown_table(fixed) + "\n"]
         ties = tie_sensitivity(cands)
         if not ties.empty:
             md += ["## Ties on dev: the earliest or the latest step\n",

@@ -101,6 +101,17 @@ def test_a_bad_study_says_what_is_wrong():
     ("grad_lr0.01", {"name": "grad", "lr": 0.01}, {"T": 5}),
     ("repeat4", {"name": "repeat", "max_repeats": 4}, {}),
     ("more_demos3", {"name": "more_demos", "max_factor": 3}, {}),
+    # issue 42's controls and the candidate-matched grids (8: SmolLM2's IFT candidates, 29: Gemma's)
+    ("random_direction", {"name": "random_direction"}, {"eta": 0.1, "beta": 0.9, "T": 8, "position_mode": "aligned"}),
+    ("random_direction_T15", {"name": "random_direction"}, {"eta": 0.1, "T": 15, "position_mode": "aligned"}),
+    ("random_direction_paper", {"name": "random_direction"}, {"eta": 0.01, "T": 15, "position_mode": "continue"}),
+    ("dev_demos8", {"name": "dev_demos", "draws": 8}, {}),
+    ("dev_demos29", {"name": "dev_demos", "draws": 29}, {}),
+    ("calibrate", {"name": "calibrate"}, {}),
+    ("repeat8", {"name": "repeat", "max_repeats": 8}, {}),
+    ("repeat29", {"name": "repeat", "max_repeats": 29}, {}),
+    ("grad_lr0.01_T8", {"name": "grad", "lr": 0.01}, {"T": 8}),
+    ("grad_lr0.01_T29", {"name": "grad", "lr": 0.01}, {"T": 29}),
 ])
 def test_an_arm_is_one_name_for_a_method_and_its_settings(hydra_conf, arm, method, optim):
     cfg = compose("config", overrides=[f"arm={arm}"])
@@ -112,7 +123,9 @@ def test_the_arms_are_the_files_under_conf_arm():
     # an arm the test above does not pin would change a study's keys unnoticed
     assert {p.stem for p in (CONF / "arm").glob("*.yaml")} == {
         "ift_default", "ift_default_T15", "ift_continue", "ift_paper", "ift_paper_T8", "ift_eta0.01", "ift_eta0.01_T15",
-        "ift_eta0.001_T15", "beta0", "zero_shot", "grad", "grad_lr0.01", "repeat4", "more_demos3"}
+        "ift_eta0.001_T15", "beta0", "zero_shot", "grad", "grad_lr0.01", "repeat4", "more_demos3",
+        "random_direction", "random_direction_T15", "random_direction_paper", "dev_demos8", "dev_demos29", "calibrate",
+        "repeat8", "repeat29", "grad_lr0.01_T8", "grad_lr0.01_T29"}
 
 
 # ---------------------------------------------------------------- every preset
@@ -211,3 +224,28 @@ def test_each_committed_page_says_the_command_that_reproduces_it(hydra_conf):
         name = readme.split("python -m analysis.studies run ", 1)[1].split()[0]
         assert studies.declaration(name)["page"] == f"docs/results/{archive.parent.name}"
         assert readme == studies.readme(name), archive.parent.name
+
+
+# ---------------------------------------------------------------- issue 42's controls: candidate-matched
+
+@pytest.mark.parametrize("name, ift_candidates", [("controls_smollm2", 8), ("controls_gemma", 29)])
+def test_every_control_offers_the_dev_rows_as_many_candidates_as_ift(hydra_conf, name, ift_candidates):
+    """IFT's candidates are its settings' steps with step 1 (ICL) shared; each control declared in the preset
+    offers as many (calibration: 2, zero-shot: 1), on every task and seed the plan holds, seeds 0-39."""
+    steps: dict[tuple[str, str], set[int]] = {}
+    seeds: dict[tuple[str, str], set[int]] = {}
+    sweep_of = {tuple(job): sweep for sweep, job in studies.jobs(name)}
+    for job, cfg in studies.job_configs(name):
+        values = dict(line.lstrip("+").split("=", 1) for line in job)
+        method = cfg.method.name
+        if sweep_of[tuple(job)] == "reused" and method not in ("ift", "zero_shot"):
+            continue  # the earlier study's own baselines (repetition r <= 4, ...), shown beside the matched ones
+        n = {"ift": cfg.optim.T, "random_direction": cfg.optim.T, "dev_demos": cfg.method.get("draws"),
+             "repeat": cfg.method.get("max_repeats"), "grad": cfg.optim.T, "calibrate": 2, "zero_shot": 1}[method]
+        steps.setdefault((values["task"], method), set()).add((cfg.optim.position_mode, cfg.optim.eta, n))
+        seeds.setdefault((values["task"], values["arm"]), set()).add(int(values["seed"]))
+    assert all(s == set(range(40)) for s in seeds.values()), seeds
+    for (task, method), settings in steps.items():
+        candidates = sum(n for *_, n in settings) - (len(settings) - 1)  # step 1 shared between settings
+        expected = {"calibrate": 2, "zero_shot": 1}.get(method, ift_candidates)
+        assert candidates == expected, (task, method, settings)

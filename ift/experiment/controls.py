@@ -31,7 +31,8 @@ class RandomDirection(Method):
     name: ClassVar[str] = "random_direction"
     about: ClassVar[MethodInfo] = MethodInfo(
         "random direction", "{position_mode} β={beta:g} η={eta:g}", ("position_mode", "beta", "eta"), "T",
-        "IFT's update sizes in a seeded random direction, step t", rank=5, tunes=True)
+        "IFT's update sizes in a seeded random direction, step t", rank=5, tunes=True,
+        pools=(("", "mode, η, β, T"),))  # two settings' runs pooled, as IFT's: as many dev candidates
     iterative: ClassVar[bool] = True
     reads_optim: ClassVar[bool] = True
     restarts: ClassVar[bool] = True  # no checkpoint (IFT's trajectory runs alongside): a killed run starts again
