@@ -147,6 +147,10 @@ def _pct(x) -> float:
     return np.nan if x is None else 100.0 * float(x)
 
 
+class ICLMismatch(ValueError):
+    """Runs of one seed disagree at step 1 (ICL), so no difference paired by seed can be trusted."""
+
+
 def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
     """Step 1 of every method with demonstrations, one per (model, task, n_shot, seed); they must agree."""
     first = cands[(cands["step"] == 1) & cands["step1_is_icl"]].drop_duplicates("run")
@@ -154,8 +158,12 @@ def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
     spread = first.groupby(group)["acc"].agg(lambda a: a.max() - a.min())
     bad = spread[spread > 1e-6]
     if len(bad):
-        raise ValueError(f"step 1 (ICL) differs between runs of the same seed, so they did not read the same "
-                         f"demonstrations or rows: {bad.to_dict()}")
+        cases = ", ".join(f"{task} seed {seed} ({gap:.0f} points)" for (_, task, _, seed), gap in bad.head(5).items())
+        raise ICLMismatch(
+            f"step 1 (ICL) differs between runs of the same seed on {len(bad)} of {len(spread)} seeds ({cases}"
+            f"{', ...' if len(bad) > 5 else ''}), so pairing them would compare unlike runs: they did not read the "
+            f"same demonstrations or rows, or not with the same numerics (bf16-mixed and fp16 differ between "
+            f"machines; meta.json `versions` names each run's CPU): run every arm of a page on one machine, or in fp32")
     first = first.sort_values("run").groupby(group, as_index=False).head(1)
     return first.assign(**{k: [v] * len(first) for k, v in _row_arm(ICL_ARM).items()})
 

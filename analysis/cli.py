@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from analysis import load
+from analysis.arms import ICLMismatch
 
 
 def main(prog: str, doc: str, build: Callable[[list[load.Run], argparse.Namespace], Path], page: str,
@@ -37,6 +38,10 @@ def main(prog: str, doc: str, build: Callable[[list[load.Run], argparse.Namespac
     if refused:
         print(f"{prog}: error: {refused}", file=sys.stderr)
         sys.exit(1)
-    path = build(runs, args)
+    try:
+        path = build(runs, args)
+    except ICLMismatch as err:  # a page of unpaired runs would be wrong, not short: one line, exit 1
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(1)
     print(path)
     return path
