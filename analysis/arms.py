@@ -113,6 +113,25 @@ def drop_incomplete(runs: list[load.Run]) -> list[load.Run]:
     return kept
 
 
+class UnpairedRuns(ValueError):
+    """Runs a page would pair do not match: one seed's runs disagree at ICL (step 1), or one configuration's runs
+    declare different arms (a method's MethodInfo changed between them), so a pooled arm would hold some of its
+    seeds only. A wrong page would be worse than none."""
+
+
+def check_same_arms(runs: list[load.Run]) -> None:
+    """Every run of one configuration belongs to the same arms (its seeds differ only in their seed)."""
+    seen: dict[tuple, tuple[list[str], str]] = {}
+    for run in runs:
+        labels = arms_of(run)
+        first = seen.setdefault(run.config_key(), (labels, run.id))
+        if first[0] != labels:
+            raise UnpairedRuns(
+                f"runs of one configuration declare different arms: {first[1]} {first[0]} but {run.id} {labels} "
+                f"(meta.json `method_info` differs: the method's declaration changed between them); re-run the "
+                f"older runs so that every seed of an arm is in it")
+
+
 def _row_arm(a: Arm) -> dict:
     """The arm's columns of a candidate row: its label (the grouping key), its Arm, its choice, rank and role."""
     return {"arm": a.label, "arm_spec": a, "choice": a.choice, "rank": a.rank, "role": a.role}
@@ -120,6 +139,7 @@ def _row_arm(a: Arm) -> dict:
 
 def candidates(runs: list[load.Run], metric: str = "acc") -> pd.DataFrame:
     """One row per (arm, run, step) with what a protocol needs to choose and to report."""
+    check_same_arms(runs)
     rows = []
     for run in runs:
         meta, info = run.meta, method_info(run)
@@ -147,10 +167,6 @@ def _pct(x) -> float:
     return np.nan if x is None else 100.0 * float(x)
 
 
-class ICLMismatch(ValueError):
-    """Runs of one seed disagree at step 1 (ICL), so no difference paired by seed can be trusted."""
-
-
 def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
     """Step 1 of every method with demonstrations, one per (model, task, n_shot, seed); they must agree."""
     first = cands[(cands["step"] == 1) & cands["step1_is_icl"]].drop_duplicates("run")
@@ -159,7 +175,7 @@ def icl_rows(cands: pd.DataFrame) -> pd.DataFrame:
     bad = spread[spread > 1e-6]
     if len(bad):
         cases = ", ".join(f"{task} seed {seed} ({gap:.0f} points)" for (_, task, _, seed), gap in bad.head(5).items())
-        raise ICLMismatch(
+        raise UnpairedRuns(
             f"step 1 (ICL) differs between runs of the same seed on {len(bad)} of {len(spread)} seeds ({cases}"
             f"{', ...' if len(bad) > 5 else ''}), so pairing them would compare unlike runs: they did not read the "
             f"same demonstrations or rows, or not with the same numerics (bf16-mixed and fp16 differ between "

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from analysis import load
-from analysis.arms import ICLMismatch
+from analysis.arms import UnpairedRuns
 
 
 def main(prog: str, doc: str, build: Callable[[list[load.Run], argparse.Namespace], Path], page: str,
@@ -40,7 +40,7 @@ def main(prog: str, doc: str, build: Callable[[list[load.Run], argparse.Namespac
         sys.exit(1)
     try:
         path = build(runs, args)
-    except ICLMismatch as err:  # a page of unpaired runs would be wrong, not short: one line, exit 1
+    except UnpairedRuns as err:  # a page of unpaired runs would be wrong, not short: one line, exit 1
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(1)
     print(path)

@@ -480,3 +480,18 @@ def test_runs_of_one_seed_that_disagree_at_icl_stop_the_page_in_one_line(tmp_pat
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "on 1 of 1 seeds (sst2 seed 3 (2 points))" in err and "bf16-mixed" in err
     assert not (tmp_path / "page" / "study.md").exists()
+
+
+def test_runs_of_one_configuration_that_declare_different_arms_are_refused():
+    """A method's declaration (meta.json method_info) changed between seeds: a pooled arm would hold only the
+    newer seeds, so the page refuses instead of pairing part of an arm."""
+    from ift.experiment.methods import REGISTRY
+
+    info = REGISTRY["grad"].info({"lr": 0.01})
+    older = run("grad", 0, [0.6, 0.7], [0.5, 0.6], lr=0.01, method_info=info)
+    newer = run("grad", 1, [0.6, 0.7], [0.5, 0.6], lr=0.01,
+                method_info={**info, "pools": [["", "lr, steps"]]})
+    assert arms.arms_of(older) != arms.arms_of(newer)
+    with pytest.raises(arms.UnpairedRuns, match=r"declare different arms: .*grad/0.* but .*grad/1"):
+        arms.candidates([older, newer])
+    arms.candidates([older, run("grad", 1, [0.6, 0.7], [0.5, 0.6], lr=0.01, method_info=info)])  # same: fine
