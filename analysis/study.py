@@ -141,7 +141,7 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"{headline(cands)} minus each baseline, both chosen on dev, paired by seed (points, mean ± 95% "
                    "interval); ▲ / ▼: IFT better / worse (the interval excludes 0). The last row: the mean of the "
                    "tasks' differences with a t-interval over tasks.\n", markdown_table(versus) + "\n"]
-        fixed = fixed_step_table(cands)
+        fixed = fixed_step_table(cands, table)
         if not fixed.empty:
             md += ["## Each arm at a fixed step, and the step its dev rows chose\n",
                    "A method whose step is chosen per seed on the dev rows can gain from the choosing alone, and more "
