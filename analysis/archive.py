@@ -110,20 +110,25 @@ def partial_seeds(seed_of: dict[str, tuple[str, object]]) -> dict[tuple[str, obj
     return {(task, seed): (n, fullest[task]) for (task, seed), n in runs.items() if n < fullest[task]}
 
 
-def _whole_seeds(jobs: dict[str, dict[str, bytes]], tasks: set[str], from_store: set[str], store: Path,
+def _whole_seeds(jobs: dict[str, dict[str, bytes]], tasks: set[str], archived: set[str], store: Path,
                  archive: Path) -> dict[str, dict[str, bytes]]:
-    """`jobs` without the partial seeds of `tasks` (reported on stdout); refuses to drop a run only the archive
-    holds (it would be lost)."""
+    """`jobs` without the partial seeds of `tasks` (reported on stdout); refuses to drop a run the archive
+    already holds: a pack never shrinks its archive (a new arm started on some seeds would otherwise make every
+    other seed partial and take its committed runs out of the page)."""
     missing = tasks - {job.split("/", 1)[0] for job in jobs}
     if missing:
         raise ValueError(f"--whole-seeds: no runs of task(s) {', '.join(sorted(missing))} in {store} or {archive}")
     seed_of = {job: (job.split("/", 1)[0], json.loads(files[META_FILE]).get("seed"))
                for job, files in jobs.items() if job.split("/", 1)[0] in tasks}
     partial = partial_seeds(seed_of)
-    only_archived = sorted({ts for job, ts in seed_of.items() if ts in partial and job not in from_store}, key=str)
-    if only_archived:
-        raise ValueError(f"--whole-seeds: partial seed(s) {only_archived} have runs only {archive} holds; restore "
-                         f"them (python -m analysis.archive unpack {archive} {store}) and finish those seeds")
+    held = sorted({ts for job, ts in seed_of.items() if ts in partial and job in archived}, key=str)
+    if held:
+        short = {ts: partial[ts] for ts in held}
+        raise ValueError(f"--whole-seeds: partial seed(s) {held} (runs of the seed, of the fullest seed: {short}) "
+                         f"have runs {archive} already holds, and a pack never drops those; finish those seeds "
+                         f"(python -m analysis.archive unpack {archive} {store}, then run what is missing), or "
+                         f"move the runs that make other seeds look partial (a new arm started on some seeds) "
+                         f"out of {store} until they are whole")
     for (task, seed), (n, full) in sorted(partial.items(), key=str):
         print(f"{task} seed {seed}: {n} of {full} runs, left out (a partial seed)")
     return {job: files for job, files in jobs.items() if seed_of.get(job) not in partial}
@@ -154,10 +159,11 @@ def pack(store: Path, archive: Path, tasks: Iterable[str] | None = None,
             elif left is not None:
                 left[str(job_dir)] = why
     from_store = set(jobs)
-    for job, files in (read(archive) if archive.exists() else {}).items():
+    held = read(archive) if archive.exists() else {}
+    for job, files in held.items():
         jobs.setdefault(job, files)
     if whole_seeds:
-        jobs = _whole_seeds(jobs, set(whole_seeds), from_store, store, archive)
+        jobs = _whole_seeds(jobs, set(whole_seeds), set(held), store, archive)
     new = len(from_store & set(jobs))
     archive.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

@@ -148,7 +148,7 @@ def candidates(runs: list[load.Run], metric: str = "acc") -> pd.DataFrame:
         early = early_arm(info) if simulate else None
         for s in run.steps:
             base = {"model": meta.get("model"), "task": meta.get("task"), "n_shot": meta.get("n_shot"),
-                    "seed": meta.get("seed"), "run": run.id, "config": repr(run.config_key()),
+                    "seed": meta.get("seed"), "run": run.id, "config": repr(run.config_key()), "setting_key": repr(run.setting_key()),
                     "method": run.method, "step1_is_icl": info["step1_is_icl"], "step": int(s["step"]),
                     "acc": _pct(s.get(metric)), "dev_acc": _pct(s.get("dev_" + metric)),
                     "tune_tokens": float(s.get("tune_tokens", np.nan) or 0),

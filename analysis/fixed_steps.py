@@ -41,8 +41,7 @@ def fixed_step_table(cands: pd.DataFrame, table: pd.DataFrame | None = None) -> 
         full = [s for s in per_step.columns if per_step[s].notna().all()]  # steps every seed reached
         rows.append({
             "task": task, "method (choice)": arm, "seeds": len(seeds),
-            # distinct steps per seed: arm_table's count adds a shorter run's steps again beside its continuation
-            "dev candidates": span(g.dropna(subset=["dev_acc"]).groupby("seed")["step"].nunique().tolist()),
+            "dev candidates": span(r["dev_candidates"]),
             "Δ vs ICL, step chosen on dev": marked(r["dev_delta"], r["dev_delta_ci"]),
             "best fixed step on eval (bound)": (f"{r['task_eval_steps'][0]}: "
                                                 f"{marked(r['task_eval_delta'], r['task_eval_delta_ci'])}"

@@ -74,6 +74,12 @@ class Run:
         return (self.mode,) + tuple(self.meta.get(k) for k in KEYS if k != "seed") + \
             (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:]) + self._other_settings()
 
+    def setting_key(self) -> tuple:
+        """The configuration without the seed and T: a run and its continuation to a larger T reach the same
+        states at the steps both have."""
+        key, at = self.config_key(), 1 + [k for k in KEYS if k != "seed"].index("T")
+        return key[:at] + key[at + 1:]
+
     def _other_settings(self) -> tuple:
         """A method's settings beyond METHOD_KEYS, as its meta.json `method_info` lists them (none for the built-in
         methods, whose keys stay as they were), so two settings of a new method are two configurations."""

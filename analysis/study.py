@@ -170,8 +170,10 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"interval per cell, none corrected for how many cells the table has.\n",
                    markdown_table(spread) + "\n"]
         md += ["## Per task: baselines and IFT\n",
-               "*Dev candidates*: the (run, step) choices the dev rows chose among for one seed (a range where "
-               "seeds differ): a run's steps for one setting, every setting's for an arm pooling them.\n",
+               "*Dev candidates*: the distinct states the dev rows chose among for one seed (a range where "
+               "seeds differ): a setting's steps for one setting, every setting's for an arm pooling them; a step "
+               "that a run and its continuation to a larger T both reach counts once, and so does ICL's step 1, "
+               "which every setting starts from.\n",
                markdown_table(format_arms(main_arms(table))) + "\n"]
         settings = subject_settings(table)
         if not settings.empty:  # a page of baselines alone (zero-shot, repetition) has no IFT settings

@@ -65,6 +65,16 @@ def rivals(frame: pd.DataFrame) -> list[str]:
     return [a.label for a in mine if not a.tunes] + [a.label for a in mine if a.tunes]
 
 
+def dev_candidates(cands: pd.DataFrame, group: list[str]) -> pd.Series:
+    """Per `group` and seed, the distinct states the dev rows chose among: a setting's step once however many
+    runs reached it (a run and its continuation to a larger T), and step 1 once for every method that starts
+    from ICL's cache (all settings of a pooled arm share it)."""
+    scored = cands.dropna(subset=["dev_acc"])
+    icl = scored["step1_is_icl"].astype(bool) & (scored["step"] == 1)
+    state = scored["setting_key"].where(~icl, "ICL") + "@" + scored["step"].where(~icl, 1).astype(str)
+    return scored.assign(state=state).groupby([*group, "seed"])["state"].nunique()
+
+
 def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
     """Per (model, task, n_shot, arm): both protocols' accuracy and paired difference to ICL, and compute; `task_`:
     the paper's protocol with one choice per task (`choose_per_task`) instead of one per seed."""
@@ -74,7 +84,7 @@ def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
     picks["task_eval"] = pd.concat([choose_per_task(cands, "eval"), icl])
     rows = []
     group = ["model", "task", "n_shot", "arm"]
-    offered = cands.dropna(subset=["dev_acc"]).groupby([*group, "seed"]).size()  # what dev chose among, per seed
+    offered = dev_candidates(cands, group)
     for key, honest in picks["dev"].groupby(group, sort=False):
         row = dict(zip(group, key))
         row["family"] = honest["family"].iloc[0]
@@ -100,7 +110,7 @@ def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_arms(table: pd.DataFrame, arms=None) -> pd.DataFrame:
-    """Display cells: how many (run, step) choices dev chose among per seed, honest accuracy and Δ vs ICL with
+    """Display cells: how many distinct states dev chose among per seed (`dev_candidates`), honest accuracy and Δ vs ICL with
     intervals, the verdict, the paper protocol, compute (`arms`: labels to keep; default all)."""
     out = []
     t = table if arms is None else table[table["arm"].isin(arms)]
