@@ -27,4 +27,6 @@ if [ "$wants_slurm" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null
     echo "SLURM could not start; slurm tests will skip"
   fi
 fi
+# lint first (seconds): an unused import or undefined name fails here, not in review
+.venv/bin/ruff check --quiet .
 .venv/bin/python -m pytest -q "$@"
