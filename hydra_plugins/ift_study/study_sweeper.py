@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from ift.experiment.study_plan import _plain, plan
 
@@ -19,8 +19,9 @@ class StudySweeper(Sweeper):
     """Hydra's Sweeper for a study preset (module docstring). The study's page settings (title, page, ...)
     are read by `python -m analysis.studies`, not here."""
 
-    def __init__(self, sweeps, groups=None, max_batch_size=None, tasks=None, **study) -> None:
+    def __init__(self, sweeps, groups=None, max_batch_size=None, tasks=None, skip_ended=True, **study) -> None:
         super().__init__()
+        self.skip_ended = skip_ended
         self.sweeps = _plain(sweeps) or []
         self.groups = _plain(groups) or {}
         self.max_batch_size = max_batch_size
@@ -52,8 +53,13 @@ class StudySweeper(Sweeper):
         total = sum(len(jobs) for _, jobs in batches)
         log.info("study: %d job(s) in %d batch(es): %s", total, len(batches),
                  ", ".join(f"{name} ({len(jobs)})" for name, jobs in batches))
-        returns, index = [], 0
+        returns, index, skipped = [], 0, 0
         for name, jobs in batches:
+            jobs, ended = self._to_launch(jobs, sweep_dir, skipped)
+            skipped += ended
+            if not jobs:
+                log.info("study sweep %r: every job already ended, none launched", name)
+                continue
             self.validate_batch_is_legal(jobs)
             log.info("study sweep %r: jobs %d-%d of %d", name, index, index + len(jobs) - 1, total)
             results = self.launcher.launch(jobs, initial_job_idx=index)
@@ -62,3 +68,27 @@ class StudySweeper(Sweeper):
             index += len(jobs)
             returns.append(results)
         return returns
+
+    def _to_launch(self, jobs: list[list[str]], sweep_dir: Path, done: int) -> tuple[list[list[str]], int]:
+        """The batch without the jobs whose store key already ended (`skip_ended`; each gets its job.json under
+        sweep_dir/ended-N for the sweep report), and how many those were: a restart launches only what computes."""
+        if not self.skip_ended:
+            return jobs, 0
+        from ift.experiment.hydra_app import record_skipped
+        from ift.experiment.job import ended_already
+
+        cwd = str(self.config.hydra.runtime.cwd)
+        keep, ended = [], 0
+        for overrides in jobs:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            result = ended_already(cfg, base_dir=cwd)
+            if result is None:
+                keep.append(overrides)
+            else:
+                ended += 1
+                record_skipped(sweep_dir / f"ended-{done + ended}", overrides, result)
+        if ended:
+            log.info("study: %d of %d job(s) already ended with this config, not launched", ended, len(jobs))
+        return keep, ended

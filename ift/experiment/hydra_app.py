@@ -91,6 +91,13 @@ def run_hydra_job(cfg) -> dict:
     return record
 
 
+def record_skipped(out: Path, overrides: list[str], result: dict) -> None:
+    """The job.json of a job the study sweeper did not launch because its key already ended (SweepReport lists
+    it like a job that skipped itself)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_record(out, {"overrides": list(overrides), "output_dir": str(out), **result})
+
+
 def _write_record(out: Path, record: dict) -> None:
     try:
         (out / JOB_FILE).write_text(json.dumps(record, indent=2, default=str))

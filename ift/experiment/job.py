@@ -126,6 +126,17 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
         store.unlock()
 
 
+def ended_already(cfg, base_dir=None) -> dict | None:
+    """run_job's result for a job that would only skip itself (key ended, records agree), by the checks before the
+    model; else None (it computes, or fails and says why). The study sweeper launches only the None ones."""
+    try:
+        ready = prepare(cfg, base_dir)
+    except Exception:  # noqa: BLE001 - the job, launched, reports its own error
+        return None
+    store = JobStore(ready.job)
+    return None if ready.job.dry_run or store.running_elsewhere() else _already_ended(ready.job, store)
+
+
 def _locked(err: StoreLocked) -> dict:
     log.warning("%s", err)
     return {"status": "locked", "skipped": True, "store": str(err.path), "holder": err.holder, "error": str(err),
