@@ -1,4 +1,5 @@
-"""Helpers for tests that run whole jobs on a tiny model: a composed config and the step rows a job stored."""
+"""Helpers for tests that run whole jobs on a tiny model: a composed config, the step rows a job stored, and a
+kill after a given step."""
 import json
 from pathlib import Path
 
@@ -19,3 +20,15 @@ def step_rows(result) -> list[dict]:
     """The rows of a finished job's steps.jsonl, in order."""
     path = Path(result["store"]) / "steps.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: not an Exception, so the job records nothing on its way out."""
+
+
+def kill_at(step: int):
+    """An on_step hook that kills the job (raises Killed) once step `step` is on disk."""
+    def on_step(row):
+        if row["step"] == step:
+            raise Killed
+    return on_step

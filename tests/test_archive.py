@@ -14,13 +14,10 @@ from analysis import archive
 from analysis.load import load as load_runs
 from ift.experiment import job as job_module
 from ift.experiment import run_job
+from jobs import Killed, kill_at
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_model_cache")
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: not an Exception, so the job records nothing on its way out."""
 
 
 def run(tiny_dir, results, seed, on_step=None):
@@ -31,11 +28,6 @@ def run(tiny_dir, results, seed, on_step=None):
     return run_job(cfg, on_step=on_step)
 
 
-def killed_at_step_2(row):
-    if row["step"] == 2:
-        raise Killed
-
-
 @pytest.fixture(scope="module")
 def store(tiny_dir, tmp_path_factory):
     """Two finished runs (seeds 0, 1) and one killed after its first step (seed 2)."""
@@ -44,7 +36,7 @@ def store(tiny_dir, tmp_path_factory):
     for seed in (0, 1):
         assert run(tiny_dir, results, seed)["status"] == "finished"
     with pytest.raises(Killed):
-        run(tiny_dir, results, 2, on_step=killed_at_step_2)
+        run(tiny_dir, results, 2, on_step=kill_at(2))
     return results
 
 

@@ -22,6 +22,7 @@ from ift.experiment.controls import DevDemos
 from ift.experiment.job import prepare
 from ift.scorer import ExampleScore
 from ift.tasks import load_task
+from jobs import Killed, kill_at
 from jobs import job_cfg as cfg
 from jobs import step_rows as rows
 from tiny import make_tokenizer, save_tiny_model
@@ -196,16 +197,9 @@ def test_a_demonstration_draw_too_long_for_the_model_fails_before_any_scoring(tm
 
 @pytest.mark.slow
 def test_a_killed_random_direction_run_starts_again_and_gives_the_same_steps(tiny_dir, tmp_path, caplog):
-    class Killed(Exception):
-        pass
-
-    def kill_after_step_2(row):
-        if row["step"] == 2:
-            raise Killed
-
     args = ("method=random_direction", "optim.T=3", "optim.eta=0.5")
     with pytest.raises(Killed):
-        run_job(cfg(tiny_dir, tmp_path / "a", *args), on_step=kill_after_step_2)
+        run_job(cfg(tiny_dir, tmp_path / "a", *args), on_step=kill_at(2))
     again = run_job(cfg(tiny_dir, tmp_path / "a", *args))
     whole = run_job(cfg(tiny_dir, tmp_path / "b", *args))
     assert "keeps no checkpoint; redoing recorded step(s) 1-2" in caplog.text

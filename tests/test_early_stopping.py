@@ -12,6 +12,7 @@ from analysis.load import load as load_runs
 from ift.experiment import run_job
 from ift.experiment.config import ConfigError
 from ift.experiment.job import prepare
+from jobs import Killed, kill_at
 
 
 def stop_step(dev: list, patience: int) -> int:
@@ -66,17 +67,10 @@ def test_an_early_stopped_job_records_the_full_runs_first_steps(tiny_dir, tmp_pa
 
 @pytest.mark.slow
 def test_a_killed_early_stopping_job_resumes_to_the_same_result(tiny_dir, tmp_path):
-    class Killed(BaseException):
-        pass
-
-    def kill_at_2(row):
-        if row["step"] == 2:
-            raise Killed
-
     args = ("optim.T=6", "optim.eta=0.5", "optim.patience=1")
     whole = run_job(cfg(tiny_dir, tmp_path / "a", *args))
     with pytest.raises(Killed):
-        run_job(cfg(tiny_dir, tmp_path / "b", *args), on_step=kill_at_2)
+        run_job(cfg(tiny_dir, tmp_path / "b", *args), on_step=kill_at(2))
     resumed = run_job(cfg(tiny_dir, tmp_path / "b", *args))
     assert [(r["step"], r["acc"], r["dev_acc"]) for r in rows(resumed)] == \
         [(r["step"], r["acc"], r["dev_acc"]) for r in rows(whole)]

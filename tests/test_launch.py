@@ -14,6 +14,7 @@ from test_store import steps_without_timing
 
 from analysis.load import load as load_runs
 from ift.experiment import run_job
+from jobs import Killed, kill_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,22 +152,14 @@ def test_a_failing_job_does_not_stop_the_sweep_and_a_rerun_skips_finished_jobs(t
     assert {s: (s / "steps.jsonl").stat().st_mtime_ns for s in done} == stamps  # no work redone
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: not an Exception, so the job cannot record anything on its way out."""
-
-
 @pytest.mark.slow
 def test_a_killed_job_resumes_from_its_last_step_and_matches_an_uninterrupted_run(tiny_dir, tmp_path, caplog):
     def cfg(results):
         return compose_cfg(["model=hf", f"model.source={tiny_dir}", "optim.T=5", "optim.eta=0.05",
                             "logger=disabled", "eval.progress=false", f"results_dir={results}"])
 
-    def kill_at_step_3(row):
-        if row["step"] == 3:
-            raise Killed
-
     with pytest.raises(Killed):
-        run_job(cfg(tmp_path / "a"), on_step=kill_at_step_3)
+        run_job(cfg(tmp_path / "a"), on_step=kill_at(3))
     (store,) = stores(tmp_path / "a")
     assert json.loads((store / "meta.json").read_text())["status"] == "running"
     assert len(read_rows(store / "steps.jsonl")) == 3

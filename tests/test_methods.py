@@ -15,6 +15,7 @@ from ift.experiment import run_job
 from ift.experiment.job import load_model_once, prepare
 from ift.experiment.methods import REGISTRY
 from ift.tasks import load_task
+from jobs import Killed, kill_at
 from jobs import job_cfg as cfg
 from jobs import step_rows as rows
 
@@ -94,16 +95,9 @@ def test_baselines_are_keyed_without_ift_settings_and_ift_with_them(tiny_dir, tm
 
 @pytest.mark.slow
 def test_a_killed_baseline_keeps_its_finished_steps(tiny_dir, tmp_path, caplog):
-    class Killed(Exception):
-        pass
-
-    def kill_after_step_1(row):
-        if row["step"] == 1:
-            raise Killed
-
     caplog.set_level(logging.INFO, logger="ift")
     with pytest.raises(Killed):
-        run_job(cfg(tiny_dir, tmp_path, "method=repeat", "method.max_repeats=3"), on_step=kill_after_step_1)
+        run_job(cfg(tiny_dir, tmp_path, "method=repeat", "method.max_repeats=3"), on_step=kill_at(1))
     seen = []
     result = run_job(cfg(tiny_dir, tmp_path, "method=repeat", "method.max_repeats=3"), on_step=seen.append)
     assert [r["step"] for r in seen] == [2, 3]  # step 1 was not computed again

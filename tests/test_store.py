@@ -24,6 +24,7 @@ from ift.experiment.job import prepare
 from ift.experiment.modelcache import ModelLoadError
 from ift.experiment.store import JobStore, StoreLocked
 from ift.jsonl import parse_jsonl, read_jsonl
+from jobs import Killed, kill_at
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_model_cache")
@@ -82,17 +83,6 @@ def user_task(tmp_path):
 def tiny_cfg(tiny_dir, results, *extra):
     return compose_cfg(["model=hf", f"model.source={tiny_dir}", "logger=disabled", "eval.progress=false",
                         f"results_dir={results}", *extra])
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: not an Exception, so the job records nothing on its way out."""
-
-
-def kill_at(step):
-    def on_step(row):
-        if row["step"] == step:
-            raise Killed
-    return on_step
 
 
 # ---------------------------------------------------------------- standard JSON, atomic writes

@@ -13,6 +13,7 @@ from analysis.wandb_offline import read_finished_run as read_run
 from ift.experiment import run_job
 from ift.experiment.modelcache import ModelLoadError
 from ift.experiment.tracking import NORM_IMAGE, NORM_TABLE, job_tags, run_id, run_name, sweep_group
+from jobs import Killed, kill_at
 
 STEP_KEYS = ("acc", "acc_norm", "dev_acc", "tune_tokens", "peak_mem_mb", "time_s", "eval_tokens_per_query")
 
@@ -85,16 +86,9 @@ def test_a_job_is_one_readable_run_against_the_tuning_step(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_and_resumed_job_stays_one_run_with_every_step(tiny_dir, tmp_path):
-    class Killed(BaseException):
-        pass
-
-    def kill_at_2(row):
-        if row["step"] == 2:
-            raise Killed
-
     results = tmp_path / "results"
     with pytest.raises(Killed):
-        run_job(compose_cfg(tiny(tiny_dir, results, "optim.T=4")), output_dir=tmp_path / "a1", on_step=kill_at_2)
+        run_job(compose_cfg(tiny(tiny_dir, results, "optim.T=4")), output_dir=tmp_path / "a1", on_step=kill_at(2))
     run_job(compose_cfg(tiny(tiny_dir, results, "optim.T=4")), output_dir=tmp_path / "a2")
     (first,), (second,) = offline_runs(tmp_path / "a1"), offline_runs(tmp_path / "a2")
     killed, resumed = read_run(first), read_run(second)
