@@ -5,6 +5,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from taskdata import colour_rows, write_split  # noqa: E402
+
 import ift  # noqa: E402
 from tiny import make_tiny_model, make_tokenizer, save_tiny_model  # noqa: E402
 
@@ -52,3 +54,11 @@ def examples():
         E(("The man broke his toe because he", "The man broke his toe therefore he"), (" fell.", " fell."), 0, 3),
         E.shared("Review: warm\nSentiment:", [" positive", " the", " a"], 0, 4),
     ]
+
+
+@pytest.fixture
+def colours(tmp_path):
+    """A directory with the colours task's train (60 rows) and test (30) splits (taskdata.colour_task)."""
+    write_split(tmp_path, "colours", "train", colour_rows(60))
+    write_split(tmp_path, "colours", "test", colour_rows(30, start=100))
+    return tmp_path

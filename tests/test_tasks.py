@@ -1,32 +1,17 @@
 """ift.tasks: templates (golden strings), seeded sampling, local/hub loading, user tasks, bad input."""
 from __future__ import annotations
 
-import json
 import logging
-import re
 from pathlib import Path
 
 import datasets
-import pandas as pd
 import pytest
 import yaml
+from taskdata import colour_rows, colour_task, write_split
 
 from ift.tasks import Demonstrations, TaskError, TaskSpec, list_tasks, load_task
 
 BENCHMARKS = ["agnews", "copa", "hellaswag", "mr", "obqa", "qasc", "sst2", "sst5", "trec", "winogrande"]
-
-
-def write_split(root: Path, folder: str, split: str, rows: list[dict], fmt: str = "jsonl") -> Path:
-    """One split file in the hub's column schema, as the local-directory source expects it."""
-    path = root / folder / f"{split}.{fmt}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif fmt == "parquet":
-        datasets.Dataset.from_list(rows).to_parquet(str(path))
-    elif fmt == "csv":
-        pd.DataFrame(rows).to_csv(path, index=False)
-    return path
 
 
 # --- one hand-written row per benchmark, in its hub schema, and the exact text it must render -------
@@ -134,26 +119,6 @@ def test_unlabelled_rows_evaluate_with_gold_minus_one(tmp_path):
 
 
 # --- sampling -----------------------------------------------------------------------------------
-
-WORDS = ["red", "green", "blue"]
-
-
-def colour_rows(n: int, start: int = 0) -> list[dict]:
-    return [{"text": f"item {start + i}", "label": i % 3} for i in range(n)]
-
-
-def colour_task(root: Path, **overrides):
-    spec = {"name": "colours", "template": "Item: {text}\nColour:", "label_words": WORDS,
-            "eval_split": "test", "demo_split": "train", "data_dir": str(root), **overrides}
-    return load_task(spec)
-
-
-@pytest.fixture
-def colours(tmp_path):
-    write_split(tmp_path, "colours", "train", colour_rows(60))
-    write_split(tmp_path, "colours", "test", colour_rows(30, start=100))
-    return tmp_path
-
 
 def test_stratified_demonstrations_give_n_per_class_shuffled(colours):
     task = colour_task(colours)
@@ -383,147 +348,3 @@ def test_user_yaml_task_end_to_end_on_a_tiny_model(tmp_path, tiny_lm):
     assert all(len(s.sum_logprobs) == 3 for s in scores)
     acc, acc_norm = scorer.accuracy(scores)
     assert 0.0 <= acc <= 1.0 and 0.0 <= acc_norm <= 1.0
-
-
-# --- bad input: every error is a TaskError raised before any model is involved --------------------
-
-def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(TaskError, match=r"unknown task 'sst3'.*agnews, copa, demo.*winogrande"):
-        load_task("sst3")
-    with pytest.raises(TaskError, match=r"unknown task 'sst3'"):
-        load_task({"name": "sst3", "eval_limit": 5})
-
-
-def test_missing_column_is_named_with_the_columns_found(tmp_path):
-    write_split(tmp_path, "trec", "test", [{"text": "Who ?", "label-coarse": 3}])
-    with pytest.raises(TaskError, match=r"column 'coarse_label' \(from label_field\) is missing.*\['text', 'label-coarse'\]"):
-        load_task("trec", data_dir=tmp_path)
-
-
-def test_template_placeholder_without_a_field(colours):
-    with pytest.raises(TaskError, match=r"template placeholder \{sentence\} has no matching field.*\['text', 'label'\]"):
-        colour_task(colours, template="Item: {sentence}\nColour:")
-
-
-def test_label_outside_the_label_words(colours):
-    write_split(colours, "colours", "test", [{"text": "x", "label": 3}])
-    with pytest.raises(TaskError, match=r"label=3 is outside the label words \['red', 'green', 'blue'\]"):
-        colour_task(colours)
-
-
-def test_empty_split(tmp_path):
-    (tmp_path / "mr").mkdir()
-    (tmp_path / "mr" / "validation.jsonl").write_text("")
-    with pytest.raises(TaskError, match="split 'validation' in .* is empty"):
-        load_task("mr", data_dir=tmp_path)
-
-
-def test_more_shots_than_a_class_has(colours):
-    task = colour_task(colours, dev_size=0)
-    task.demonstrations(20)
-    with pytest.raises(TaskError, match=r"21 demonstrations per class asked, but label 'red' has only 20"):
-        task.demonstrations(21)
-
-
-def test_missing_split_names_the_override(tmp_path):
-    write_split(tmp_path, "agnews", "test", [ROWS["agnews"]])
-    task = load_task("agnews", data_dir=tmp_path)
-    with pytest.raises(TaskError, match=r"split 'train' \(demo_split\) is missing in .*agnews.*task.demo_split=test"):
-        task.demonstrations(1)
-    with pytest.raises(TaskError, match=r"no folder .*qasc"):
-        load_task("qasc", data_dir=tmp_path)
-
-
-@pytest.mark.parametrize("bad_row, field", [
-    ({"sentence": None, "label": 0, "idx": 1}, "sentence"),   # null cell
-    ({"label": 0, "idx": 1}, "sentence"),                     # key missing from the JSON row
-    ({"sentence": "fine .", "label": None, "idx": 1}, "label"),  # a null label is not "unlabelled"
-])
-def test_missing_or_null_field_in_a_later_eval_row_is_named(tmp_path, bad_row, field):
-    """Only the first row's columns used to be checked: later rows rendered as the text "None"."""
-    path = write_split(tmp_path, "sst2", "validation", [ROWS["sst2"], bad_row, ROWS["sst2"]])
-    task = load_task("sst2", data_dir=tmp_path)
-    with pytest.raises(TaskError, match=rf"row 1 of split 'validation' in {re.escape(str(path))}: "
-                                        rf"field '{field}'.* is missing or null"):
-        task.eval_examples()
-
-
-def test_null_field_in_a_demonstration_or_dev_row_is_named(tmp_path):
-    rows = colour_rows(6)
-    rows[4]["text"] = None
-    path = write_split(tmp_path, "colours", "train", rows)
-    write_split(tmp_path, "colours", "test", colour_rows(3, start=100))
-    task = colour_task(tmp_path)
-    message = rf"row 4 of split 'train' in {re.escape(str(path))}: field 'text' is missing or null"
-    with pytest.raises(TaskError, match=message):
-        task.demonstrations(2)
-    for row in rows[1:]:
-        row["text"] = None
-    write_split(tmp_path, "colours", "train", rows)
-    dev = colour_task(tmp_path, dev_size=5, stratify=False)
-    with pytest.raises(TaskError, match=message.replace("row 4", r"row [1-5]")):
-        dev.dev_examples()
-
-
-@pytest.mark.parametrize("name, change, message", [
-    ("obqa", lambda r: r["choices"]["text"].__setitem__(2, None), r"field 'choices.text' holds a null choice"),
-    ("obqa", lambda r: r.update(question_stem=None), r"field 'question_stem' is missing or null"),
-    ("copa", lambda r: r.update(premise=None), r"field 'premise' is missing or null"),
-    ("winogrande", lambda r: r.update(option2=None), r"field 'option2' is missing or null"),
-])
-def test_null_choice_or_formatter_field_is_named(tmp_path, name, change, message):
-    bad = json.loads(json.dumps(ROWS[name]))
-    change(bad)
-    split = EVAL_SPLIT.get(name, "validation")
-    write_split(tmp_path, name, split, [ROWS[name], bad])
-    with pytest.raises(TaskError, match=rf"row 1 of split '{split}' in .*{name}.*: {message}"):
-        load_task(name, data_dir=tmp_path).eval_examples()
-
-
-@pytest.mark.parametrize("content, cause", [
-    (b'{"text": "a", "label": 0}\n{"text": "caf\xe9 \xff", "label": 1}\n', r"the file is not UTF-8: byte 0xe9 .*\(line 2\)"),
-    (b'{"text": "a", "label": 0}\n{"text": "b", "lab', r"the last line \(2\) is truncated"),
-    (b'{"text": "a", "label": 0}\n{"text": b", "label": 1}\n{"text": "c", "label": 2}\n',
-     r"malformed JSON at line 2"),
-])
-def test_unreadable_data_file_names_the_file_split_and_cause(tmp_path, content, cause):
-    folder = tmp_path / "colours"
-    folder.mkdir()
-    (folder / "test.jsonl").write_bytes(content)
-    with pytest.raises(TaskError, match=rf"cannot read split 'test' from {re.escape(str(folder / 'test.jsonl'))}: "
-                                        rf"{cause}"):
-        colour_task(tmp_path)
-
-
-def test_failed_hub_load_is_not_retried_in_the_same_process(monkeypatch):
-    from ift.tasks import sources
-
-    calls = []
-
-    def offline(*args, **kwargs):
-        calls.append(args)
-        raise ConnectionError("no network")
-
-    monkeypatch.delenv("IFT_DATA_DIR", raising=False)
-    monkeypatch.setattr(sources, "_HUB_FAILURES", {})
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    for _ in range(3):
-        with pytest.raises(TaskError, match=r"nyu-mll/glue.*no network.*IFT_DATA_DIR.*HF_HUB_OFFLINE=1"):
-            load_task("sst2")
-    assert len(calls) == 1
-    with pytest.raises(TaskError, match="cornell-movie-review-data"):  # another source is tried on its own
-        load_task("mr")
-    assert len(calls) == 2
-
-
-@pytest.mark.parametrize("spec, message", [
-    ({"template": "{text", "label_words": ["a"]}, "malformed"),
-    ({"template": "{text!r}", "label_words": ["a"]}, "plain field name"),
-    ({"template": "{text}"}, "exactly one of label_words"),
-    ({"template": "{text}", "label_words": ["a"], "formatter": "fancy"}, r"unknown formatter 'fancy'.*copa"),
-    ({"template": "{text}", "label_words": ["a"], "n_shot": 4}, r"unknown key\(s\) \['n_shot'\]"),
-    ({"template": "{text}", "choices_field": "c", "stratify": True}, "stratify needs label_words"),
-])
-def test_bad_specs(spec, message):
-    with pytest.raises(TaskError, match=message):
-        load_task({"name": "mine", **spec})
