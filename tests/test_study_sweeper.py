@@ -49,3 +49,19 @@ def test_a_restarted_study_launches_only_the_jobs_that_compute(tmp_path):
     assert launched(tmp_path / "third") == 12 and third.count("(already finished: skipped)") == 12
     _, dry = launch(tmp_path, model, "dry", "dry_run=true")
     assert launched(tmp_path / "dry") == 12 and "(dry run: 0 of 12 would compute)" in dry
+
+
+def test_a_first_launch_makes_no_jobs_checks(tmp_path):
+    """With no ended run in the study's store (a first launch), the sweeper hands every job on unchecked."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.ift_study.study_sweeper import StudySweeper
+
+    sweeper = StudySweeper([], skip_ended=True)
+    sweeper.config = OmegaConf.create({"results_dir": "store", "hydra": {"runtime": {"cwd": str(tmp_path)}}})
+    jobs = [["seed=0"], ["seed=1"]]
+    assert sweeper._to_launch(jobs, tmp_path / "sweep", 0) == (jobs, 0)  # no store at all
+    (tmp_path / "store" / "sst2" / "m" / "k").mkdir(parents=True)
+    assert not sweeper._store_has_ended_runs()  # a run that never ended
+    (tmp_path / "store" / "sst2" / "m" / "k" / "summary.json").write_text("{}")
+    assert sweeper._store_has_ended_runs()

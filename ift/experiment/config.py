@@ -180,6 +180,13 @@ def _efficiency(node) -> dict:
     return node
 
 
+def results_root(cfg, base: Path) -> Path:
+    """The results store: `results_dir`, else $IFT_RESULTS_DIR, else results/, relative to `base` (the launch
+    directory)."""
+    results_dir = cfg.get("results_dir") or os.environ.get("IFT_RESULTS_DIR") or "results"
+    return (base / Path(str(results_dir)).expanduser()).resolve()
+
+
 def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
     """Check every value of a composed config (no model, no data touched) and return a `JobConfig`.
 
@@ -205,11 +212,10 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
         raise ConfigError(f"quant.method / device: {err}") from None
     optim = _optim(c.get("optim"))
     ev = typed(c.get("eval"), "eval")
-    results_dir = c.get("results_dir") or os.environ.get("IFT_RESULTS_DIR") or "results"
     job = JobConfig(
         mode=mode, seed=seed, n_shot=n_shot, device=device, model=model,
         task=_task(need(c, "task", "config"), base), optim=optim, logger=_logger(c.get("logger") or {}),
-        results_dir=(base / Path(str(results_dir)).expanduser()).resolve(),
+        results_dir=results_root(c, base),
         batch_size=integer(ev["batch_size"], "eval.batch_size", 1),
         save_predictions=ev["save_predictions"], save_prefix=ev["save_prefix"], progress=ev["progress"],
         skip_finished=boolean(c, "skip_finished", "skip_finished", True),
