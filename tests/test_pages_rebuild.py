@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # every page under docs/results/ is rebuilt from its archive (the nine-task bf16-mixed page, whose store was lost before
 # archives existed, was retired when its fp32 re-run, nine_fp32, had every arm of it)
 PAGES = ["pilot", "bf16_no_amx", "seeds_sst2", "seeds_mr_winogrande_hellaswag", "eta", "gemma", "gemma_agnews", "nine_fp32",
-         "seeds_fp32_sst5_trec_copa_obqa_agnews", "seeds_nine", "controls_smollm2"]
+         "seeds_fp32_sst5_trec_copa_obqa_agnews", "seeds_nine", "controls_smollm2", "controls_gemma"]
 # a page built from other pages' archives (docs/results.md gives its command); the rest read their own runs.tar.gz
 SOURCES = {"seeds_nine": ["docs/results/seeds_sst2/runs.tar.gz", "docs/results/seeds_mr_winogrande_hellaswag/runs.tar.gz",
                           "docs/results/seeds_fp32_sst5_trec_copa_obqa_agnews/runs.tar.gz"]}
