@@ -110,8 +110,8 @@ def arm_table(cands: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_arms(table: pd.DataFrame, arms=None) -> pd.DataFrame:
-    """Display cells: how many distinct states dev chose among per seed (`dev_candidates`), honest accuracy and Δ vs ICL with
-    intervals, the verdict, the paper protocol, compute (`arms`: labels to keep; default all)."""
+    """Display cells: how many distinct states dev chose among per seed (`dev_candidates`), honest accuracy and
+    Δ vs ICL with intervals, the verdict, the paper protocol, compute (`arms`: labels to keep; default all)."""
     out = []
     t = table if arms is None else table[table["arm"].isin(arms)]
     for r in _ordered(t, "task").to_dict("records"):

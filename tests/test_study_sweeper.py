@@ -59,8 +59,7 @@ def test_a_first_launch_makes_no_jobs_checks(tmp_path):
 
     sweeper = StudySweeper([], skip_ended=True)
     sweeper.config = OmegaConf.create({"results_dir": "store", "hydra": {"runtime": {"cwd": str(tmp_path)}}})
-    jobs = [["seed=0"], ["seed=1"]]
-    assert sweeper._to_launch(jobs, tmp_path / "sweep", 0) == (jobs, 0)  # no store at all
+    assert not sweeper._store_has_ended_runs()  # no store at all: sweep() checks no job
     (tmp_path / "store" / "sst2" / "m" / "k").mkdir(parents=True)
     assert not sweeper._store_has_ended_runs()  # a run that never ended
     (tmp_path / "store" / "sst2" / "m" / "k" / "summary.json").write_text("{}")

@@ -54,8 +54,9 @@ class StudySweeper(Sweeper):
         log.info("study: %d job(s) in %d batch(es): %s", total, len(batches),
                  ", ".join(f"{name} ({len(jobs)})" for name, jobs in batches))
         returns, index, skipped = [], 0, 0
+        check = self.skip_ended and self._store_has_ended_runs()  # once: the batches' jobs are distinct
         for name, jobs in batches:
-            jobs, ended = self._to_launch(jobs, sweep_dir, skipped)
+            jobs, ended = self._to_launch(jobs, sweep_dir, skipped) if check else (jobs, 0)
             skipped += ended
             if not jobs:
                 log.info("study sweep %r: every job already ended, none launched", name)
@@ -81,8 +82,6 @@ class StudySweeper(Sweeper):
     def _to_launch(self, jobs: list[list[str]], sweep_dir: Path, done: int) -> tuple[list[list[str]], int]:
         """The batch without the jobs whose store key already ended (`skip_ended`; each gets its job.json under
         sweep_dir/ended-N for the sweep report), and how many those were: a restart launches only what computes."""
-        if not self.skip_ended or not self._store_has_ended_runs():
-            return jobs, 0
         from ift.experiment.hydra_app import record_skipped
         from ift.experiment.job import ended_already
 
