@@ -50,6 +50,7 @@ from analysis.study_tables import (
     task_matrix,
     tie_sensitivity,
 )
+from ift.experiment.pairing import machine_kind
 
 PAPER_PROTOCOLS = (
     "*Paper Δ* is the paper's protocol as implemented here: for each seed, the step (and setting) with the best "
@@ -60,12 +61,8 @@ PAPER_PROTOCOLS = (
 
 
 
-def _cpu_kind(run: load.Run) -> str:
-    versions = run.meta.get("versions") or {}
-    amx = versions.get("cpu_amx")
-    if amx is None:
-        return "CPU kind not recorded"
-    return f"{versions.get('cpu') or 'unknown CPU'} {'with' if amx else 'without'} AMX"
+def _machine_kind(run: load.Run) -> str:
+    return machine_kind(run.meta.get("versions") or {}, run.meta.get("device")) or "CPU kind not recorded"
 
 
 def precision_note(runs: list[load.Run]) -> str | None:
@@ -74,7 +71,7 @@ def precision_note(runs: list[load.Run]) -> str | None:
     bf16 products round differently on CPUs with and without AMX (docs/results.md, Precision), so such a page
     is reproduced to the digit on no single machine, and its ICL or zero-shot rows may move by a row or so
     between kinds. fp32 runs are not counted (their last bits do not move a prediction in practice)."""
-    kinds = Counter(_cpu_kind(r) for r in runs if r.meta.get("dtype") == "bf16-mixed")
+    kinds = Counter(_machine_kind(r) for r in runs if r.meta.get("dtype") == "bf16-mixed")
     if len(kinds) < 2:
         return None
     parts = "; ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))

@@ -221,6 +221,7 @@ def parse_config(cfg, base_dir: str | Path | None = None) -> JobConfig:
         skip_finished=boolean(c, "skip_finished", "skip_finished", True),
         reuse_from=directories(c.get("reuse_from"), "reuse_from", base, "reuse_from=[results/nine]"),
         dry_run=boolean(c, "dry_run", "dry_run", False),
+        check_machine_kind=boolean(c, "check_machine_kind", "check_machine_kind", True),
         efficiency=_efficiency(c.get("efficiency")) if mode == "efficiency" else {},
         method=_method(c.get("method"), mode),
     )

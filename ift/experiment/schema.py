@@ -92,6 +92,7 @@ class JobConfig:
     skip_finished: bool = True
     reuse_from: tuple[Path, ...] = ()  # other stores whose ended runs of the same key are copied in, not re-run
     dry_run: bool = False       # say what the job would do (`run_job`'s plan) and compute nothing
+    check_machine_kind: bool = True  # refuse a low-precision run beside its seed's runs from another machine kind
     efficiency: dict = field(default_factory=dict)
     method: Method = field(default_factory=Ift)  # ift/experiment/methods.py
     # what the opened task contributes to the key: {task: resolved spec, data: fingerprint, demonstrations: text}
