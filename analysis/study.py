@@ -27,6 +27,7 @@ from analysis import cli, load
 from analysis.arms import candidates, drop_incomplete
 from analysis.core import BOOTSTRAP_RESAMPLES, markdown_table
 from analysis.fixed_steps import fixed_step_table
+from analysis.same_setting import same_setting_table
 from analysis.study_figures import (
     cosine_figure,
     cosine_frame,
@@ -138,6 +139,15 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    f"{headline(cands)} minus each baseline, both chosen on dev, paired by seed (points, mean ± 95% "
                    "interval); ▲ / ▼: IFT better / worse (the interval excludes 0). The last row: the mean of the "
                    "tasks' differences with a t-interval over tasks.\n", markdown_table(versus) + "\n"]
+        matched = same_setting_table(cands)
+        if not matched.empty:
+            md += ["## IFT against each control at its own settings\n",
+                   "A control declared with the subject's settings (the random direction: IFT's update sizes at one "
+                   "position mode, β and η, in a random direction) against the subject at the same settings: the "
+                   "subject minus the control, both with the step chosen on dev, paired by seed (mean ± 95% interval; ▲ / ▼: the "
+                   "interval excludes 0). Setting by setting both offer the same steps, so their dev candidates "
+                   "match, also while a control has run some of the subject's settings only.\n",
+                   markdown_table(matched) + "\n"]
         fixed = fixed_step_table(cands, table)
         if not fixed.empty:
             md += ["## Each arm at a fixed step, and the step its dev rows chose\n",
