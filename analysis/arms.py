@@ -106,11 +106,24 @@ def drop_incomplete(runs: list[load.Run]) -> list[load.Run]:
     for r in runs:
         missing = seeds[task_of(r)] - have[r.config_key()]
         if missing:
-            r.skip = (f"incomplete arm: this configuration lacks seed(s) {sorted(missing, key=str)} of the "
+            r.skip = (f"incomplete arm: this configuration lacks seed(s) {seed_ranges(missing)} of the "
                       f"{len(seeds[task_of(r)])} its task ran with")
         else:
             kept.append(r)
     return kept
+
+
+def seed_ranges(seeds) -> str:
+    """'0, 2-39': integer seeds as sorted runs of consecutive ones (a study stopped midway lacks dozens)."""
+    if not all(isinstance(s, int) for s in seeds):
+        return ", ".join(sorted(map(str, seeds)))
+    parts, ordered = [], sorted(seeds)
+    for i, seed in enumerate(ordered):
+        if i and seed == ordered[i - 1] + 1:
+            parts[-1][1] = seed
+        else:
+            parts.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
 
 
 class UnpairedRuns(ValueError):

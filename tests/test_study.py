@@ -180,7 +180,8 @@ def test_a_configuration_missing_seeds_is_left_out_and_listed(tmp_path):
     assert {r.meta.get("eta") for r in kept if r.meta["method"] == "ift"} == {0.01}
     assert len(kept) == 6 and all(r.skip is None for r in kept)
     left = [r for r in runs if r.skip]
-    assert len(left) == 2 and "lacks seed(s) [2] of the 3" in left[0].skip
+    assert len(left) == 2 and "lacks seed(s) 2 of the 3" in left[0].skip
+    assert arms.seed_ranges({12, 0, 2, 3, 4, 11, 39}) == "0, 2-4, 11-12, 39"
     # η = 0.1 (better on dev) would otherwise be chosen on seeds 0-1 only, where it scores 90
     fresh = [ift(s, [0.6, 0.7], [0.5, 0.6]) for s in range(3)] + \
         [ift(s, [0.6, 0.9], [0.5, 0.9], eta=0.1) for s in range(2)]
