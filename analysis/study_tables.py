@@ -211,7 +211,15 @@ def head_to_head(cands: pd.DataFrame, arm: str | None = None) -> pd.DataFrame:
     for rival, deltas in per_rival.items():
         d, h, n = interval(deltas)
         mean[f"− {rival}"] = f"{signed(d, h)} ({n} tasks)" if n else "–"
-    return pd.DataFrame(rows + [mean])
+    # the choosing gains more the more candidates an arm offers: each side's count, beside the differences
+    group = ["model", "task", "n_shot", "arm"]
+    offered = dev_candidates(cands, group)
+    counts = {a: span([int(offered.get(key, 1)) for key in  # ICL-only arms (zero-shot): their one step
+                       picks.loc[picks["arm"] == a, [*group, "seed"]].itertuples(index=False, name=None)])
+              for a in [arm, *others]}
+    candidates = {"task": f"dev candidates per seed; {arm}: {counts[arm]}", "n_shot": "", "seeds": "",
+                  **{f"− {rival}": counts[rival] for rival in others}}
+    return pd.DataFrame(rows + [mean, candidates])
 
 
 TIES = {"earliest": CHEAPEST, "latest": COSTLIEST}  # the page's tie rule first (ift/protocol.py)

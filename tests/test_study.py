@@ -204,6 +204,8 @@ def test_head_to_head_pairs_ift_with_each_baseline_by_seed_and_pools_tasks():
     assert rows.loc["trec", col] == "+10.0 ± 0.0 ▲"
     half = stats.t.ppf(0.975, 1) * np.std([-5.0, 10.0], ddof=1) / math.sqrt(2)
     assert rows.loc["mean over tasks", col] == f"+2.5 ± {half:.1f} (2 tasks)"
+    # each side's dev candidates: IFT's 2 steps on every task and seed, zero-shot's 1
+    assert rows.loc[f"dev candidates per seed; {IFT_ALL}: 2", col] == "1"
 
 
 def test_longer_tuning_compares_dev_choices_within_8_steps_and_within_all():
