@@ -36,7 +36,7 @@ def test_a_bf16_mixed_job_beside_runs_from_another_kind_is_refused_before_it_loa
     icl = run_job(job_cfg(tiny_dir, results, "quant=bf16_mixed", "method=zero_shot", "seed=3"))
     made_on(Path(icl["store"]), AMD)
     here = "Intel Xeon with AMX"
-    monkeypatch.setattr("ift.experiment.job.kind_here", lambda device: here)
+    monkeypatch.setattr("ift.experiment.pairing.kind_here", lambda device: here)
     loads = []
     monkeypatch.setattr("ift.experiment.job.load_model_once", lambda *a, **k: loads.append(a))
     cfg = job_cfg(tiny_dir, results, "quant=bf16_mixed", "optim.T=2", "seed=3")
@@ -51,7 +51,7 @@ def test_a_bf16_mixed_job_beside_runs_from_another_kind_is_refused_before_it_loa
     for ok, kind in ((job_cfg(tiny_dir, results, "quant=bf16_mixed", "optim.T=2", "seed=4"), here),
                      (job_cfg(tiny_dir, results, "optim.T=2", "seed=3"), here),
                      (cfg, "AMD EPYC without AMX")):
-        monkeypatch.setattr("ift.experiment.job.kind_here", lambda device, kind=kind: kind)
+        monkeypatch.setattr("ift.experiment.pairing.kind_here", lambda device, kind=kind: kind)
         assert dry_run(prepare(ok).job)["action"] == "run"
 
 
@@ -59,7 +59,7 @@ def test_the_check_can_be_turned_off_and_ignores_runs_that_never_ended(tiny_dir,
     results = tmp_path / "results"
     first = run_job(job_cfg(tiny_dir, results, "quant=bf16_mixed", "method=zero_shot"))
     made_on(Path(first["store"]), AMD)
-    monkeypatch.setattr("ift.experiment.job.kind_here", lambda device: "Intel Xeon with AMX")
+    monkeypatch.setattr("ift.experiment.pairing.kind_here", lambda device: "Intel Xeon with AMX")
     off = run_job(job_cfg(tiny_dir, results, "quant=bf16_mixed", "optim.T=2", "check_machine_kind=false"))
     assert off["status"] == "finished"
     shutil.rmtree(off["store"])

@@ -26,7 +26,7 @@ from ift.experiment.efficiency import run_efficiency
 from ift.experiment.interrupt import JobInterrupted, interrupts_raised
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
 from ift.experiment.layout import STEPS_FILE
-from ift.experiment.machine import PeakMemory, fit_threads_to_allocation, kind_here, versions
+from ift.experiment.machine import PeakMemory, fit_threads_to_allocation, versions
 from ift.experiment.methods import Resumed
 from ift.experiment.modelcache import load_model_once
 from ift.experiment.pairing import check_machine_kind
@@ -115,7 +115,7 @@ def run_job(cfg, base_dir=None, output_dir=None, on_step=None) -> dict:
         return _locked(StoreLocked(store.path, holder))
     reused = _reuse_source(job, store)
     if not reused:  # a run that would not pair with its seed's runs: refused before hours of compute
-        check_machine_kind(job, store.path, kind_here(job.device))
+        check_machine_kind(job, store.path)
     # the model before the store directory and the wandb run: a load error (one line) leaves neither behind
     lm = None if reused else load_model_once(job.model.source, job.model.dtype, job.device,
                                                                  job.model.quant, job.model.trust_remote_code)
@@ -203,7 +203,7 @@ def dry_run(job: JobConfig) -> dict:
     action, why = plan(job, store)
     if action in COMPUTING_ACTIONS:
         try:
-            check_machine_kind(job, store.path, kind_here(job.device))
+            check_machine_kind(job, store.path)
         except ConfigError as err:
             action, why = "refuse", str(err)
     log.info("dry run: %s, %s (%s)", action, why, store.path)

@@ -27,13 +27,6 @@ def versions() -> dict:
     return out
 
 
-def kind_here(device: str) -> str | None:
-    """This machine's kind for a job on `device` (ift.experiment.pairing.machine_kind of what it would record)."""
-    from ift.experiment.pairing import machine_kind
-
-    return machine_kind(versions(), ift.models.resolve_device(device).type)
-
-
 class PeakMemory:
     """Peak memory of one step: CUDA max allocated on a GPU, else the process's peak RSS (MB)."""
 

@@ -51,14 +51,24 @@ def kinds_beside(store_path: Path, seed: int, n_shot: int, dtype: str) -> Counte
     return kinds
 
 
-def check_machine_kind(job, store_path: Path, here: str | None) -> None:
-    """Raise ConfigError when `job` would compute in a low precision on a kind of machine (`here`) other than
-    every kind its seed's runs in the store were made on (module docstring); `check_machine_kind=false` skips it."""
+def kind_here(device: str) -> str | None:
+    """This machine's kind for a job on `device` (`machine_kind` of what the job would record)."""
+    from ift.experiment.machine import versions
+    from ift.models import resolve_device
+
+    return machine_kind(versions(), resolve_device(device).type)
+
+
+def check_machine_kind(job, store_path: Path) -> None:
+    """Raise ConfigError when `job` would compute in a low precision on a kind of machine other than every kind
+    its seed's runs in the store were made on (module docstring); `check_machine_kind=false` skips it. This
+    machine's kind is looked up only when the store holds such runs (fp32 jobs, the common case, read nothing)."""
     dtype = job.model.dtype
-    if not job.check_machine_kind or dtype in PORTABLE_DTYPES or here is None:
+    if not job.check_machine_kind or dtype in PORTABLE_DTYPES:
         return
     kinds = kinds_beside(store_path, job.seed, job.n_shot, dtype)
-    if not kinds or here in kinds:
+    here = kind_here(job.device) if kinds else None
+    if here is None or here in kinds:
         return
     made_on = "; ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))
     raise ConfigError(
