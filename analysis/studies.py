@@ -157,6 +157,8 @@ def command(name: str) -> str:
 
 def plan_text(name: str) -> str:
     """The study's plan in words: seeds per task and arm, per named sweep (what the page was planned to hold)."""
+    from analysis.arms import seed_ranges
+
     study = declaration(name)
     lines = [f"{study.get('title') or name}", f"reproduce: {command(name)}",
              f"launch:    python launch.py -m experiment=study/{name}"]
@@ -178,15 +180,8 @@ def plan_text(name: str) -> str:
     for sweep, cells in by_sweep.items():
         lines.append(f"sweep {sweep}: {sum(len(s) for s in cells.values())} job(s)")
         for (task, arm), seeds in cells.items():
-            lines.append(f"  {task:<11} {arm:<17} seeds {_span(seeds)}")
+            lines.append(f"  {task:<11} {arm:<17} seeds {seed_ranges(seeds)}")
     return "\n".join(lines)
-
-
-def _span(seeds: list[int]) -> str:
-    """0-4, or 7,5,6 where not one ascending run."""
-    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
-    return ",".join(map(str, seeds))
 
 
 def _python() -> str:
