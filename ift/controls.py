@@ -3,7 +3,9 @@ cheap baselines that also select on dev or correct label bias.
 
 - `RandomDirectionTuner`: IFT's steps run alongside, and at every step t >= 2 the cache moves by as much as IFT's
   does (‖η·M‖ per layer and step, keys and values apart) but in a seeded Gaussian direction. If the gain
-  were only "some perturbation, its size tuned, the step chosen on dev", this control gets it too.
+  were only "some perturbation, its size tuned, the step chosen on dev", this control gets it too. A fresh
+  direction each step is a random walk, which ends nearer ICL than IFT's nearly straight path (2-3.5x at
+  T = 15: bench/bench_displacement.py); `direction="fixed"` keeps IFT's distance from ICL at every step instead.
 - `demonstration_draws`: K different demonstration draws of one job (draw 1 is the job's own), for "ICL with
   the draw chosen on dev" (`Task.demonstrations(n, seed, draw=k)` keeps dev and evaluation rows out).
 - `CalibratedScores` / `calibrate`: contextual calibration (Zhao et al. 2021, "Calibrate before use"): the label
@@ -34,44 +36,69 @@ def random_like(reference: torch.Tensor, norm: float, generator: torch.Generator
     return (noise * (norm / torch.linalg.vector_norm(noise).item())).to(reference.device)
 
 
-class RandomDirectionTuner:
-    """IFT's per-layer update sizes in a seeded random direction.
+DIRECTIONS = ("fresh", "fixed")
 
-    Step 1 is ICL (IFT's step 1). At step t >= 2 IFT takes its own step (on its own trajectory) and its update
-    Δₜ = K̃ₜ − K̃ₜ₋₁ = η·Mₜ fixes the size: this tuner's cache moves by a Gaussian tensor scaled to ‖Δₜ‖ in
-    every layer, for keys and values apart. The same `seed` gives the same directions. The yielded prefix
-    carries IFT's update norms in `grad_norms_k/v` (what the step row records) and stops where IFT diverges.
+
+class RandomDirectionTuner:
+    """IFT's per-layer update sizes, or its distance from ICL, in a seeded random direction.
+
+    Step 1 is ICL (IFT's step 1). At step t >= 2 IFT takes its own step (on its own trajectory), and per layer,
+    for keys and values apart:
+
+    - `direction="fresh"`: IFT's update Δₜ = K̃ₜ − K̃ₜ₋₁ = η·Mₜ fixes the size: this cache moves by a Gaussian
+      tensor scaled to ‖Δₜ‖, a new one each step (a random walk of IFT's step sizes);
+    - `direction="fixed"`: one Gaussian unit direction u, drawn at step 2, and this cache is K̃₁ + ‖K̃ₜ − K̃₁‖·u:
+      as far from ICL as IFT's at every step, along one random line.
+
+    The same `seed` gives the same directions. The yielded prefix carries the size of this cache's own move at
+    the step in `grad_norms_k/v` (what the step row records; "fresh": IFT's ‖Δₜ‖) and stops where IFT diverges.
     """
 
     def __init__(self, lm, eta: float = PAPER.eta, beta: float = PAPER.beta, position_mode: str = PAPER.position_mode,
-                 seed: int = 0):
+                 seed: int = 0, direction: str = "fresh"):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
         self.ift = ForwardTuner(lm, eta=eta, beta=beta, position_mode=position_mode)
-        self.seed = seed
+        self.seed, self.direction = seed, direction
 
     def steps(self, demo_text: str, T: int) -> Iterator[TunedPrefix]:
         generator = torch.Generator().manual_seed(self.seed)
         ours = previous = None
+        lines: dict[str, list[torch.Tensor]] = {}  # direction="fixed": each layer's unit direction, keys and values
         for tuned in self.ift.steps(demo_text, T):
             if tuned.diverged:  # IFT's size is undefined past its divergence: stop as it does
                 yield TunedPrefix(ours.keys, ours.values, ours.step, ours.token_ids, ours.grad_norms_k,
                                   ours.grad_norms_v, ours.meta, diverged=f"IFT diverged: {tuned.diverged}")
                 return
             if previous is None:
-                ours = TunedPrefix(tuned.keys, tuned.values, 1, tuned.token_ids, tuned.grad_norms_k,
-                                   tuned.grad_norms_v, {**tuned.meta, "method": "random_direction"})
+                first = ours = TunedPrefix(tuned.keys, tuned.values, 1, tuned.token_ids, tuned.grad_norms_k,
+                                           tuned.grad_norms_v, {**tuned.meta, "method": "random_direction"})
+                if self.direction == "fixed":
+                    ours.meta["direction"] = "fixed"
             else:
                 moved, norms = {}, {}
                 for name in ("keys", "values"):
                     new, old, mine = getattr(tuned, name), getattr(previous, name), getattr(ours, name)
-                    sizes = [torch.linalg.vector_norm(n - o).item() for n, o in zip(new, old)]
-                    moved[name] = [m + random_like(m, s, generator) for m, s in zip(mine, sizes)]
+                    if self.direction == "fresh":
+                        sizes = [torch.linalg.vector_norm(n - o).item() for n, o in zip(new, old)]
+                        moved[name] = [m + random_like(m, s, generator) for m, s in zip(mine, sizes)]
+                    else:
+                        moved[name] = along_line(lines, name, new, getattr(first, name), generator)
+                        sizes = [torch.linalg.vector_norm(n - m).item() for n, m in zip(moved[name], mine)]
                     norms[name] = sizes
                 ours = TunedPrefix(moved["keys"], moved["values"], tuned.step, tuned.token_ids, norms["keys"],
                                    norms["values"], ours.meta)
             previous = tuned
             yield ours
+
+
+def along_line(lines: dict, name: str, ifts: list, icl: list, generator: torch.Generator) -> list:
+    """ICL's layers moved along fixed unit directions (`lines[name]`, drawn on first use) as far as IFT's are."""
+    if name not in lines:
+        lines[name] = [random_like(x, 1.0, generator) for x in icl]
+    return [x + torch.linalg.vector_norm(n - x).item() * u for n, x, u in zip(ifts, icl, lines[name])]
 
 
 # --- demonstrations chosen on dev --------------------------------------------------------------------------

@@ -72,6 +72,33 @@ def test_random_direction_same_seed_same_cache_other_seed_other_cache(tiny_lm, d
         RandomDirectionTuner(lm, seed=-1)
 
 
+def test_fixed_direction_keeps_ifts_distance_from_icl_along_one_line_per_layer(tiny_lm, demos):
+    lm = tiny_lm("llama")
+    ift_steps = list(ift.ForwardTuner(lm, eta=0.1, beta=0.9).steps(demos, 4))
+    fixed = list(RandomDirectionTuner(lm, eta=0.1, beta=0.9, seed=7, direction="fixed").steps(demos, 4))
+    assert all(torch.equal(a, b) for a, b in zip(fixed[0].keys, ift_steps[0].keys))  # step 1: ICL
+    for name in ("keys", "values"):
+        for layer in range(2):
+            icl = getattr(fixed[0], name)[layer]
+            moves = [getattr(p, name)[layer] - icl for p in fixed[1:]]
+            ifts = [getattr(p, name)[layer] - getattr(ift_steps[0], name)[layer] for p in ift_steps[1:]]
+            for ours, theirs in zip(moves, ifts):  # as far from ICL as IFT at every step
+                assert torch.linalg.vector_norm(ours).item() == pytest.approx(
+                    torch.linalg.vector_norm(theirs).item(), rel=1e-4, abs=1e-7)
+            if name == "values" and layer == 0:  # layer 0's values ignore context: neither moves
+                assert all(m.abs().max() == 0 for m in moves)
+                continue
+            for ours in moves[1:]:  # one line: every step's displacement points the same way as step 2's
+                cos = torch.nn.functional.cosine_similarity(ours.flatten(), moves[0].flatten(), dim=0).item()
+                assert cos == pytest.approx(1.0, abs=1e-5)
+            cos = torch.nn.functional.cosine_similarity(moves[-1].flatten(), ifts[-1].flatten(), dim=0).item()
+            assert abs(cos) < 0.5, (name, layer, cos)  # but not IFT's way
+    far = [torch.linalg.vector_norm(a - b).item() for a, b in zip(fixed[3].keys, fixed[2].keys)]
+    assert fixed[3].grad_norms_k == pytest.approx(far)  # the step row records this cache's own move
+    with pytest.raises(ValueError, match="direction must be one of fresh, fixed, got 'straight'"):
+        RandomDirectionTuner(lm, direction="straight")
+
+
 # --- demonstrations chosen on dev ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides", [{}, {"demo_split": "test", "eval_limit": 20}])
@@ -133,18 +160,19 @@ def test_calibration_refuses_multiple_choice_clearly():
 @pytest.mark.slow
 def test_each_control_runs_as_a_job_beside_ift_on_the_same_rows(tiny_dir, tmp_path):
     runs = {m: run_job(cfg(tiny_dir, tmp_path, f"method={m}", "optim.T=3", *extra))
-            for m, extra in (("ift", ()), ("random_direction", ()), ("dev_demos", ("method.draws=3",)),
-                             ("calibrate", ()))}
+            for m, extra in (("ift", ()), ("random_direction", ()), ("fixed_direction", ()),
+                             ("dev_demos", ("method.draws=3",)), ("calibrate", ()))}
     assert {m: r["status"] for m, r in runs.items()} == dict.fromkeys(runs, "finished")
     first = {m: rows(r)[0] for m, r in runs.items()}
     for m in runs:  # step 1 is the job's own ICL for every control
         assert (first[m]["acc"], first[m]["dev_acc"]) == (first["ift"]["acc"], first["ift"]["dev_acc"]), m
         assert meta(runs[m])["demonstrations"] == meta(runs["ift"])["demonstrations"]
-    assert [len(rows(runs[m])) for m in runs] == [3, 3, 3, 2]
-    assert len({r["store"] for r in runs.values()}) == 4  # random_direction is keyed apart from IFT
+    assert [len(rows(runs[m])) for m in runs] == [3, 3, 3, 3, 2]
+    assert len({r["store"] for r in runs.values()}) == 5  # each direction control is keyed apart from IFT
     rd = rows(runs["random_direction"])
     assert rd[0]["update_norm_k"] == [0.0, 0.0] and rd[2]["update_norm_v"][1] > 0
     assert meta(runs["random_direction"])["eta"] == meta(runs["ift"])["eta"]
+    assert meta(runs["fixed_direction"])["method"] == "fixed_direction"
     draws = [r["demo_indices"] for r in rows(runs["dev_demos"])]
     assert draws[0] == meta(runs["ift"])["demonstrations"]["indices"] and draws[1] != draws[0]
     cal = rows(runs["calibrate"])[1]

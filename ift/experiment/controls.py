@@ -2,7 +2,9 @@
 where does IFT's gain come from, its update direction or choosing a step on dev among many altered caches?
 
     random_direction  step t: IFT's per-layer update sizes (‖η·M‖, keys and values apart) in a seeded Gaussian
-                      direction (ift.controls.RandomDirectionTuner; settings: optim, like IFT; seed: the job's)
+                      direction, a new one each step (ift.controls.RandomDirectionTuner; settings: optim, like
+                      IFT; seed: the job's)
+    fixed_direction   step t: IFT's per-layer distance from ICL (‖K̃ₜ − K̃₁‖) along one seeded random line
     dev_demos         step k: ICL with demonstration draw k (k = 1: the job's own), k = 1..draws; the draw is
                       chosen on dev like a step (the classic baseline for a method that selects on dev)
     calibrate         step 1: ICL; step 2: ICL with contextual calibration (Zhao et al. 2021) fitted on the
@@ -36,6 +38,7 @@ class RandomDirection(Method):
     iterative: ClassVar[bool] = True
     reads_optim: ClassVar[bool] = True
     restarts: ClassVar[bool] = True  # no checkpoint (IFT's trajectory runs alongside): a killed run starts again
+    direction: ClassVar[str] = "fresh"  # ift.controls.RandomDirectionTuner: a new direction each step
 
     def identity(self, optim) -> dict:
         stop = {"patience": optim.patience} if self.patience(optim) is not None else {}
@@ -47,10 +50,25 @@ class RandomDirection(Method):
 
     def points(self, job, lm, ready, resumed):
         o = job.optim
-        tuner = RandomDirectionTuner(lm, eta=o.eta, beta=o.beta, position_mode=o.position_mode, seed=job.seed)
+        tuner = RandomDirectionTuner(lm, eta=o.eta, beta=o.beta, position_mode=o.position_mode, seed=job.seed,
+                                     direction=self.direction)
         return (Point(p.step, p, tune_tokens=p.step * p.length,
                       extra={"update_norm_k": p.grad_norms_k, "update_norm_v": p.grad_norms_v})
                 for p in tuner.steps(ready.demos.text, o.T))
+
+
+@dataclass
+class FixedDirection(RandomDirection):
+    """IFT's distance from ICL at every step, along one seeded random line per layer: the random direction
+    without its random walk, which ends 2-3.5x nearer ICL than IFT's nearly straight path at T = 15
+    (bench/bench_displacement.py)."""
+
+    name: ClassVar[str] = "fixed_direction"
+    about: ClassVar[MethodInfo] = MethodInfo(
+        "fixed random direction", "{position_mode} β={beta:g} η={eta:g}", ("position_mode", "beta", "eta"), "T",
+        "IFT's distance from ICL along one seeded random line per layer, step t", rank=5, tunes=True,
+        pools=(("", "mode, η, β, T"),))
+    direction: ClassVar[str] = "fixed"
 
 
 @dataclass
