@@ -105,6 +105,9 @@ def test_a_bad_study_says_what_is_wrong():
     ("random_direction", {"name": "random_direction"}, {"eta": 0.1, "beta": 0.9, "T": 8, "position_mode": "aligned"}),
     ("random_direction_T15", {"name": "random_direction"}, {"eta": 0.1, "T": 15, "position_mode": "aligned"}),
     ("random_direction_paper", {"name": "random_direction"}, {"eta": 0.01, "T": 15, "position_mode": "continue"}),
+    ("fixed_direction", {"name": "fixed_direction"}, {"eta": 0.1, "beta": 0.9, "T": 8, "position_mode": "aligned"}),
+    ("fixed_direction_T15", {"name": "fixed_direction"}, {"eta": 0.1, "T": 15, "position_mode": "aligned"}),
+    ("fixed_direction_paper", {"name": "fixed_direction"}, {"eta": 0.01, "T": 15, "position_mode": "continue"}),
     ("dev_demos8", {"name": "dev_demos", "draws": 8}, {}),
     ("dev_demos29", {"name": "dev_demos", "draws": 29}, {}),
     ("calibrate", {"name": "calibrate"}, {}),
@@ -124,7 +127,8 @@ def test_the_arms_are_the_files_under_conf_arm():
     assert {p.stem for p in (CONF / "arm").glob("*.yaml")} == {
         "ift_default", "ift_default_T15", "ift_continue", "ift_paper", "ift_paper_T8", "ift_eta0.01", "ift_eta0.01_T15",
         "ift_eta0.001_T15", "beta0", "zero_shot", "grad", "grad_lr0.01", "repeat4", "more_demos3",
-        "random_direction", "random_direction_T15", "random_direction_paper", "dev_demos8", "dev_demos29", "calibrate",
+        "random_direction", "random_direction_T15", "random_direction_paper", "fixed_direction",
+        "fixed_direction_T15", "fixed_direction_paper", "dev_demos8", "dev_demos29", "calibrate",
         "repeat8", "repeat29", "grad_lr0.01_T8", "grad_lr0.01_T29"}
 
 
