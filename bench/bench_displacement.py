@@ -31,9 +31,9 @@ def distances(prefixes, name: str) -> tuple[list[float], list[float]]:
         layers = getattr(p, name)
         if first is None:
             first, walked = layers, [0.0] * len(layers)
+            base = [torch.linalg.vector_norm(x).item() for x in first]
         else:
             walked = [w + torch.linalg.vector_norm(x - y).item() for w, x, y in zip(walked, layers, previous)]
-        base = [torch.linalg.vector_norm(x).item() for x in first]
         far.append(statistics.mean(torch.linalg.vector_norm(x - f).item() / b for x, f, b in zip(layers, first, base)))
         path.append(statistics.mean(w / b for w, b in zip(walked, base)))
         previous = layers

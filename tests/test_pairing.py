@@ -8,7 +8,8 @@ import pytest
 
 from ift.experiment import run_job
 from ift.experiment.config import ConfigError
-from ift.experiment.job import dry_run, prepare
+from ift.experiment.job import prepare
+from ift.experiment.job_plan import dry_run
 from ift.experiment.pairing import machine_kind
 from jobs import job_cfg
 

@@ -16,7 +16,7 @@ the model's window run, the cap is recorded in meta.json) and `method=grad optim
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 from ift.baselines import icl_prefix
@@ -64,10 +64,9 @@ class FixedDirection(RandomDirection):
     (bench/bench_displacement.py)."""
 
     name: ClassVar[str] = "fixed_direction"
-    about: ClassVar[MethodInfo] = MethodInfo(
-        "fixed random direction", "{position_mode} β={beta:g} η={eta:g}", ("position_mode", "beta", "eta"), "T",
-        "IFT's distance from ICL along one seeded random line per layer, step t", rank=5, tunes=True,
-        pools=(("", "mode, η, β, T"),))
+    about: ClassVar[MethodInfo] = replace(
+        RandomDirection.about, label="fixed random direction",
+        step="IFT's distance from ICL along one seeded random line per layer, step t")
     direction: ClassVar[str] = "fixed"
 
 

@@ -31,7 +31,8 @@ from omegaconf import OmegaConf
 
 from ift.experiment.config import ConfigError
 from ift.experiment.interrupt import JobInterrupted
-from ift.experiment.job import COMPUTING_ACTIONS, run_job
+from ift.experiment.job import run_job
+from ift.experiment.job_plan import COMPUTING_ACTIONS
 from ift.experiment.layout import ENDED, StoreDamaged
 from ift.experiment.modelcache import ModelLoadError
 from ift.experiment.store import StoreFull

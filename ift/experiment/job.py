@@ -23,7 +23,7 @@ import ift
 from ift.experiment.config import ConfigError, JobConfig, parse_config, to_plain
 from ift.experiment.efficiency import run_efficiency
 from ift.experiment.interrupt import JobInterrupted, interrupts_raised
-from ift.experiment.job_plan import COMPUTING_ACTIONS, already_ended, dry_run, reuse_ended, reuse_source  # noqa: F401 - COMPUTING_ACTIONS, dry_run re-exported
+from ift.experiment.job_plan import already_ended, dry_run, reuse_ended, reuse_source
 from ift.experiment.keys import data_fingerprint, file_sha256, task_identity  # noqa: F401 - re-exported
 from ift.experiment.machine import PeakMemory, fit_threads_to_allocation, versions
 from ift.experiment.methods import Resumed
