@@ -219,6 +219,27 @@ def choose_per_task(cands: pd.DataFrame, protocol: str = "eval", tie=CHEAPEST) -
     return c.merge(best, on=[*group, "config", "step"])
 
 
+def twin_arms(cands: pd.DataFrame) -> dict[str, str]:
+    """{arm: the arm kept} for every arm that pools or picks steps (ALL, POOL, STEP) whose candidates, the (run,
+    step) of each task and seed, are exactly another's: it always chooses the same, so a page lists it once,
+    under the label it keeps: every setting's (the headline), else the one setting's (it names every setting),
+    else a pool's. With one IFT setting run, IFT over every setting and that setting's own arm are one arm under
+    two labels. Early stopping is its own rule and never a twin."""
+    widest = {ALL: 0, STEP: 1, POOL: 2}
+    specs = sorted((a for a in {a.label: a for a in cands["arm_spec"]}.values() if a.choice in widest),
+                   key=lambda a: (widest[a.choice], a.rank, a.label))
+    key = ["model", "task", "n_shot", "seed", "run", "step"]
+    mine = cands[cands["arm"].isin([a.label for a in specs])]
+    shape = {label: frozenset(g[key].itertuples(index=False, name=None)) for label, g in mine.groupby("arm")}
+    first: dict[frozenset, str] = {}
+    twins = {}
+    for arm in specs:
+        kept = first.setdefault(shape[arm.label], arm.label)
+        if kept != arm.label:
+            twins[arm.label] = kept
+    return twins
+
+
 def setting_arms(cands: pd.DataFrame) -> pd.DataFrame:
     """The subject's one-setting arms (choice STEP: IFT per mode, β and η), where each full run's steps appear
     exactly once."""

@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import cli, load
-from analysis.arms import candidates, drop_incomplete
+from analysis.arms import candidates, drop_incomplete, twin_arms
 from analysis.core import BOOTSTRAP_RESAMPLES, markdown_table
-from analysis.fixed_steps import fixed_step_table
+from analysis.fixed_steps import fixed_step_intervals, fixed_step_table
 from analysis.same_setting import same_setting_table
 from analysis.study_figures import (
     cosine_figure,
@@ -95,6 +95,16 @@ def setup_table(runs: list[load.Run]) -> pd.DataFrame | None:
                          for (task, model, dtype), n in sorted(counts.items(), key=lambda kv: tuple(map(str, kv[0])))])
 
 
+def twins_note(twins: dict[str, str]) -> str:
+    """The arms a page lists once, under the label listed first (analysis.arms.twin_arms)."""
+    same: dict[str, list[str]] = {}
+    for twin, kept in twins.items():
+        same.setdefault(kept, []).append(twin)
+    pairs = "; ".join(f"*{kept}* is also {' and '.join(f'*{t}*' for t in others)}" for kept, others in same.items())
+    return (f"Arms that choose among exactly the same runs and steps on every task and seed are listed once: "
+            f"{pairs}.\n")
+
+
 def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "Study results",
           max_step: int | None = None) -> Path:
     """The page. With `max_step`, every choice is made among steps ≤ max_step but in *Tuning longer*, which
@@ -119,12 +129,17 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
     if cands.empty:
         md.append("No usable runs.\n")
     else:
-        table = arm_table(cands)
+        every_arm = arm_table(cands)
+        twins = twin_arms(cands)  # the same candidates as an arm listed before: listed once
+        shown = cands[~cands["arm"].isin(twins)]
+        table = every_arm[~every_arm["arm"].isin(twins)]
         md += ["## Overview: every method against ICL\n",
                "Honest Δ = dev-chosen accuracy − ICL, paired by seed. *better* / *worse*: on that task, the 95% "
                "interval of the paired difference excludes 0. The mean over tasks has a 95% t-interval over tasks "
                "(each task's mean Δ one value): it says whether the gain carries across tasks.\n",
                PAPER_PROTOCOLS + "\n", markdown_table(overview(table)) + "\n"]
+        if twins:
+            md.append(twins_note(twins))
         md += ["## By task\n",
                "Honest Δ vs ICL (points, mean ± 95% interval over seeds, paired); ▲ / ▼: the interval excludes 0. "
                "The last column: how many seeds IFT's Δ would need for an interval of ± 3 points, if the "
@@ -133,7 +148,7 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
         fig = delta_figure(table)
         if fig is not None:
             md.append(f"![honest gains]({save(fig, out / 'study_deltas.png').name})\n")
-        versus = head_to_head(cands)
+        versus = head_to_head(shown)
         if not versus.empty and len(versus.columns) > 3:
             md += ["## IFT against the baselines, head to head\n",
                    f"{headline(cands)} minus each baseline, both chosen on dev, paired by seed (points, mean ± 95% "
@@ -148,7 +163,7 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    "interval excludes 0). Setting by setting both offer the same steps, so their dev candidates "
                    "match, also while a control has run some of the subject's settings only.\n",
                    markdown_table(matched) + "\n"]
-        fixed = fixed_step_table(cands, table)
+        fixed = fixed_step_table(cands, every_arm)
         if not fixed.empty:
             md += ["## Each arm at a fixed step, and the step its dev rows chose\n",
                    "A method whose step is chosen per seed on the dev rows can gain from the choosing alone, and more "
@@ -156,8 +171,13 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    "Δ vs ICL (paired by seed, mean ± 95% interval; ▲ / ▼ where it excludes 0) at the step chosen on "
                    "dev, at the one step per task with the best mean evaluation accuracy (chosen on the evaluation "
                    "rows: a bound on what any fixed step can do, not a fair arm), at its last step, and the mean Δ "
-                   "at every fixed step.\n", markdown_table(fixed) + "\n"]
-        ties = tie_sensitivity(cands)
+                   "at every fixed step.\n", markdown_table(fixed) + "\n",
+                   "### Every fixed step, with its interval\n",
+                   "The mean Δ vs ICL above at each fixed step, with its 95% interval over seeds (paired by seed); ▲ / "
+                   "▼ where it excludes 0. One interval per cell, none corrected for how many cells the table has: "
+                   "a few cells of many crossing 0 is what chance gives.\n",
+                   markdown_table(fixed_step_intervals(cands)) + "\n"]
+        ties = tie_sensitivity(shown)
         if not ties.empty:
             md += ["## Ties on dev: the earliest or the latest step\n",
                    "A few dev rows often score several steps (or settings) alike. The page gives such ties to the "
@@ -165,7 +185,7 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
                    "reports plain ICL; here the same honest Δ vs ICL with ties to the costliest choice, then the "
                    "latest step (`COSTLIEST`). ▲ / ▼: the paired 95% interval excludes 0; the mean over tasks has a "
                    "t-interval over tasks.\n", markdown_table(ties) + "\n"]
-        spread = spread_table(cands)
+        spread = spread_table(shown)
         if not spread.empty:
             md += ["## Spread over seeds: how much the demonstrations matter\n",
                    f"Each seed draws other demonstrations and another sample of evaluation rows (the same rows for "

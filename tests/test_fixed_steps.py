@@ -5,7 +5,7 @@ from scipy import stats
 
 from analysis import arms
 from analysis.core import marked, signed
-from analysis.fixed_steps import fixed_step_table
+from analysis.fixed_steps import fixed_step_intervals, fixed_step_table
 from analysis.load import Run
 
 IFT_DEFAULT = "IFT aligned β=0.9 η=0.1 (T on dev)"
@@ -70,3 +70,23 @@ def test_the_controls_get_their_rows_by_what_they_declare(method):
     runs = [run(method, s, [0.5, 0.6], [0.2, 0.3]) for s in range(2)]
     table = fixed_step_table(arms.candidates(runs))
     assert len(table) == 1 and table.iloc[0]["Δ vs ICL, step chosen on dev"] == "+10.0 ± 0.0 ▲"
+
+
+def test_every_fixed_step_gets_its_own_paired_interval():
+    icl = [0.50, 0.60, 0.70]
+    runs = [run("ift", s, [icl[s], icl[s] + d2, icl[s] + d3], [0.1, 0.2, 0.3])
+            for s, (d2, d3) in enumerate([(0.10, -0.10), (0.02, -0.12), (0.06, -0.08)])]
+    row = fixed_step_intervals(arms.candidates(runs)).set_index("method (choice)").loc[IFT_DEFAULT]
+    step2, step3 = 100 * np.array([0.10, 0.02, 0.06]), 100 * np.array([-0.10, -0.12, -0.08])
+    assert row["seeds"] == 3
+    assert row["step 2"] == marked(step2.mean(), half(step2))       # 6.0 ± 9.9: spans 0, no mark
+    assert row["step 3"] == marked(step3.mean(), half(step3)) and row["step 3"].endswith("▼")
+    assert "step 1" not in row.index  # step 1 is ICL itself
+
+
+def test_arms_of_unequal_length_share_the_step_columns_in_order():
+    short = [run("ift", s, [0.5, 0.6], [0.1, 0.2], ) for s in range(2)]
+    long = [run("random_direction", s, [0.5, 0.4, 0.3, 0.2], [0.1, 0.1, 0.1, 0.1]) for s in range(2)]
+    table = fixed_step_intervals(arms.candidates(long + short)).set_index("method (choice)")
+    assert [c for c in table.columns if c.startswith("step")] == ["step 2", "step 3", "step 4"]
+    assert table.loc[IFT_DEFAULT, "step 4"] == "" and table.loc[RANDOM, "step 4"] == "-30.0 ± 0.0 ▼"

@@ -309,7 +309,7 @@ def test_max_step_chooses_among_the_first_steps_everywhere_but_tuning_longer(tmp
     every = study.build(long, tmp_path / "every").read_text()
     eight = study.build(cut, tmp_path / "eight").read_text()
     section = lambda text, name: text.split(f"## {name}", 1)[1].split("\n## ", 1)[0].split("\n![", 1)[0]
-    for name in ("Overview", "By task", "IFT settings"):
+    for name in ("Overview", "By task", "Each arm at a fixed step"):
         assert section(limited, name) == section(eight, name)
     assert section(limited, "Overview") != section(every, "Overview")
     assert "chooses among steps ≤ 8" in limited and "chooses among steps" not in every
@@ -351,3 +351,29 @@ def test_the_spread_table_compares_each_methods_spread_over_seeds_with_icls_on_t
     assert row["ICL sd"] == f"{100 * np.std(icl, ddof=1):.1f}"
     assert row["zero-shot sd (rows only)"] == f"{100 * np.std([0.5, 0.51] * 5, ddof=1):.1f}"
     assert row[f"{IFT_ALL}: sd / ICL sd"] == "0.25 [0.25, 0.25] ▼"
+
+
+def test_arms_that_choose_among_the_same_runs_and_steps_are_one_arm_listed_once(tmp_path):
+    one_setting = [ift(s, [0.6, 0.7], [0.5, 0.6]) for s in range(3)]
+    twins = arms.twin_arms(arms.candidates(one_setting))
+    # IFT over every setting is its one setting's arm, and the mode-and-β pool too; the headline is kept
+    assert twins == {"IFT aligned β=0.9 (η, T on dev)": IFT_ALL, "IFT aligned β=0.9 η=0.01 (T on dev)": IFT_ALL}
+    text = study.build(one_setting, tmp_path).read_text()
+    overview = text.split("## Overview")[1].split("\n## ")[0]
+    assert f"| {IFT_ALL} |" in overview and "| IFT aligned β=0.9 η=0.01 (T on dev) |" not in overview
+    assert f"*{IFT_ALL}* is also *IFT aligned β=0.9 η=0.01 (T on dev)* and *IFT aligned β=0.9 (η, T on dev)*" in text
+    assert "| IFT aligned β=0.9 η=0.01 (T on dev) |" in text.split("## Each arm at a fixed step")[1]  # per setting
+
+    two_settings = one_setting + [ift(s, [0.6, 0.5], [0.5, 0.7], eta=0.1) for s in range(3)]
+    # two η at one mode and β: the pool over η is every setting, each η its own arm
+    assert arms.twin_arms(arms.candidates(two_settings)) == {"IFT aligned β=0.9 (η, T on dev)": IFT_ALL}
+    settings = study.build(two_settings, tmp_path / "two").read_text().split("## IFT settings")[1]
+    assert "| IFT aligned β=0.9 η=0.01 (T on dev) |" in settings and "| IFT aligned β=0.9 η=0.1 (T on dev) |" in settings
+    # Gemma's two settings, one η per mode: each mode's pool is its setting, listed under the setting's label
+    modes = one_setting + [ift(s, [0.6, 0.5], [0.5, 0.7], eta=0.1, mode="continue") for s in range(3)]
+    assert arms.twin_arms(arms.candidates(modes)) == {
+        "IFT aligned β=0.9 (η, T on dev)": "IFT aligned β=0.9 η=0.01 (T on dev)",
+        "IFT continue β=0.9 (η, T on dev)": "IFT continue β=0.9 η=0.1 (T on dev)"}
+    four = two_settings + [ift(s, [0.6, 0.4], [0.5, 0.8], eta=e, mode="continue") for s in range(3) for e in (0.01, 0.1)]
+    assert arms.twin_arms(arms.candidates(four)) == {}  # every arm offers other candidates
+    assert "listed once" not in study.build(four, tmp_path / "four").read_text()
