@@ -87,8 +87,8 @@ def jobs(name: str, overrides=()) -> list[tuple[str, list[str]]]:
     hydra = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]  # Hydra's own: not a job's
     study = declaration(name, hydra)
     user = [o for o in overrides if o not in hydra]
-    return [(sweep, job) for sweep, js in plan(study["sweeps"], study["groups"], user, study.get("tasks"))
-            for job in js]
+    planned = plan(study["sweeps"], study["groups"], user, study.get("tasks"), study.get("arms"))
+    return [(sweep, job) for sweep, js in planned for job in js]
 
 
 def job_configs(name: str, overrides=()):

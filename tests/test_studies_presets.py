@@ -60,6 +60,23 @@ def test_tasks_keeps_only_those_tasks_jobs():
     assert out == [("s", [["task=copa", "n_shot=4", "seed=7", "arm=x"]])]
 
 
+def test_arms_keeps_only_those_arms_jobs_in_the_sweeps_that_declare_them():
+    sweeps = [{"name": "reused", "params": {"group": "a", "arm": "x,y"}}, {"name": "controls", "params": {"group": "a,b", "arm": "z"}}]
+    out = plan(sweeps, GROUPS, arms=["z"])
+    assert out == [("reused", []), ("controls", [["task=sst2", "n_shot=1", "seed=0", "arm=z"],
+                                                 ["task=sst2", "n_shot=1", "seed=1", "arm=z"],
+                                                 ["task=copa", "n_shot=4", "seed=7", "arm=z"]])]
+    assert [len(jobs) for _, jobs in plan(sweeps, GROUPS, tasks=["copa"], arms=["y", "z"])] == [0, 1]
+
+
+def test_narrowing_a_study_to_an_arm_or_task_it_does_not_plan_names_what_it_plans():
+    sweeps = [{"name": "s", "params": {"group": "a,b", "arm": "x,y"}}]
+    with pytest.raises(StudyError, match=r"hydra.sweeper.arms: \['dev_demos'\] not in this study's plan; its arms: \['x', 'y'\]"):
+        plan(sweeps, GROUPS, arms=["x", "dev_demos"])
+    with pytest.raises(StudyError, match=r"hydra.sweeper.tasks: \['mr'\] not in this study's plan; its tasks: \['copa', 'sst2'\]"):
+        plan(sweeps, GROUPS, tasks=["mr"])
+
+
 def test_the_sweeper_hands_each_named_sweep_to_the_launcher_as_its_own_batches():
     from hydra_plugins.ift_study.study_sweeper import StudySweeper
 

@@ -19,13 +19,15 @@ class StudySweeper(Sweeper):
     """Hydra's Sweeper for a study preset (module docstring). The study's page settings (title, page, ...)
     are read by `python -m analysis.studies`, not here."""
 
-    def __init__(self, sweeps, groups=None, max_batch_size=None, tasks=None, skip_ended=True, **study) -> None:
+    def __init__(self, sweeps, groups=None, max_batch_size=None, tasks=None, arms=None, skip_ended=True,
+                 **study) -> None:
         super().__init__()
         self.skip_ended = skip_ended
         self.sweeps = _plain(sweeps) or []
         self.groups = _plain(groups) or {}
         self.max_batch_size = max_batch_size
         self.tasks = list(_plain(tasks)) if tasks is not None else None
+        self.arms = list(_plain(arms)) if arms is not None else None
         self.study = _plain(study)  # title, page, ...: the page's settings (analysis.studies)
         self.config = self.launcher = self.hydra_context = None
 
@@ -40,7 +42,7 @@ class StudySweeper(Sweeper):
         """The launcher batches: each named sweep's jobs, in chunks of max_batch_size."""
         size = self.max_batch_size
         out = []
-        for name, jobs in plan(self.sweeps, self.groups, arguments, self.tasks):
+        for name, jobs in plan(self.sweeps, self.groups, arguments, self.tasks, self.arms):
             step = size if size and size > 0 else max(len(jobs), 1)
             out += [(name, jobs[i:i + step]) for i in range(0, len(jobs), step)]
         return out

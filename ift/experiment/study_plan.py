@@ -13,7 +13,9 @@ each named sweep to the launcher as one batch (split by `max_batch_size`): a lat
 after the earlier one ended, on the basic launcher, joblib's local processes or a SLURM job array alike.
 The command line's overrides (`model=...`, `quant=...`, `dry_run=true`, even a sweep such as `seed=0,1`) apply
 to every job and win over the study's; jobs that end up with the same overrides run once. `tasks` (a list)
-keeps only those tasks' jobs: `hydra.sweeper.tasks=[sst2]`.
+keeps only those tasks' jobs: `hydra.sweeper.tasks=[sst2]`, and `arms` those arms' jobs, each in the sweep that
+declares it (`hydra.sweeper.arms=[dev_demos29]`; an `arm=` on the command line instead would apply that arm to
+every sweep's jobs).
 """
 from __future__ import annotations
 
@@ -110,25 +112,41 @@ def expand_sweep(sweep: dict, groups: dict, parser=None) -> list[list[str]]:
     return [merge(*parts) for parts in itertools.product(*axes)]
 
 
-def task_of(job: Sequence[str]) -> str | None:
+def value_of(job: Sequence[str], key: str) -> str | None:
+    """The value a job's overrides give `key` (its last override of it), None if they give none."""
+    found = None
     for line in job:
-        if _key(line) == "task":
-            return line.split("=", 1)[1]
-    return None
+        if _key(line) == key:
+            found = line.split("=", 1)[1]
+    return found
 
 
-def plan(sweeps: Sequence[dict], groups: dict, arguments: Sequence[str] = (), tasks: Sequence[str] | None = None
-         ) -> list[tuple[str, list[list[str]]]]:
+def task_of(job: Sequence[str]) -> str | None:
+    return value_of(job, "task")
+
+
+KEEP = ("task", "arm")  # the keys a study can be narrowed by: hydra.sweeper.tasks / hydra.sweeper.arms
+
+
+def plan(sweeps: Sequence[dict], groups: dict, arguments: Sequence[str] = (), tasks: Sequence[str] | None = None,
+         arms: Sequence[str] | None = None) -> list[tuple[str, list[list[str]]]]:
     """[(sweep name, its jobs)] in declared order: every job's overrides with the command line's applied last
-    (a sweep there multiplies every job), a job already planned earlier dropped, `tasks` (if given) kept only."""
+    (a sweep there multiplies every job), a job already planned earlier dropped; `tasks` / `arms` (if given)
+    keep only those tasks' / arms' jobs, each of which the study must plan (a typo is an error, not an empty
+    study)."""
     parser = _parser()
     user = product(arguments, parser) if arguments else [[]]
+    keep = dict(zip(KEEP, (tasks, arms)))
+    planned: dict[str, set] = {key: set() for key in KEEP}
     seen: set[tuple[str, ...]] = set()
     out = []
     for sweep in sweeps:
         jobs = []
         for job in expand_sweep(sweep, groups, parser):
-            if tasks is not None and task_of(job) not in tasks:
+            values = {key: value_of(job, key) for key in KEEP}
+            for key, value in values.items():
+                planned[key].add(value)
+            if any(wanted is not None and values[key] not in wanted for key, wanted in keep.items()):
                 continue
             for extra in user:
                 final = merge(job, extra)
@@ -137,4 +155,9 @@ def plan(sweeps: Sequence[dict], groups: dict, arguments: Sequence[str] = (), ta
                     seen.add(ident)
                     jobs.append(final)
         out.append((str(sweep.get("name", f"sweep{len(out)}")), jobs))
+    for key, wanted in keep.items():
+        unknown = [w for w in (wanted or []) if w not in planned[key]]
+        if unknown:
+            raise StudyError(f"hydra.sweeper.{key}s: {unknown} not in this study's plan; its {key}s: "
+                             f"{sorted(v for v in planned[key] if v is not None)}")
     return out
