@@ -96,7 +96,7 @@ def setup_table(runs: list[load.Run]) -> pd.DataFrame | None:
 
 
 def twins_note(twins: dict[str, str]) -> str:
-    """The arms a page lists once, under the label listed first (analysis.arms.twin_arms)."""
+    """The line naming the labels a page lists once, each under the label analysis.arms.twin_arms keeps."""
     same: dict[str, list[str]] = {}
     for twin, kept in twins.items():
         same.setdefault(kept, []).append(twin)
@@ -130,7 +130,7 @@ def build(runs: list[load.Run], out: Path, metric: str = "acc", title: str = "St
         md.append("No usable runs.\n")
     else:
         every_arm = arm_table(cands)
-        twins = twin_arms(cands)  # the same candidates as an arm listed before: listed once
+        twins = twin_arms(cands)  # an arm with exactly another's candidates: listed once, under one label
         shown = cands[~cands["arm"].isin(twins)]
         table = every_arm[~every_arm["arm"].isin(twins)]
         md += ["## Overview: every method against ICL\n",
