@@ -17,8 +17,8 @@ KEY = ["model", "task", "n_shot", "seed"]
 
 
 def _step_deltas(cands: pd.DataFrame):
-    """Per task and one-setting arm with more than one step: (key, seeds, last step, {step: Δ vs ICL per seed}
-    for the steps every seed reached), Δ paired by seed with ICL."""
+    """Per task and one-setting arm with more than one step: (key, its rank, seeds, last step, {step: Δ vs ICL
+    per seed} for the steps every seed reached), Δ paired by seed with ICL."""
     step_arms = cands[(cands["choice"] == STEP) & cands["role"].isin([SUBJECT, RIVAL])]
     if step_arms.empty:
         return
@@ -31,7 +31,7 @@ def _step_deltas(cands: pd.DataFrame):
         base = icl.reindex([(model, task, n_shot, s) for s in seeds]).to_numpy()
         per_step = g.pivot_table(index="seed", columns="step", values="acc", aggfunc="first").reindex(seeds)
         full = {int(s): per_step[s].to_numpy() - base for s in per_step.columns if per_step[s].notna().all()}
-        yield key, seeds, int(per_step.columns.max()), full
+        yield key, int(g["rank"].iloc[0]), seeds, int(per_step.columns.max()), full
 
 
 def fixed_step_table(cands: pd.DataFrame, table: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def fixed_step_table(cands: pd.DataFrame, table: pd.DataFrame | None = None) -> 
     95% interval, ▲ / ▼ where it excludes 0) at the dev-chosen step and at the best fixed step on eval (both
     `table`'s, analysis.study_tables.arm_table of the same candidates), at the last step, and each step's mean Δ."""
     rows, chosen = [], None
-    for key, seeds, last, full in _step_deltas(cands):
+    for key, rank, seeds, last, full in _step_deltas(cands):
         if chosen is None:
             chosen = (arm_table(cands) if table is None else table).set_index(["model", "task", "n_shot", "arm"])
         r = chosen.loc[key]
@@ -54,7 +54,7 @@ def fixed_step_table(cands: pd.DataFrame, table: pd.DataFrame | None = None) -> 
                           if last in full else f"{last}: some seeds stop earlier"),
             "mean Δ at fixed step 2, 3, …": ", ".join(signed(interval(d.tolist())[0], float("nan"))
                                                       for s, d in full.items() if s >= 2),
-            "rank": r["rank"]})
+            "rank": rank})
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
@@ -65,11 +65,11 @@ def fixed_step_intervals(cands: pd.DataFrame) -> pd.DataFrame:
     """The fixed-step means of `fixed_step_table` with their intervals: per task and one-setting arm, the Δ vs ICL
     at each step every seed reached (paired by seed, mean ± 95% interval, ▲ / ▼ where it excludes 0; one
     interval per cell, none corrected for how many cells the table has)."""
-    rows, ranks = [], {a.label: a.rank for a in cands["arm_spec"]} if not cands.empty else {}
-    for key, seeds, _, full in _step_deltas(cands):
+    rows = []
+    for key, rank, seeds, _, full in _step_deltas(cands):
         row = {"task": key[1], "method (choice)": key[3], "seeds": len(seeds)}
         row.update({f"step {s}": marked(*interval(d.tolist())[:2]) for s, d in full.items() if s >= 2})
-        rows.append({**row, "rank": ranks[key[3]]})
+        rows.append({**row, "rank": rank})
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows).fillna("")

@@ -121,10 +121,6 @@ def value_of(job: Sequence[str], key: str) -> str | None:
     return found
 
 
-def task_of(job: Sequence[str]) -> str | None:
-    return value_of(job, "task")
-
-
 KEEP = ("task", "arm")  # the keys a study can be narrowed by: hydra.sweeper.tasks / hydra.sweeper.arms
 
 
