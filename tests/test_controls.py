@@ -3,6 +3,7 @@ demonstration draws stay off dev and evaluation rows, contextual calibration com
 repetition runs the copies that fit a small window, and each control runs as a job beside IFT."""
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ from jobs import step_rows as rows
 from tiny import make_tokenizer, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data"))
+needs_obqa = pytest.mark.skipif(not (DATA / "obqa").is_dir(), reason=f"no OpenBookQA mirror at {DATA}")
 
 
 
@@ -149,6 +152,7 @@ def test_calibration_of_a_prefix_reads_the_three_content_free_queries(tiny_lm, d
     assert calibrate(lm, task, prefix).p_cf.tolist() == pytest.approx([sum(c) / 3 for c in zip(*by_hand)], rel=1e-4)
 
 
+@needs_obqa
 def test_calibration_refuses_multiple_choice_clearly():
     task = load_task("obqa")
     with pytest.raises(ValueError, match="fixed label_words.*obqa is multiple choice"):
@@ -179,6 +183,7 @@ def test_each_control_runs_as_a_job_beside_ift_on_the_same_rows(tiny_dir, tmp_pa
     assert sum(cal["p_content_free"]) == pytest.approx(1.0) and cal["prefix_tokens"] == first["ift"]["prefix_tokens"]
 
 
+@needs_obqa
 def test_calibrate_on_multiple_choice_fails_before_the_store(tiny_dir, tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         c = compose("config", overrides=["model=hf", f"model.source={tiny_dir}", "task=obqa", "method=calibrate",
