@@ -20,11 +20,11 @@ COMPLETE = ["pilot", "eta", "bf16_no_amx", "gemma_agnews", "seeds_sst2", "seeds_
 REFUSED = {"gemma_seeds": {("agnews", "ift_default"): 3, ("agnews", "ift_paper_T8"): 4}}
 # studies still running: their archive holds planned keys only, and lacks only the runs this says may be left
 # (docs/results.md, *Not done*, says what is left): nine_fp32 the T = 15 continuations; controls_smollm2 the
-# candidate-matched grids; controls_gemma the demonstration draws and the grids
+# candidate-matched grids; controls_gemma the grids
 IN_PROGRESS = {
     "nine_fp32": lambda job: job["arm"] in {"ift_default_T15", "ift_paper", "ift_eta0.01_T15", "ift_eta0.001_T15"},
     "controls_smollm2": lambda job: job["arm"] in {"repeat8", "grad_lr0.01_T8"},
-    "controls_gemma": lambda job: job["arm"] in {"dev_demos29", "repeat29", "grad_lr0.01_T29"}}
+    "controls_gemma": lambda job: job["arm"] in {"repeat29", "grad_lr0.01_T29"}}
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not all((DATA / t).is_dir() for t in ("sst2", "hellaswag", "agnews")),
