@@ -71,14 +71,30 @@ class Run:
 
     def config_key(self) -> tuple:
         """The configuration without the seed: the runs of one arm on one task differ only in their seed."""
-        return (self.mode,) + tuple(self.meta.get(k) for k in KEYS if k != "seed") + \
-            (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:]) + self._other_settings()
+        return self._key(drop=())
 
     def setting_key(self) -> tuple:
-        """The configuration without the seed and T: a run and its continuation to a larger T reach the same
-        states at the steps both have."""
-        key, at = self.config_key(), 1 + [k for k in KEYS if k != "seed"].index("T")
-        return key[:at] + key[at + 1:]
+        """The configuration without the seed and its length (T, or the setting its method declares sets how many
+        steps it records, MethodInfo.length: "max_repeats"): a run and a longer one of the same setting reach the
+        same states at the steps both have."""
+        try:
+            length = method_info(self).get("length") or "T"
+        except ValueError:  # neither registered nor described: skipped (skip_reason), never grouped
+            length = "T"
+        return self._key(drop=("T", length))
+
+    def _key(self, drop: tuple) -> tuple:
+        return (self.mode,) + tuple(self._planned(k) for k in KEYS if k != "seed" and k not in drop) + \
+            (self.method,) + tuple(self.meta.get(k) for k in METHOD_KEYS[1:] if k not in drop) + \
+            tuple(kv for kv in self._other_settings() if kv[0] not in drop)
+
+    def _planned(self, key: str):
+        """meta[key], but T as the job asked for it where the model's window capped it (meta `window_cap`: the steps
+        that fit run), so that an arm whose seeds fit different numbers of steps stays one configuration."""
+        cap = self.meta.get("window_cap")
+        if key == "T" and isinstance(cap, dict) and "asked" in cap:
+            return cap["asked"]
+        return self.meta.get(key)
 
     def _other_settings(self) -> tuple:
         """A method's settings beyond METHOD_KEYS, as its meta.json `method_info` lists them (none for the built-in
@@ -314,14 +330,12 @@ def classify(runs: list[Run]) -> list[Run]:
 
 def longest(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
     """One run per setting and seed, the one with the most steps: a run continued to T = 15 from its finished
-    T = 8 run holds the shorter one's steps, so counting both would count those twice. Returns the kept runs
-    (in their input order) and the (shorter, kept longer) pairs left out."""
-    t = 1 + KEYS.index("T")  # key(): (mode, model, task, eta, beta, T, ...)
+    T = 8 run (or one of r <= 29 beside r <= 4) holds the shorter one's steps, so counting both would count those
+    twice. Returns the kept runs (in their input order) and the (shorter, kept longer) pairs left out."""
     best: dict[tuple, Run] = {}
     copies = []
     for r in sorted(runs, key=lambda r: (-len(r.steps), r.id)):
-        key = r.key()
-        other = best.setdefault(key[:t] + key[t + 1:], r)
+        other = best.setdefault(r.setting_key() + (r.meta.get("seed"),), r)
         if other is not r:
             copies.append((r, other))
     kept = {id(r) for r in best.values()}

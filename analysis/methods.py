@@ -22,6 +22,9 @@ def method_info(run) -> dict:
                              f"method (registered: {', '.join(sorted(REGISTRY))}); record the run again, or import "
                              f"the module that defines its Method class before reading it")
         info = cls.info(run.meta)
+    elif "length" not in info:  # recorded before MethodInfo.length: its registered class's, else the default T
+        cls = REGISTRY.get(run.method)
+        info = {**info, "length": cls.info(run.meta)["length"] if cls else "T"}
     # a run offers its steps as meta.json says last: a job that fits fewer steps to the model's window lowers T
     return {**info, "candidates": int(run.meta.get("T") or info["candidates"])}
 

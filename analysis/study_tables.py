@@ -320,8 +320,8 @@ def longer_tuning(cands: pd.DataFrame, short: int = 8) -> pd.DataFrame:
 
 def cost_table(runs: list[load.Run]) -> pd.DataFrame:
     """What each method cost here, per task: wall time of a whole run (every step tuned and scored on the
-    evaluation and dev rows), per step, and the tuning tokens of its last step. A run continued to a larger T
-    counts once, as the longer run (whose steps hold the shorter one's)."""
+    evaluation and dev rows), per step (mean wall time over mean steps), and the tuning tokens of its last step.
+    A run continued to a larger T counts once, as the longer run (whose steps hold the shorter one's)."""
     rows = []
     for run in load.longest(runs)[0]:
         m, info = run.meta, method_info(run)
@@ -336,13 +336,14 @@ def cost_table(runs: list[load.Run]) -> pd.DataFrame:
     if frame.empty:
         return frame
     g = frame.groupby(["task", "method"], sort=True)
-    out = g.agg(runs=("steps", "size"), steps=("steps", "mean"), rows=("rows", "mean"), wall_s=("wall_s", "mean"),
-                tune_tokens=("tune_tokens", "mean"), backward_tokens=("backward_tokens", "mean")).reset_index()
+    out = g.agg(runs=("steps", "size"), steps=("steps", "mean"), every=("steps", list), rows=("rows", "mean"),
+                wall_s=("wall_s", "mean"), tune_tokens=("tune_tokens", "mean"),
+                backward_tokens=("backward_tokens", "mean")).reset_index()
     out["s per step"] = (out["wall_s"] / out["steps"]).map(lambda v: f"{v:.1f}")
     out["wall s per run"] = out["wall_s"].map(lambda v: f"{v:.0f}")
     out["tuning fwd tokens (last step)"] = out["tune_tokens"].map(tokens)
     out["backward tokens"] = out["backward_tokens"].map(tokens)
     out["scored rows per step"] = out["rows"].map(lambda v: f"{v:.0f}")
-    out["steps"] = out["steps"].map(lambda v: f"{v:g}")
+    out["steps"] = out["every"].map(span)  # a range where runs differ (a model window that fits fewer r per seed)
     return out[["task", "method", "runs", "steps", "scored rows per step", "wall s per run", "s per step",
                 "tuning fwd tokens (last step)", "backward tokens"]]

@@ -3,12 +3,12 @@ demonstration draws stay off dev and evaluation rows, contextual calibration com
 repetition runs the copies that fit a small window, and each control runs as a job beside IFT."""
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from mirror import needs_mirror
 
 import ift
 from ift.controls import (
@@ -29,8 +29,7 @@ from jobs import step_rows as rows
 from tiny import make_tokenizer, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data"))
-needs_obqa = pytest.mark.skipif(not (DATA / "obqa").is_dir(), reason=f"no OpenBookQA mirror at {DATA}")
+needs_obqa = needs_mirror("obqa")
 
 
 

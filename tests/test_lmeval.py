@@ -13,14 +13,15 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed: pip install -e '.[lmeval]'")
 
+from mirror import DATA, needs_mirror
+
 import ift  # noqa: E402
 from ift.lmeval import IFTLM, hflm, local_task_yaml, main, requests, shared_block  # noqa: E402
 from ift.tasks import TaskError, load_task  # noqa: E402
 from ift.tasks.harness import load_harness_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data"))
-pytestmark = pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"no data mirror at {DATA}")
+pytestmark = needs_mirror("sst2")
 SST2_HARNESS_TEMPLATE = "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:"
 ROWS = {"train": 120, "validation": 30}
 

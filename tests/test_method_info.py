@@ -63,6 +63,25 @@ def test_committed_runs_get_their_method_info_from_the_registered_class():
                                                           "IFT aligned β=0.9 (η, T on dev)", IFT_ALL]
 
 
+def test_a_run_recorded_before_method_info_had_its_length_gets_its_class_length():
+    """meta.json `method_info` written before MethodInfo.length (Gemma's r <= 29 runs): the setting that sets how many
+    steps a run records comes from the registered class, so r <= 4 and r <= 29 of one seed share their states."""
+    from analysis.methods import method_info
+    from ift.experiment.methods import REGISTRY
+
+    runs = []
+    for r_max in (4, 6):
+        r = run("repeat", 0, [0.5] * r_max, [0.5] * r_max, max_repeats=r_max)
+        r.meta["method_info"] = {k: v for k, v in REGISTRY["repeat"].info(r.meta).items() if k != "length"}
+        runs.append(r)
+    assert method_info(runs[0])["length"] == "max_repeats"
+    assert runs[0].config_key() != runs[1].config_key() and runs[0].setting_key() == runs[1].setting_key()
+    unknown = run("toy_unregistered", 0, [0.5], [0.5])
+    unknown.meta["method_info"] = {**REGISTRY["repeat"].info(unknown.meta), "label": "toy"}
+    del unknown.meta["method_info"]["length"]
+    assert method_info(unknown)["length"] == "T"  # a method not registered here: T, the default
+
+
 @pytest.mark.slow
 def test_the_analysis_imports_and_reads_method_info_without_the_experiment_extras():
     """Hydra, omegaconf, wandb and submitit are the `experiment` extra: reading runs must not need them."""

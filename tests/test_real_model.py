@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from mirror import DATA, needs_mirror
 
 import ift
 from ift.tasks import load_task
-
-DATA = Path(os.environ.get("IFT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def smollm():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"no SST-2 mirror at {DATA}")
+@needs_mirror("sst2")
 def test_bundled_model_tunes_and_scores_real_sst2(smollm, tmp_path):
     task = load_task("sst2", data_dir=str(DATA))
     demos = task.demonstrations(1, seed=0)
@@ -49,7 +48,7 @@ def test_bundled_model_tunes_and_scores_real_sst2(smollm, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"no SST-2 mirror at {DATA}")
+@needs_mirror("sst2")
 def test_launch_smoke_experiment_on_the_bundled_model(tmp_path):
     """`python launch.py experiment=smoke`: the bundled GGUF model, real SST-2, three steps, through Hydra."""
     import json
@@ -77,7 +76,7 @@ def test_launch_smoke_experiment_on_the_bundled_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"no SST-2 mirror at {DATA}")
+@needs_mirror("sst2")
 def test_bf16_mixed_predicts_like_fp32_on_the_bundled_model(smollm):
     """quant=bf16_mixed (the nine-task study's precision): same demonstrations and rows, two tuning steps at
     η = 0.1; measured 40/40 agreeing predictions at step 2 here (99/100 on 100 rows over 4 steps)."""

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from mirror import needs_mirror
 
 pytestmark = [
     pytest.mark.slurm,
@@ -297,8 +298,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_last_step(model_dir, t
 
 # ---------------------------------------------------------------- a study preset on SLURM, and its page
 
-@pytest.mark.skipif(not (Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data")) / "sst2").is_dir(),
-                    reason="needs the benchmark mirror (IFT_DATA_DIR)")
+@needs_mirror("sst2")
 def test_the_quick_study_runs_on_slurm_and_builds_its_page(tmp_path):
     """`python -m analysis.studies run quick hydra/launcher=slurm`: the study preset's jobs as one SLURM job array
     (its SST-2 part, hydra.sweeper.tasks, on seed 0: one job per arm, 6), then the archive and the page, by the one command a login node runs."""

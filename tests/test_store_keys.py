@@ -5,13 +5,13 @@ moves any of them orphans every stored run of that kind. A new method or setting
 changes these. The last test recomputes real keys from the committed archives' own config.yaml files.
 """
 import json
-import os
 import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from mirror import DATA, needs_mirror
 
 from ift.experiment.config import parse_config
 
@@ -79,7 +79,6 @@ def test_store_keys_of_composed_configs_are_pinned(overrides, provisional, bound
     assert job.bind(*BIND).hash == bound
 
 
-DATA = os.environ.get("IFT_DATA_DIR")
 
 
 def test_a_later_task_field_enters_the_key_only_when_set(tmp_path):
@@ -98,7 +97,7 @@ def test_a_later_task_field_enters_the_key_only_when_set(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DATA or not Path(DATA, "sst2").is_dir(), reason="needs the local benchmark mirror (IFT_DATA_DIR)")
+@needs_mirror("sst2")
 def test_archived_runs_keep_their_keys():
     """One run of every (task, method, position mode) in the committed archives: prepare(config.yaml) gives
     the key the run was stored under."""
@@ -116,7 +115,7 @@ def test_archived_runs_keep_their_keys():
                     continue
                 checked.add(kind)
                 cfg = yaml.safe_load(tar.extractfile(files[name]))
-                cfg["task"]["data_dir"] = None  # the mirror here (IFT_DATA_DIR); where data lives is not keyed
+                cfg["task"]["data_dir"] = str(DATA)  # the mirror here; where data lives is not keyed
                 cfg["device"] = "cpu"  # they ran on CPUs; on a GPU node device=auto keys a GPU run, a new key
                 assert prepare(cfg, base_dir="/").job.hash == meta["config_hash"], name
     assert len(checked) >= 10

@@ -2,16 +2,15 @@
 (nothing silently changed: a changed key would re-run or drop them). A key is computed as a job computes it
 before its model loads (config, task spec, data fingerprint, demonstrations), so this needs the data mirror.
 Slow: it draws every planned job's demonstrations (minutes for the larger studies)."""
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from mirror import needs_mirror
 
 from analysis import studies
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data"))
 # the studies whose archive holds every run they plan (the page is complete)
 COMPLETE = ["pilot", "eta", "bf16_no_amx", "gemma_agnews", "seeds_sst2", "seeds_mr_winogrande_hellaswag",
             "seeds_fp32_sst5_trec_copa_obqa_agnews"]
@@ -20,15 +19,14 @@ COMPLETE = ["pilot", "eta", "bf16_no_amx", "gemma_agnews", "seeds_sst2", "seeds_
 REFUSED = {"gemma_seeds": {("agnews", "ift_default"): 3, ("agnews", "ift_paper_T8"): 4}}
 # studies still running: their archive holds planned keys only, and lacks only the runs this says may be left
 # (docs/results.md, *Not done*, says what is left): nine_fp32 the T = 15 continuations; controls_smollm2 the
-# candidate-matched grids; controls_gemma the grids
+# candidate-matched grids; controls_gemma the 28 Adam steps
 IN_PROGRESS = {
     "nine_fp32": lambda job: job["arm"] in {"ift_default_T15", "ift_paper", "ift_eta0.01_T15", "ift_eta0.001_T15"},
     "controls_smollm2": lambda job: job["arm"] in {"repeat8", "grad_lr0.01_T8"},
-    "controls_gemma": lambda job: job["arm"] in {"repeat29", "grad_lr0.01_T29"}}
+    "controls_gemma": lambda job: job["arm"] == "grad_lr0.01_T29"}
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not all((DATA / t).is_dir() for t in ("sst2", "hellaswag", "agnews")),
-                                 reason=f"no mirror at {DATA}")]
+              needs_mirror("sst2", "hellaswag", "agnews")]
 
 
 def keys(name):

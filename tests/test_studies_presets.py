@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mirror import DATA, needs_mirror
 from omegaconf import OmegaConf
 
 import ift.experiment.config  # noqa: F401 - registers the typed nodes conf/ composes with
@@ -16,7 +17,6 @@ from ift.experiment.study_plan import StudyError, expand_sweep, merge, plan, pro
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-DATA = Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_the_plan_text_names_the_seeds_per_task(hydra_conf):
 # ---------------------------------------------------------------- the one command, dry-run, a user's model
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2").is_dir() or not (DATA / "agnews").is_dir(), reason=f"no mirror at {DATA}")
+@needs_mirror("sst2", "agnews")
 @pytest.mark.parametrize("name, n_jobs", [("quick", 24), ("gemma_agnews", 20)])
 def test_a_study_dry_runs_on_a_users_model(tmp_path, name, n_jobs):
     """`python launch.py -m experiment=study/<name> model=hf model.source=<dir> dry_run=true`: every job planned,

@@ -7,17 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from mirror import DATA, needs_mirror
 
 import ift
 from analysis import study
 from analysis.load import load
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2").is_dir() or not (DATA / "copa").is_dir(), reason=f"no mirror at {DATA}")
+@needs_mirror("sst2", "copa")
 def test_the_quick_study_runs_every_method_and_writes_the_page(tmp_path):
     try:
         ift.models.bundled_model_path()

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from mirror import DATA, needs_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("IFT_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
 def launch(tmp_path, model, sweep, *extra):
@@ -27,7 +27,7 @@ def launched(sweep_dir: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"no mirror at {DATA}")
+@needs_mirror("sst2")
 def test_a_restarted_study_launches_only_the_jobs_that_compute(tmp_path):
     from tiny import save_tiny_model
 

@@ -76,7 +76,8 @@ class DevDemos(Method):
 
     name: ClassVar[str] = "dev_demos"
     about: ClassVar[MethodInfo] = MethodInfo("ICL, demonstration draw chosen", chooses="draw",
-                                             step="ICL with demonstration draw k", rank=3, plain="demonstration draws")
+                                             step="ICL with demonstration draw k", rank=3, plain="demonstration draws",
+                                             length="draws")
     draws: int = 29  # dev candidates: as many as IFT's 2 settings x 15 steps (step 1 shared)
 
     def steps(self, optim) -> int:

@@ -157,6 +157,8 @@ class MethodInfo:
     early: str = ""              # what dev picks when simulated early stopping sets the step ("": not simulated)
     plain: str = ""              # its name in prose ("repetition"; default the label)
     named: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()  # settings with a name: (name, ((key, value),))
+    length: str = "T"              # the meta.json key that sets how many steps a run records: a run with a
+    #                              larger one records the shorter run's steps and more ("max_repeats")
 
 
 @functools.cache
@@ -298,7 +300,7 @@ class ZeroShot(Method):
 class Repeat(Method):
     name: ClassVar[str] = "repeat"
     about: ClassVar[MethodInfo] = MethodInfo("ICL ×r", chooses="r", step="r copies of the demonstrations", rank=2,
-                                             plain="repetition")
+                                             plain="repetition", length="max_repeats")
     max_repeats: int = 5  # steps r = 1..max_repeats copies of the demonstrations
 
     def steps(self, optim) -> int:
@@ -323,7 +325,7 @@ class Repeat(Method):
 class MoreDemos(Method):
     name: ClassVar[str] = "more_demos"
     about: ClassVar[MethodInfo] = MethodInfo("ICL, k×n shots", chooses="k", step="k·n_shot demonstrations",
-                                             rank=3, plain="more demonstrations")
+                                             rank=3, plain="more demonstrations", length="max_factor")
     max_factor: int = 5  # steps k = 1..max_factor times n_shot demonstrations
 
     def steps(self, optim) -> int:
