@@ -79,8 +79,6 @@ def test_store_keys_of_composed_configs_are_pinned(overrides, provisional, bound
     assert job.bind(*BIND).hash == bound
 
 
-
-
 def test_a_later_task_field_enters_the_key_only_when_set(tmp_path):
     """demo_max_chars came after runs were archived: unset it must leave the task's key as it was (no such
     entry), set it must give a new one."""

@@ -157,7 +157,7 @@ class MethodInfo:
     early: str = ""              # what dev picks when simulated early stopping sets the step ("": not simulated)
     plain: str = ""              # its name in prose ("repetition"; default the label)
     named: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()  # settings with a name: (name, ((key, value),))
-    length: str = "T"              # the meta.json key that sets how many steps a run records: a run with a
+    length: str = "T"            # the meta.json key that sets how many steps a run records: a run with a
     #                              larger one records the shorter run's steps and more ("max_repeats")
 
 
